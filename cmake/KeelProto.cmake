@@ -21,7 +21,7 @@ function(keel_proto_generate srcs_var hdrs_var)
       OUTPUT ${outs}
       COMMAND protobuf::protoc -I ${PROJECT_SOURCE_DIR} ${args} ${abs}
       DEPENDS ${abs} protobuf::protoc
-      COMMENT "protoc ${rel}${ARG_GRPC}"
+      COMMENT "protoc ${rel}"
       VERBATIM)
     foreach(o ${outs})
       if(o MATCHES "\\.cc$")

@@ -3,6 +3,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -13,8 +14,8 @@ namespace keel::common {
 
 struct HttpRequest {
   std::string method;  // "GET", "POST", ...
-  std::string path;    // without the query string
-  std::string query;   // after '?', may be empty
+  std::string path;    // without the query string, percent-decoded
+  std::string query;   // after '?', may be empty (raw, not decoded)
 };
 
 struct HttpResponse {
@@ -28,8 +29,14 @@ using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
 // A small HTTP/1.1 server for operational endpoints (/health, /metrics,
 // /version), one thread, poll(2)-driven, plain TCP. Not for client traffic.
-// Unknown paths get 404; handlers decide about methods (etcd answers 405 to a
-// POST on /health). Connections are closed after each response.
+// Unknown paths get 404 "404 page not found\n" (Go's text); handlers decide
+// about methods (etcd answers 405 to a POST on /health). A request body is
+// not read (nor passed on); HEAD responses carry no body. Connections are
+// closed after each response ("Connection: close").
+// Limits: request line + headers at most 8 KiB (else 431), 5 s to receive
+// them (else the connection is closed without an answer), 5 s to take the
+// response, at most 128 connections at once (more wait in the backlog).
+// Slow clients do not delay others: every connection is polled concurrently.
 // Thread-safe: Handle() before Start(), Stop() from any thread.
 class HttpServer {
  public:
@@ -40,10 +47,15 @@ class HttpServer {
 
   // REQUIRES: not started. `path` matches exactly.
   void Handle(const std::string& path, HttpHandler handler);
-  // Binds and starts serving. Port 0 picks a free port (see port()).
-  // Unavailable with the errno text if the bind fails.
+  // Binds and starts serving. Port 0 picks a free port (see port()). An
+  // empty host listens on all addresses. Unavailable with Go's wording
+  // ("listen tcp 127.0.0.1:2379: bind: address already in use") if resolving,
+  // binding or listening fails; FailedPrecondition if already started.
   absl::Status Start(const HostPort& listen);
+  // The bound port, valid after a successful Start().
   int port() const { return port_; }
+  // Closes the listener and every connection and joins the thread. Handlers
+  // are not running when it returns. Idempotent.
   void Stop();
 
  private:
@@ -54,6 +66,7 @@ class HttpServer {
   int wake_pipe_[2] = {-1, -1};
   int port_ = 0;
   std::thread thread_;
+  std::mutex stop_mu_;  // serializes Start() and Stop()
 };
 
 }  // namespace keel::common

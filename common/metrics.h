@@ -43,15 +43,33 @@ class Gauge {
 // Thread-safe: registration takes a lock, updates do not.
 class MetricsRegistry {
  public:
-  // REQUIRES: `name` is a valid Prometheus metric name and is not
-  // registered with another type.
+  MetricsRegistry();
+  ~MetricsRegistry();
+  MetricsRegistry(const MetricsRegistry&) = delete;
+  MetricsRegistry& operator=(const MetricsRegistry&) = delete;
+
+  // REQUIRES: `name` is a valid Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*),
+  // label names are valid ([a-zA-Z_][a-zA-Z0-9_]*) and `name` is not
+  // registered with another type; a violation is a programming error, logged
+  // to stderr before abort(). The first registration's help text is kept.
   Counter* GetCounter(const std::string& name, const std::string& help, const Labels& labels = {});
   Gauge* GetGauge(const std::string& name, const std::string& help, const Labels& labels = {});
   // A gauge whose value is read from `read` at render time (e.g. process RSS).
+  // `read` runs on the RenderText() caller's thread, without the registry's
+  // lock held; it must be thread-safe and quick. Adding the same name and
+  // labels again replaces the function.
   void AddCallbackGauge(const std::string& name, const std::string& help,
                         std::function<double()> read, const Labels& labels = {});
+  // The same for a counter family (e.g. process_cpu_seconds_total): `read`
+  // must not decrease.
+  void AddCallbackCounter(const std::string& name, const std::string& help,
+                          std::function<double()> read, const Labels& labels = {});
 
-  // The whole registry, families sorted by name, with # HELP and # TYPE lines.
+  // The whole registry, families sorted by name, with # HELP and # TYPE lines,
+  // series sorted by labels; label values escaped (\\, \", \n). Counter and
+  // Gauge values print as integers, callback values as Go's Prometheus client
+  // prints floats ("1.7952364e+09", "NaN", "+Inf"). Families without series are
+  // left out.
   std::string RenderText() const;
 
  private:
@@ -64,7 +82,9 @@ class MetricsRegistry {
 };
 
 // Adds process_cpu_seconds_total, process_resident_memory_bytes,
-// process_open_fds and process_start_time_seconds (read from /proc).
+// process_virtual_memory_bytes, process_open_fds, process_max_fds and
+// process_start_time_seconds (read from /proc at render time, with the help
+// texts of Prometheus' Go client). A value that cannot be read renders as NaN.
 void AddProcessMetrics(MetricsRegistry& registry);
 
 }  // namespace keel::common

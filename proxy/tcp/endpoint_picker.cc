@@ -9,8 +9,7 @@ namespace keel::proxy::tcp {
 namespace {
 
 // Appends `members` rotated left by ticket % size (round robin by ticket).
-void AppendRotated(const std::vector<size_t>& members, uint64_t ticket,
-                   std::vector<size_t>& out) {
+void AppendRotated(const std::vector<size_t>& members, uint64_t ticket, std::vector<size_t>& out) {
   if (members.empty()) return;
   const size_t start = static_cast<size_t>(ticket % members.size());
   for (size_t i = 0; i < members.size(); ++i) {

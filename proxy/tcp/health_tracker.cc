@@ -25,7 +25,11 @@ HealthTracker::HealthTracker(std::vector<Endpoint> endpoints, Options options, u
   }
   options_.initial_backoff = std::min(options_.initial_backoff, options_.retry_delay);
   states_.reserve(endpoints.size());
-  for (Endpoint& e : endpoints) states_.push_back(State{.endpoint = std::move(e)});
+  for (Endpoint& e : endpoints) {
+    State s;
+    s.endpoint = std::move(e);
+    states_.push_back(std::move(s));
+  }
   Publish();
 }
 
@@ -40,11 +44,11 @@ void HealthTracker::SetEndpoints(std::vector<Endpoint> endpoints, absl::Time now
     s.endpoint = std::move(e);
     next.push_back(std::move(s));
   }
-  const bool same = next.size() == states_.size() &&
-                    std::equal(next.begin(), next.end(), states_.begin(),
-                               [](const State& a, const State& b) {
-                                 return a.endpoint == b.endpoint && a.active == b.active;
-                               });
+  const bool same =
+      next.size() == states_.size() &&
+      std::equal(next.begin(), next.end(), states_.begin(), [](const State& a, const State& b) {
+        return a.endpoint == b.endpoint && a.active == b.active;
+      });
   states_ = std::move(next);
   if (!same) Publish();
 }

@@ -81,9 +81,9 @@ class HealthTracker {
   struct State {
     Endpoint endpoint;
     bool active = true;
-    bool probe_outstanding = false;  // handed out by DueProbes, not reported yet
-    absl::Duration backoff;          // un-jittered base of the next interval
-    absl::Duration interval;         // jittered interval last scheduled
+    bool probe_outstanding = false;                  // handed out by DueProbes, not reported yet
+    absl::Duration backoff = absl::ZeroDuration();   // un-jittered base of the next interval
+    absl::Duration interval = absl::ZeroDuration();  // jittered interval last scheduled
     absl::Time next_probe = absl::InfiniteFuture();
   };
 

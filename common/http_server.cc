@@ -1,0 +1,403 @@
+#include "common/http_server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <list>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace keel::common {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr size_t kMaxRequestBytes = 8 * 1024;
+constexpr auto kReadTimeout = std::chrono::seconds(5);
+constexpr auto kWriteTimeout = std::chrono::seconds(5);
+// After the response, unread request bytes (e.g. a POST body) are drained for
+// a short while so that close() does not reset the connection before the
+// client has read the response.
+constexpr auto kDrainTimeout = std::chrono::seconds(1);
+constexpr size_t kMaxConnections = 128;
+
+// Go's reason phrases; unknown codes read "status code N" as in net/http.
+std::string Reason(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 413:
+      return "Request Entity Too Large";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return absl::StrCat("status code ", status);
+  }
+}
+
+std::string Serialize(const HttpResponse& response, bool include_body) {
+  std::string out =
+      absl::StrCat("HTTP/1.1 ", response.status, " ", Reason(response.status),
+                   "\r\nContent-Type: ", response.content_type,
+                   "\r\nContent-Length: ", response.body.size(), "\r\nConnection: close\r\n\r\n");
+  if (include_body) out += response.body;
+  return out;
+}
+
+HttpResponse PlainResponse(int status, std::string body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Percent-decodes a path; false on a malformed escape.
+bool DecodePath(const std::string& in, std::string& out) {
+  out.clear();
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out += in[i];
+      continue;
+    }
+    if (i + 2 >= in.size()) return false;
+    const int hi = HexValue(in[i + 1]);
+    const int lo = HexValue(in[i + 2]);
+    if (hi < 0 || lo < 0) return false;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return true;
+}
+
+// Parses "METHOD SP target SP HTTP/1.x". False if malformed.
+bool ParseRequestLine(const std::string& line, HttpRequest& req) {
+  const size_t sp1 = line.find(' ');
+  if (sp1 == std::string::npos || sp1 == 0) return false;
+  const size_t sp2 = line.find(' ', sp1 + 1);
+  if (sp2 == std::string::npos || sp2 == sp1 + 1) return false;
+  const std::string version = line.substr(sp2 + 1);
+  if (version.rfind("HTTP/1.", 0) != 0) return false;
+  req.method = line.substr(0, sp1);
+  std::string target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  // Absolute form ("http://host/path") as proxies send it.
+  for (const char* scheme : {"http://", "https://"}) {
+    if (target.rfind(scheme, 0) == 0) {
+      const size_t slash = target.find('/', std::strlen(scheme));
+      target = slash == std::string::npos ? "/" : target.substr(slash);
+    }
+  }
+  if (target.empty() || target[0] != '/') return false;
+  const size_t q = target.find('?');
+  std::string raw_path = target.substr(0, q);
+  req.query = q == std::string::npos ? "" : target.substr(q + 1);
+  return DecodePath(raw_path, req.path);
+}
+
+struct Connection {
+  enum class State { kReading, kWriting, kDraining };
+  int fd = -1;
+  State state = State::kReading;
+  std::string in;
+  std::string out;
+  size_t written = 0;
+  Clock::time_point deadline;
+};
+
+// strerror's text as Go prints syscall errors: "address already in use".
+std::string ErrText(int err) {
+  char buf[256];
+  std::string text = strerror_r(err, buf, sizeof(buf));
+  if (!text.empty() && text[0] >= 'A' && text[0] <= 'Z')
+    text[0] = static_cast<char>(text[0] - 'A' + 'a');
+  return text;
+}
+
+void CloseFd(int& fd) {
+  if (fd >= 0) close(fd);
+  fd = -1;
+}
+
+}  // namespace
+
+HttpServer::HttpServer() = default;
+
+HttpServer::~HttpServer() { Stop(); }
+
+void HttpServer::Handle(const std::string& path, HttpHandler handler) {
+  handlers_[path] = std::move(handler);
+}
+
+absl::Status HttpServer::Start(const HostPort& listen) {
+  std::lock_guard<std::mutex> lock(stop_mu_);
+  if (thread_.joinable()) return absl::FailedPreconditionError("http server already started");
+  const std::string address = listen.ToString();
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* result = nullptr;
+  const std::string port = std::to_string(listen.port);
+  const int gai = getaddrinfo(listen.host.empty() ? nullptr : listen.host.c_str(), port.c_str(),
+                              &hints, &result);
+  if (gai != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("listen tcp ", address, ": lookup ", listen.host, ": ", gai_strerror(gai)));
+  }
+  // Like Go: an empty host listens on the IPv6 wildcard (dual-stack) if it
+  // can; a name such as "localhost" binds its IPv4 address first.
+  std::vector<addrinfo*> candidates;
+  for (addrinfo* ai = result; ai != nullptr; ai = ai->ai_next) candidates.push_back(ai);
+  const int preferred = listen.host.empty() ? AF_INET6 : AF_INET;
+  std::stable_sort(candidates.begin(), candidates.end(), [preferred](addrinfo* a, addrinfo* b) {
+    return a->ai_family == preferred && b->ai_family != preferred;
+  });
+  absl::Status error = absl::UnavailableError(absl::StrCat("listen tcp ", address, ": no address"));
+  int fd = -1;
+  for (addrinfo* ai : candidates) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      error = absl::UnavailableError(
+          absl::StrCat("listen tcp ", address, ": socket: ", ErrText(errno)));
+      continue;
+    }
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      error =
+          absl::UnavailableError(absl::StrCat("listen tcp ", address, ": bind: ", ErrText(errno)));
+      CloseFd(fd);
+      continue;
+    }
+    if (::listen(fd, 128) != 0) {
+      error = absl::UnavailableError(
+          absl::StrCat("listen tcp ", address, ": listen: ", ErrText(errno)));
+      CloseFd(fd);
+      continue;
+    }
+    break;
+  }
+  freeaddrinfo(result);
+  if (fd < 0) return error;
+  sockaddr_storage bound{};
+  socklen_t len = sizeof(bound);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) {
+    const int err = errno;
+    CloseFd(fd);
+    return absl::UnavailableError(
+        absl::StrCat("listen tcp ", address, ": getsockname: ", ErrText(err)));
+  }
+  if (bound.ss_family == AF_INET) {
+    port_ = ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  } else {
+    port_ = ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  }
+  if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
+    const int err = errno;
+    CloseFd(fd);
+    return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrText(err)));
+  }
+  listen_fd_ = fd;
+  thread_ = std::thread(&HttpServer::Serve, this);
+  return absl::OkStatus();
+}
+
+void HttpServer::Stop() {
+  std::lock_guard<std::mutex> lock(stop_mu_);
+  if (thread_.joinable()) {
+    const char byte = 'x';
+    // The pipe is non-blocking and only needs to become readable once.
+    [[maybe_unused]] ssize_t n = write(wake_pipe_[1], &byte, 1);
+    thread_.join();
+  }
+  CloseFd(listen_fd_);
+  CloseFd(wake_pipe_[0]);
+  CloseFd(wake_pipe_[1]);
+}
+
+void HttpServer::Serve() {
+  std::list<Connection> conns;
+  std::vector<pollfd> fds;
+  std::vector<Connection*> polled;  // polled[i] is the connection of fds[i + 2]
+  char buf[4096];
+
+  // Moves a connection to writing `response`; HEAD gets headers only.
+  auto respond = [](Connection& c, const HttpResponse& response, bool include_body) {
+    c.out = Serialize(response, include_body);
+    c.written = 0;
+    c.state = Connection::State::kWriting;
+    c.deadline = Clock::now() + kWriteTimeout;
+  };
+
+  // Handles the buffered request once its header block is complete.
+  auto maybe_dispatch = [&](Connection& c) {
+    size_t end = c.in.find("\r\n\r\n");
+    if (end == std::string::npos) end = c.in.find("\n\n");
+    if (end == std::string::npos || end > kMaxRequestBytes) {
+      if (c.in.size() > kMaxRequestBytes) {
+        respond(c, PlainResponse(431, "431 Request Header Fields Too Large"), true);
+      }
+      return;
+    }
+    std::string line = c.in.substr(0, c.in.find('\n'));
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    HttpRequest req;
+    if (!ParseRequestLine(line, req)) {
+      respond(c, PlainResponse(400, "400 Bad Request"), true);
+      return;
+    }
+    const bool include_body = req.method != "HEAD";
+    auto it = handlers_.find(req.path);
+    if (it == handlers_.end()) {
+      respond(c, PlainResponse(404, "404 page not found\n"), include_body);
+      return;
+    }
+    respond(c, it->second(req), include_body);
+  };
+
+  // Writes what it can; on completion half-closes and starts draining.
+  // Returns false if the connection must be closed.
+  auto flush = [](Connection& c) {
+    while (c.written < c.out.size()) {
+      const ssize_t n =
+          send(c.fd, c.out.data() + c.written, c.out.size() - c.written, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK;
+      }
+      c.written += static_cast<size_t>(n);
+    }
+    shutdown(c.fd, SHUT_WR);
+    c.state = Connection::State::kDraining;
+    c.deadline = Clock::now() + kDrainTimeout;
+    return true;
+  };
+
+  // Reads what is available. Returns false if the connection must be closed.
+  auto read_some = [&](Connection& c) {
+    while (true) {
+      const ssize_t n = recv(c.fd, buf, sizeof(buf), 0);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK;
+      }
+      if (n == 0) return false;  // EOF: nothing more to answer or drain
+      if (c.state == Connection::State::kDraining) continue;
+      c.in.append(buf, static_cast<size_t>(n));
+      maybe_dispatch(c);
+      if (c.state == Connection::State::kWriting) return flush(c);
+    }
+  };
+
+  while (true) {
+    fds.clear();
+    polled.clear();
+    fds.push_back({wake_pipe_[0], POLLIN, 0});
+    fds.push_back({listen_fd_, static_cast<short>(conns.size() < kMaxConnections ? POLLIN : 0), 0});
+    Clock::time_point next_deadline = Clock::time_point::max();
+    for (Connection& c : conns) {
+      const short events = c.state == Connection::State::kWriting ? POLLOUT : POLLIN;
+      fds.push_back({c.fd, events, 0});
+      polled.push_back(&c);
+      next_deadline = std::min(next_deadline, c.deadline);
+    }
+    int timeout_ms = -1;
+    if (next_deadline != Clock::time_point::max()) {
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next_deadline - Clock::now());
+      timeout_ms = static_cast<int>(std::max<int64_t>(0, wait.count()));
+    }
+    const int ready = poll(fds.data(), fds.size(), timeout_ms);
+    if (ready < 0 && errno != EINTR) break;
+    if (ready > 0 && (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) break;  // Stop()
+
+    if (ready > 0 && (fds[1].revents & POLLIN) != 0) {
+      while (conns.size() < kMaxConnections) {
+        const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;  // EAGAIN, or a transient error (EMFILE, ECONNABORTED)
+        Connection c;
+        c.fd = fd;
+        c.deadline = Clock::now() + kReadTimeout;
+        conns.push_back(std::move(c));
+      }
+    }
+
+    std::vector<Connection*> to_close;
+    if (ready > 0) {
+      for (size_t i = 0; i < polled.size(); ++i) {
+        const short revents = fds[i + 2].revents;
+        if (revents == 0) continue;
+        Connection& c = *polled[i];
+        bool keep = true;
+        if (c.state == Connection::State::kWriting) {
+          keep = (revents & (POLLERR | POLLHUP)) == 0 && flush(c);
+        } else {
+          keep = read_some(c);
+        }
+        if (!keep) to_close.push_back(&c);
+      }
+    }
+    const Clock::time_point now = Clock::now();
+    for (Connection& c : conns) {
+      if (now >= c.deadline && std::find(to_close.begin(), to_close.end(), &c) == to_close.end()) {
+        to_close.push_back(&c);
+      }
+    }
+    for (Connection* c : to_close) {
+      CloseFd(c->fd);
+    }
+    conns.remove_if([](const Connection& c) { return c.fd < 0; });
+  }
+  for (Connection& c : conns) CloseFd(c.fd);
+}
+
+}  // namespace keel::common

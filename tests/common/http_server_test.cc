@@ -1,0 +1,284 @@
+#include "common/http_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testutil/process.h"
+
+namespace keel::common {
+namespace {
+
+// A blocking client socket to 127.0.0.1:port (receive timeout 20 s so a
+// broken server fails the test instead of hanging it). -1 on failure.
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  timeval tv{20, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool SendAll(int fd, const std::string& data) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    const ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Reads until EOF, error or the receive timeout.
+std::string ReadAll(int fd) {
+  std::string out;
+  char buf[4096];
+  while (true) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// Sends `request` on a new connection and returns everything the server
+// wrote before closing.
+std::string Exchange(int port, const std::string& request) {
+  const int fd = Connect(port);
+  if (fd < 0) return "connect failed";
+  SendAll(fd, request);
+  std::string response = ReadAll(fd);
+  close(fd);
+  return response;
+}
+
+std::string Get(int port, const std::string& target) {
+  return Exchange(port, "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n");
+}
+
+std::string Body(const std::string& response) {
+  const size_t end = response.find("\r\n\r\n");
+  return end == std::string::npos ? "" : response.substr(end + 4);
+}
+
+// True once the peer has closed `fd` (EOF or reset), polling up to `timeout`.
+bool PeerClosed(int fd, std::chrono::milliseconds timeout) {
+  return testutil::WaitFor(
+      [fd] {
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, 0) <= 0) return false;
+        char c;
+        const ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+      },
+      timeout);
+}
+
+class HttpServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_.Handle("/health", [this](const HttpRequest& req) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        last_ = req;
+      }
+      if (req.method != "GET")
+        return HttpResponse{405, "text/plain; charset=utf-8", "Method Not Allowed"};
+      return HttpResponse{200, "application/json", "{\"health\":\"true\"}"};
+    });
+    server_.Handle("/metrics", [this](const HttpRequest& req) {
+      std::lock_guard<std::mutex> lock(mu_);
+      last_ = req;
+      return HttpResponse{200, "text/plain; version=0.0.4", "up 1\n"};
+    });
+    ASSERT_TRUE(server_.Start(HostPort{"127.0.0.1", 0}).ok());
+    ASSERT_GT(server_.port(), 0);
+  }
+
+  HttpRequest Last() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_;
+  }
+
+  HttpServer server_;
+  std::mutex mu_;
+  HttpRequest last_;
+};
+
+TEST_F(HttpServerTest, GetExistingPath) {
+  const std::string response = Get(server_.port(), "/health");
+  EXPECT_EQ(response,
+            "HTTP/1.1 200 OK\r\n"
+            "Content-Type: application/json\r\n"
+            "Content-Length: 17\r\n"
+            "Connection: close\r\n\r\n"
+            "{\"health\":\"true\"}");
+  EXPECT_EQ(Last().method, "GET");
+  EXPECT_EQ(Last().path, "/health");
+}
+
+TEST_F(HttpServerTest, UnknownPathIs404) {
+  const std::string response = Get(server_.port(), "/nope");
+  EXPECT_EQ(response.rfind("HTTP/1.1 404 Not Found\r\n", 0), 0u) << response;
+  EXPECT_NE(response.find("Content-Length: 19\r\n"), std::string::npos) << response;
+  EXPECT_EQ(Body(response), "404 page not found\n");
+  // Matching is exact: no prefix matching, no trailing-slash redirect.
+  EXPECT_EQ(Body(Get(server_.port(), "/health/")), "404 page not found\n");
+}
+
+TEST_F(HttpServerTest, QueryIsSplitOff) {
+  const std::string response = Get(server_.port(), "/metrics?name=a%20b");
+  EXPECT_EQ(Body(response), "up 1\n");
+  EXPECT_EQ(Last().path, "/metrics");
+  EXPECT_EQ(Last().query, "name=a%20b");
+  EXPECT_EQ(Body(Get(server_.port(), "/m%65trics")), "up 1\n");
+}
+
+TEST_F(HttpServerTest, PostGoesToHandler) {
+  const std::string response = Exchange(
+      server_.port(), "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world");
+  EXPECT_EQ(response.rfind("HTTP/1.1 405 Method Not Allowed\r\n", 0), 0u) << response;
+  EXPECT_EQ(Body(response), "Method Not Allowed");
+  EXPECT_EQ(Last().method, "POST");
+}
+
+TEST_F(HttpServerTest, HeadHasNoBody) {
+  const std::string response = Exchange(server_.port(), "HEAD /metrics HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(response.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << response;
+  EXPECT_NE(response.find("Content-Length: 5\r\n"), std::string::npos) << response;
+  EXPECT_EQ(Last().method, "HEAD");
+  EXPECT_EQ(Body(response), "");
+}
+
+TEST_F(HttpServerTest, MalformedRequestIs400) {
+  const std::string response = Exchange(server_.port(), "garbage\r\n\r\n");
+  EXPECT_EQ(response.rfind("HTTP/1.1 400 Bad Request\r\n", 0), 0u) << response;
+}
+
+TEST_F(HttpServerTest, OversizedRequestIsRejected) {
+  std::string request = "GET /health HTTP/1.1\r\nX-Big: ";
+  request += std::string(9000, 'a');
+  const std::string response = Exchange(server_.port(), request);
+  EXPECT_EQ(response.rfind("HTTP/1.1 431 ", 0), 0u) << response.substr(0, 100);
+  EXPECT_EQ(Body(Get(server_.port(), "/health")), "{\"health\":\"true\"}");
+}
+
+TEST_F(HttpServerTest, StalledClientDoesNotBlockOthers) {
+  const int slow = Connect(server_.port());
+  ASSERT_GE(slow, 0);
+  ASSERT_TRUE(SendAll(slow, "GET /hea"));
+  const int idle = Connect(server_.port());
+  ASSERT_GE(idle, 0);
+  // Both stalled connections are open; other requests are still served.
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(Body(Get(server_.port(), "/health")), "{\"health\":\"true\"}");
+  }
+  // The stalled ones are dropped after the 5 s read timeout, unanswered.
+  EXPECT_TRUE(PeerClosed(slow, std::chrono::seconds(30)));
+  EXPECT_TRUE(PeerClosed(idle, std::chrono::seconds(30)));
+  close(slow);
+  close(idle);
+}
+
+TEST_F(HttpServerTest, SplitRequestIsAssembled) {
+  const int fd = Connect(server_.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendAll(fd, "GET /heal"));
+  // Give the server a chance to read the first part on its own.
+  EXPECT_FALSE(PeerClosed(fd, std::chrono::milliseconds(100)));
+  ASSERT_TRUE(SendAll(fd, "th HTTP/1.1\r\n\r\n"));
+  EXPECT_EQ(Body(ReadAll(fd)), "{\"health\":\"true\"}");
+  close(fd);
+}
+
+TEST_F(HttpServerTest, ConcurrentClients) {
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([this, &ok] {
+      for (int i = 0; i < 10; ++i) {
+        if (Body(Get(server_.port(), "/metrics")) == "up 1\n") ++ok;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 80);
+}
+
+TEST_F(HttpServerTest, StopWhileClientConnected) {
+  const int fd = Connect(server_.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendAll(fd, "GET /health HTTP/1.1\r\n"));  // incomplete
+  const int port = server_.port();
+  server_.Stop();
+  EXPECT_TRUE(PeerClosed(fd, std::chrono::seconds(10)));
+  close(fd);
+  EXPECT_FALSE(testutil::CanConnect("127.0.0.1", port));
+  server_.Stop();  // idempotent
+}
+
+TEST(HttpServer, StartErrors) {
+  HttpServer first;
+  ASSERT_TRUE(first.Start(HostPort{"127.0.0.1", 0}).ok());
+  EXPECT_EQ(first.Start(HostPort{"127.0.0.1", 0}).code(), absl::StatusCode::kFailedPrecondition);
+
+  HttpServer second;
+  absl::Status s = second.Start(HostPort{"127.0.0.1", first.port()});
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.message(), "listen tcp 127.0.0.1:" + std::to_string(first.port()) +
+                             ": bind: address already in use");
+}
+
+TEST(HttpServer, StartOnFixedFreePort) {
+  const int port = testutil::FreePort();
+  HttpServer server;
+  server.Handle("/x", [](const HttpRequest&) { return HttpResponse{200, "text/plain", "x"}; });
+  ASSERT_TRUE(server.Start(HostPort{"127.0.0.1", port}).ok());
+  EXPECT_EQ(server.port(), port);
+  EXPECT_EQ(Body(Get(port, "/x")), "x");
+  server.Stop();
+  // Restartable on a new server object after Stop.
+  HttpServer again;
+  ASSERT_TRUE(again.Start(HostPort{"127.0.0.1", port}).ok());
+}
+
+TEST(HttpServer, LocalhostAndWildcardAreReachableOnIpv4Loopback) {
+  for (const char* host : {"localhost", ""}) {
+    HttpServer server;
+    server.Handle("/x", [](const HttpRequest&) { return HttpResponse{200, "text/plain", "x"}; });
+    ASSERT_TRUE(server.Start(HostPort{host, 0}).ok()) << host;
+    EXPECT_EQ(Body(Get(server.port(), "/x")), "x") << host;
+  }
+}
+
+TEST(HttpServer, DestructorStops) {
+  int port = 0;
+  {
+    HttpServer server;
+    ASSERT_TRUE(server.Start(HostPort{"127.0.0.1", 0}).ok());
+    port = server.port();
+    EXPECT_TRUE(testutil::CanConnect("127.0.0.1", port));
+  }
+  EXPECT_FALSE(testutil::CanConnect("127.0.0.1", port));
+}
+
+}  // namespace
+}  // namespace keel::common

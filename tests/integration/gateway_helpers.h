@@ -1,0 +1,252 @@
+#pragma once
+
+// Header-only helpers for the gateway's integration tests: the keel gateway
+// as a child process, a tiny test-local TCP server, and a raw HTTP/1.1 client.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/testutil/process.h"
+
+namespace keel::testutil {
+
+// `keel gateway start` with `flags`, listening on a free port (unless the
+// flags name --listen-addr). Ready() waits for etcd's ready line.
+class GatewayProcess {
+ public:
+  GatewayProcess(const TempDir& dir, std::vector<std::string> flags,
+                 std::map<std::string, std::string> env = {}) {
+    port_ = FreePort();
+    std::vector<std::string> argv = {BinDir() + "/keel", "gateway", "start"};
+    bool has_listen = false;
+    for (const auto& f : flags) has_listen |= f.rfind("--listen-addr", 0) == 0;
+    if (!has_listen) argv.push_back("--listen-addr=127.0.0.1:" + std::to_string(port_));
+    for (auto& f : flags) argv.push_back(std::move(f));
+    static int counter = 0;
+    process_ = std::make_unique<Subprocess>(
+        argv, dir.File("gateway-" + std::to_string(counter++) + ".log"), std::move(env));
+  }
+
+  bool Ready(std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+    return process_->WaitForLog("ready to proxy client requests", timeout);
+  }
+  int port() const { return port_; }
+  std::string addr() const { return "127.0.0.1:" + std::to_string(port_); }
+  Subprocess& process() { return *process_; }
+  std::string Log() const { return process_->Log(); }
+
+ private:
+  int port_ = 0;
+  std::unique_ptr<Subprocess> process_;
+};
+
+// Counts non-overlapping occurrences of `needle` in `hay`.
+inline int CountOf(const std::string& hay, const std::string& needle) {
+  int n = 0;
+  for (size_t pos = hay.find(needle); pos != std::string::npos;
+       pos = hay.find(needle, pos + needle.size())) {
+    ++n;
+  }
+  return n;
+}
+
+// A connected TCP socket to 127.0.0.1:port, or -1.
+inline int ConnectTcp(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+inline bool SendAll(int fd, const std::string& data) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Reads until EOF, error, or `timeout` without data.
+inline std::string ReadToEof(int fd, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  std::string out;
+  char buf[65536];
+  while (true) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(timeout.count())) <= 0) break;
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// Reads exactly `n` bytes (less on EOF/error/timeout).
+inline std::string ReadN(int fd, size_t n,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  std::string out;
+  char buf[65536];
+  while (out.size() < n) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(timeout.count())) <= 0) break;
+    ssize_t r = recv(fd, buf, std::min(sizeof(buf), n - out.size()), 0);
+    if (r <= 0) break;
+    out.append(buf, static_cast<size_t>(r));
+  }
+  return out;
+}
+
+// One HTTP/1.1 request on its own connection (Connection: close). Returns
+// the status code and the body, or nullopt if the connection failed.
+struct HttpResult {
+  int status = 0;
+  std::string body;
+};
+inline std::optional<HttpResult> HttpCall(int port, const std::string& method,
+                                          const std::string& path, const std::string& body = "") {
+  int fd = ConnectTcp(port);
+  if (fd < 0) return std::nullopt;
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
+                    "\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: " +
+                    std::to_string(body.size()) + "\r\n\r\n" + body;
+  std::string resp;
+  if (SendAll(fd, req)) resp = ReadToEof(fd);
+  close(fd);
+  size_t header_end = resp.find("\r\n\r\n");
+  if (resp.rfind("HTTP/1.", 0) != 0 || header_end == std::string::npos) return std::nullopt;
+  HttpResult r;
+  r.status = std::stoi(resp.substr(resp.find(' ') + 1, 3));
+  r.body = resp.substr(header_end + 4);
+  return r;
+}
+
+// A TCP server on 127.0.0.1 (free port) running `handler(fd)` for each
+// accepted connection on its own thread; the handler owns nothing: the server
+// closes the fd after it returns. Stops and joins everything on destruction.
+class TcpServer {
+ public:
+  // `port` 0 picks a free one.
+  explicit TcpServer(std::function<void(int)> handler, int port = 0)
+      : handler_(std::move(handler)) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(listen_fd_, 64);
+    socklen_t len = sizeof(addr);
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    acceptor_ = std::thread([this] { AcceptLoop(); });
+  }
+  ~TcpServer() {
+    stop_ = true;
+    shutdown(listen_fd_, SHUT_RDWR);
+    acceptor_.join();
+    for (auto& t : handlers_) t.join();
+    close(listen_fd_);
+  }
+  TcpServer(const TcpServer&) = delete;
+  TcpServer& operator=(const TcpServer&) = delete;
+
+  int port() const { return port_; }
+  std::string addr() const { return "127.0.0.1:" + std::to_string(port_); }
+  int accepted() const { return accepted_.load(); }
+
+ private:
+  void AcceptLoop() {
+    while (!stop_) {
+      pollfd p{listen_fd_, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      ++accepted_;
+      handlers_.emplace_back([this, fd] {
+        handler_(fd);
+        close(fd);
+      });
+    }
+  }
+
+  std::function<void(int)> handler_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> accepted_{0};
+  std::thread acceptor_;
+  std::vector<std::thread> handlers_;
+};
+
+// A 127.0.0.1 address that swallows SYNs: a listener with a full accept
+// queue that never accepts, so the kernel drops further SYNs and a connect
+// hangs until its timeout, like a black-holed host.
+class BlackHole {
+ public:
+  BlackHole() {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(listen_fd_, 0);
+    socklen_t len = sizeof(addr);
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    // Fill the accept queue until a connect no longer completes.
+    for (int i = 0; i < 16; ++i) {
+      int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+      fillers_.push_back(fd);
+      pollfd p{fd, POLLOUT, 0};
+      if (poll(&p, 1, 300) == 0) break;  // still connecting: SYNs are dropped now
+    }
+  }
+  ~BlackHole() {
+    for (int fd : fillers_) close(fd);
+    close(listen_fd_);
+  }
+  BlackHole(const BlackHole&) = delete;
+  BlackHole& operator=(const BlackHole&) = delete;
+  std::string addr() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::vector<int> fillers_;
+};
+
+// Handler: echoes every chunk back until EOF, then closes.
+inline void EchoHandler(int fd) {
+  char buf[65536];
+  while (true) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 30000) <= 0) return;
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) return;
+    if (!SendAll(fd, std::string(buf, static_cast<size_t>(n)))) return;
+  }
+}
+
+}  // namespace keel::testutil
