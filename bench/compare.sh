@@ -7,7 +7,7 @@
 #
 #   bench/compare.sh [--quick] [--out FILE] [KEEL_BIN_DIR]
 #
-# KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default /work/main/build/bin.
+# KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default <checkout>/build/bin.
 # Writes bench/results/compare-<date>.md (see bench/README.md).
 set -uo pipefail
 
@@ -16,7 +16,7 @@ source "$SRC_DIR/bench/lib.sh"
 
 QUICK=0
 OUT=
-BIN_DIR=${KEEL_BIN_DIR:-/work/main/build/bin}
+BIN_DIR=${KEEL_BIN_DIR:-$SRC_DIR/build/bin}
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;

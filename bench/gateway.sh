@@ -5,7 +5,7 @@
 #
 #   bench/gateway.sh [--quick] [--rounds N] [--out FILE] [KEEL_BIN_DIR]
 #
-# KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default /work/main/build/bin.
+# KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default <checkout>/build/bin.
 # keel-bench is taken from $KEEL_BENCH, KEEL_BIN_DIR or any build*/bin.
 # Writes bench/results/gateway-<date>.md (see bench/README.md).
 set -uo pipefail
@@ -16,7 +16,7 @@ source "$SRC_DIR/bench/lib.sh"
 QUICK=0
 ROUNDS=
 OUT=
-BIN_DIR=${KEEL_BIN_DIR:-/work/main/build/bin}
+BIN_DIR=${KEEL_BIN_DIR:-$SRC_DIR/build/bin}
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
