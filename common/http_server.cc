@@ -29,6 +29,8 @@ constexpr auto kWriteTimeout = std::chrono::seconds(5);
 // a short while so that close() does not reset the connection before the
 // client has read the response.
 constexpr auto kDrainTimeout = std::chrono::seconds(1);
+// How long the listener is left alone after accept(2) ran out of descriptors.
+constexpr auto kAcceptPause = std::chrono::milliseconds(100);
 constexpr size_t kMaxConnections = 128;
 
 // Go's reason phrases; unknown codes read "status code N" as in net/http.
@@ -339,12 +341,15 @@ void HttpServer::Serve() {
     }
   };
 
+  Clock::time_point accept_paused_until = Clock::time_point::min();
   while (true) {
     fds.clear();
     polled.clear();
     fds.push_back({wake_pipe_[0], POLLIN, 0});
-    fds.push_back({listen_fd_, static_cast<short>(conns.size() < kMaxConnections ? POLLIN : 0), 0});
-    Clock::time_point next_deadline = Clock::time_point::max();
+    const bool paused = Clock::now() < accept_paused_until;
+    const bool accepting = conns.size() < kMaxConnections && !paused;
+    fds.push_back({listen_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+    Clock::time_point next_deadline = paused ? accept_paused_until : Clock::time_point::max();
     for (Connection& c : conns) {
       const short events = c.state == Connection::State::kWriting ? POLLOUT : POLLIN;
       fds.push_back({c.fd, events, 0});
@@ -363,7 +368,15 @@ void HttpServer::Serve() {
     if (ready > 0 && (fds[1].revents & POLLIN) != 0) {
       while (conns.size() < kMaxConnections) {
         const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) break;  // EAGAIN, or a transient error (EMFILE, ECONNABORTED)
+        if (fd < 0) {
+          // Out of descriptors: the listener stays readable, so stop polling
+          // it for a moment instead of spinning (EAGAIN and ECONNABORTED
+          // need nothing).
+          if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            accept_paused_until = Clock::now() + kAcceptPause;
+          }
+          break;
+        }
         Connection c;
         c.fd = fd;
         c.deadline = Clock::now() + kReadTimeout;

@@ -10,6 +10,7 @@
 
 #include "common/flags.h"
 #include "common/logging.h"
+#include "common/systemd.h"
 #include "proxy/tcp/gateway.h"
 
 namespace keel::cmd {
@@ -59,8 +60,14 @@ int GatewayCommand::Run() {
     std::cerr << s.message() << std::endl;
     return 1;
   }
+  // etcd tells systemd it is ready once it serves; units with Type=notify wait for it.
+  if (absl::Status s = common::NotifySystemd("READY=1"); !s.ok()) {
+    common::LogEvent(*common::Logger("gateway"), spdlog::level::warn,
+                     "failed to notify systemd for readiness", {{"error", s.ToString()}});
+  }
   int sig = 0;
   sigwait(&stop_signals, &sig);
+  (void)common::NotifySystemd("STOPPING=1");  // best effort, as sd_notify callers do
   common::LogEvent(*common::Logger("gateway"), spdlog::level::info, "received signal; draining",
                    {{"signal", sig == SIGTERM ? "terminated" : "interrupt"}});
   gateway.Drain();

@@ -10,6 +10,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
@@ -159,10 +160,18 @@ absl::StatusOr<ResolvedEndpoints> ResolveEndpoints(const EndpointConfig& config)
     for (const std::string& item : config.static_endpoints) {
       absl::StatusOr<common::HostPort> hp = common::ParseEndpoint(item);
       if (!hp.ok()) return hp.status();
-      out.endpoints.push_back(Endpoint{*std::move(hp), 0, 0, ""});
+      // The scheme is kept (etcd drops it) so that health checks know an
+      // https endpoint is not to be asked GET /health in plain text.
+      std::string scheme;
+      if (absl::StartsWith(item, "https://")) {
+        scheme = "https";
+      } else if (absl::StartsWith(item, "http://")) {
+        scheme = "http";
+      }
+      out.endpoints.push_back(Endpoint{*std::move(hp), 0, 0, std::move(scheme)});
     }
   }
-  if (out.endpoints.empty()) return absl::InvalidArgumentError("no endpoints to proxy");
+  if (out.endpoints.empty()) return absl::InvalidArgumentError("no endpoints found");  // etcd's words
   if (absl::Status s = ValidateEndpoints(config.listen, out.endpoints); !s.ok()) return s;
   return out;
 }

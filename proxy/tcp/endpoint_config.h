@@ -30,7 +30,7 @@ struct ResolvedEndpoints {
 // configured (errors from DiscoverSrvEndpoints returned as they are, e.g.
 // "dns lookup errors: ..."); if that yields nothing, the static list, each item
 // parsed with common::ParseEndpoint (InvalidArgument `error parsing endpoint
-// "127.0.0.1"`; InvalidArgument `no endpoints to proxy` if the list is empty);
+// "127.0.0.1"`; InvalidArgument `no endpoints found` (etcd's message) if the list is empty);
 // then ValidateEndpoints. Logs etcd's discovery lines ("discovered
 // cluster from SRV", "failed to validate discovered endpoints", ...) to the
 // "gateway" logger. Blocking (DNS, TCP/TLS probes); call at start-up.

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <thread>
 #include <utility>
 
@@ -153,7 +154,11 @@ absl::Status Gateway::Listen() {
   if (!addrs.ok()) {
     return absl::UnavailableError(absl::StrCat("failed to resolve listen host: ", listen.host));
   }
-  SockAddr addr = addrs->front();
+  // Like Go's net.Listen (so etcd's gateway): a name such as "localhost",
+  // which glibc may resolve to ::1 first, binds its IPv4 address.
+  auto ipv4 = std::find_if(addrs->begin(), addrs->end(),
+                           [](const SockAddr& a) { return a.storage.ss_family == AF_INET; });
+  SockAddr addr = ipv4 != addrs->end() ? *ipv4 : addrs->front();
   if (listen.port != 0) {
     if (absl::Status s = CheckPortFree(addr); !s.ok()) return s;
   }

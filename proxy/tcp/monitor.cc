@@ -139,6 +139,9 @@ void Monitor::HandleFailure(const Endpoint& endpoint, const absl::Status& error)
   // schedule is the monitor's business.
   if (!index.has_value() || !tracker_.IsActive(*index)) return;
   if (!tracker_.ReportFailure(*index, absl::Now())) return;
+  // A failed health check before the deactivation must not count against the
+  // endpoint once it is back.
+  check_failures_.erase(endpoint.addr.ToString());
   common::LogEvent(*logger_, spdlog::level::warn, "deactivated endpoint",
                    {{"address", endpoint.addr.ToString()},
                     {"interval", common::FormatGoDuration(tracker_.ProbeInterval(*index))},

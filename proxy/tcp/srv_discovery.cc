@@ -326,7 +326,8 @@ absl::StatusOr<std::vector<SrvRecord>> ParseSrvAnswer(std::string_view answer) {
       r.ttl = absl::Seconds(ttl);
       if (ExpandName(p + 6, buf, len, &r.target) < 0) return malformed;
       while (!r.target.empty() && r.target.back() == '.') r.target.pop_back();
-      records.push_back(std::move(r));
+      // RFC 2782: a target of "." means the service is not available there.
+      if (!r.target.empty() && r.port != 0) records.push_back(std::move(r));
     }
     p += rdlength;
   }

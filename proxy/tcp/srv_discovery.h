@@ -20,7 +20,8 @@ struct SrvRecord {
 };
 
 // Parses the SRV records of the answer section of a DNS response message (other
-// record types are skipped), keeping each record's TTL. Pure. InvalidArgument
+// record types are skipped, and so are "." targets and port 0, which RFC 2782
+// uses for "not available here"), keeping each record's TTL. Pure. InvalidArgument
 // if the message is truncated or malformed.
 absl::StatusOr<std::vector<SrvRecord>> ParseSrvAnswer(std::string_view message);
 

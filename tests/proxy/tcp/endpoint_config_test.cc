@@ -21,15 +21,15 @@ EndpointConfig Static(const std::string& listen_host, int listen_port,
   return c;
 }
 
-TEST(ResolveEndpoints, StaticListKeepsOrderAndStripsScheme) {
+TEST(ResolveEndpoints, StaticListKeepsOrderAndRemembersScheme) {
   absl::StatusOr<ResolvedEndpoints> r = ResolveEndpoints(Static(
       "127.0.0.1", 23790, {"127.0.0.1:2379", "http://127.0.0.2:22379", "https://[::1]:32379"}));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(r->from_srv);
   ASSERT_EQ(r->endpoints.size(), 3u);
   EXPECT_EQ(r->endpoints[0], (Endpoint{{"127.0.0.1", 2379}, 0, 0, ""}));
-  EXPECT_EQ(r->endpoints[1], (Endpoint{{"127.0.0.2", 22379}, 0, 0, ""}));
-  EXPECT_EQ(r->endpoints[2], (Endpoint{{"::1", 32379}, 0, 0, ""}));
+  EXPECT_EQ(r->endpoints[1], (Endpoint{{"127.0.0.2", 22379}, 0, 0, "http"}));
+  EXPECT_EQ(r->endpoints[2], (Endpoint{{"::1", 32379}, 0, 0, "https"}));
 }
 
 TEST(ResolveEndpoints, PortIsMandatoryWithEtcdsMessage) {
@@ -44,6 +44,7 @@ TEST(ResolveEndpoints, EmptyListIsAnError) {
   absl::StatusOr<ResolvedEndpoints> r = ResolveEndpoints(Static("127.0.0.1", 23790, {}));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "no endpoints found");  // etcd gateway's words
 }
 
 TEST(ResolveEndpoints, LoopGuardWithEtcdsMessage) {  // proxy.md section 4, gateway scenario 6

@@ -90,6 +90,24 @@ TEST(ParseSrvAnswer, RecordsWithTtlsAndCompressedTargets) {
   EXPECT_EQ((*r)[1].ttl, absl::Seconds(7));
 }
 
+TEST(ParseSrvAnswer, RootTargetAndPortZeroMeanNotAvailable) {  // RFC 2782
+  Message m = Header(3);
+  Message root;  // target "." (the root name: one zero byte)
+  root.U16(0).U16(0).U16(2379).Raw(std::string(1, '\0'));
+  AddRecord(m, 33, 30, root);
+  Message no_port;
+  no_port.U16(0).U16(0).U16(0).Name("m1.example.test");
+  AddRecord(m, 33, 30, no_port);
+  Message ok;
+  ok.U16(0).U16(0).U16(2379).Name("m2.example.test");
+  AddRecord(m, 33, 30, ok);
+
+  absl::StatusOr<std::vector<SrvRecord>> r = ParseSrvAnswer(m.bytes());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->size(), 1u);
+  EXPECT_EQ((*r)[0].target, "m2.example.test");
+}
+
 TEST(ParseSrvAnswer, NoAnswersIsEmptyNotAnError) {
   absl::StatusOr<std::vector<SrvRecord>> r = ParseSrvAnswer(Header(0).bytes());
   ASSERT_TRUE(r.ok()) << r.status();
