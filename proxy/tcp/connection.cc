@@ -1,6 +1,7 @@
 #include "proxy/tcp/connection.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -141,6 +142,10 @@ void Connection::WriteCallback(evutil_socket_t fd, short, void* arg) {
 
 void Connection::OnReadable(int src) {
   Direction& dir = directions_[src];
+  if (dir.splicing) {
+    SpliceRead(src);
+    return;
+  }
   char* scratch = worker_.scratch();
   for (int round = 0; round < kMaxReadsPerWake; ++round) {
     const ssize_t n = ::recv(sides_[src].fd.get(), scratch, Worker::kScratchSize, 0);
@@ -150,6 +155,15 @@ void Connection::OnReadable(int src) {
       // A short read means the socket is drained for now; level-triggered
       // readiness brings us back when more arrives, without an EAGAIN read.
       if (dir.paused || static_cast<size_t>(n) < Worker::kScratchSize) return;
+      // A full read: the direction is streaming. Splice from now on, unless
+      // bytes wait in `pending` (they must reach the sink first).
+      if (!dir.no_pipe && Backlog(src) == 0) {
+        EnterSpliceMode(src);
+        if (dir.splicing) {
+          SpliceRead(src);
+          return;
+        }
+      }
       continue;
     }
     if (n == 0) {
@@ -162,11 +176,105 @@ void Connection::OnReadable(int src) {
   }
 }
 
+void Connection::EnterSpliceMode(int d) {
+  Direction& dir = directions_[d];
+  if (!dir.pipe_read.valid()) {
+    int fds[2];
+    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+      dir.no_pipe = true;  // out of descriptors: recv/send still works
+      return;
+    }
+    dir.pipe_read = UniqueFd(fds[0]);
+    dir.pipe_write = UniqueFd(fds[1]);
+    // Best effort: the per-user pipe limits may refuse a bigger pipe.
+    ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(kPipeSize));
+    const int size = ::fcntl(fds[1], F_GETPIPE_SZ);
+    if (size < static_cast<int>(kMinPipeSize)) {
+      dir.pipe_read.Reset();
+      dir.pipe_write.Reset();
+      dir.no_pipe = true;
+      return;
+    }
+    dir.pipe_size = static_cast<size_t>(size);
+  }
+  dir.splicing = true;
+}
+
+bool Connection::SpliceRead(int d) {
+  Direction& dir = directions_[d];
+  for (int round = 0; round < kMaxReadsPerWake; ++round) {
+    const ssize_t n = ::splice(sides_[d].fd.get(), nullptr, dir.pipe_write.get(), nullptr,
+                               kPipeSize, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      dir.bytes->Increment(static_cast<uint64_t>(n));
+      dir.in_pipe += static_cast<size_t>(n);
+      if (!SpliceFlush(d)) return false;
+      if (static_cast<size_t>(n) >= kSpliceMinChunk) {
+        dir.small_splices = 0;
+        continue;  // a big splice may have left more
+      }
+      if (dir.in_pipe == 0 && ++dir.small_splices >= kSmallSplicesToLeave) {
+        // Small messages again. The pipe is empty: give it back (it counts
+        // against the user's pipe limits) until the next bulk transfer.
+        dir.splicing = false;
+        dir.small_splices = 0;
+        dir.pipe_read.Reset();
+        dir.pipe_write.Reset();
+      }
+      // A small splice drained the socket for now; level-triggered
+      // readiness brings us back when more arrives.
+      return true;
+    }
+    if (n == 0) {
+      OnEof(d);
+      return false;  // may have ended the connection
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+      // With bytes in the pipe this may mean the pipe is full rather than
+      // the socket drained: stop reading until the sink took half of them.
+      if (dir.in_pipe > 0) {
+        dir.paused = true;
+        event_del(sides_[d].read_event.get());
+      }
+      return true;
+    }
+    End();
+    return false;
+  }
+  return true;
+}
+
+bool Connection::SpliceFlush(int d) {
+  Direction& dir = directions_[d];
+  Side& sink = sides_[1 - d];
+  while (dir.in_pipe > 0) {
+    const ssize_t w = ::splice(dir.pipe_read.get(), nullptr, sink.fd.get(), nullptr, dir.in_pipe,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (w > 0) {
+      dir.in_pipe -= static_cast<size_t>(w);
+      continue;
+    }
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      End();
+      return false;
+    }
+    break;
+  }
+  // A no-op when the write event is already armed.
+  if (dir.in_pipe > 0) event_add(sink.write_event.get(), nullptr);
+  return true;
+}
+
+size_t Connection::Backlog(int d) const {
+  const Direction& dir = directions_[d];
+  return dir.in_pipe + (dir.pending == nullptr ? 0 : evbuffer_get_length(dir.pending.get()));
+}
+
 bool Connection::Forward(int d, const char* data, size_t len) {
   Direction& dir = directions_[d];
   Side& sink = sides_[1 - d];
   size_t sent = 0;
-  const bool backlog = dir.pending != nullptr && evbuffer_get_length(dir.pending.get()) > 0;
+  const bool backlog = Backlog(d) > 0;
   if (!backlog) {
     const ssize_t w = ::send(sink.fd.get(), data, len, MSG_NOSIGNAL);
     if (w >= 0) {
@@ -189,10 +297,14 @@ bool Connection::Forward(int d, const char* data, size_t len) {
 
 void Connection::OnWritable(int sink) {
   const int d = 1 - sink;
-  if (!Flush(d)) return;
   Direction& dir = directions_[d];
-  const size_t left = dir.pending == nullptr ? 0 : evbuffer_get_length(dir.pending.get());
-  if (dir.paused && left < kLowWatermark && !dir.eof) {
+  if (!Flush(d)) return;
+  if (dir.in_pipe > 0 && !SpliceFlush(d)) return;
+  const size_t left = Backlog(d);
+  // A splicing direction reads again once its pipe is half empty, a
+  // buffering one below the low watermark.
+  const bool resume = dir.splicing ? left <= dir.pipe_size / 2 : left < kLowWatermark;
+  if (dir.paused && resume && !dir.eof) {
     dir.paused = false;
     event_add(sides_[d].read_event.get(), nullptr);
   }
@@ -234,8 +346,7 @@ void Connection::OnEof(int d) {
   Direction& dir = directions_[d];
   dir.eof = true;
   event_del(sides_[d].read_event.get());
-  const bool backlog = dir.pending != nullptr && evbuffer_get_length(dir.pending.get()) > 0;
-  if (backlog) return;  // OnWritable forwards the EOF after the flush
+  if (Backlog(d) > 0) return;  // OnWritable forwards the EOF after the flush
   dir.shut = true;
   ::shutdown(sides_[1 - d].fd.get(), SHUT_WR);
   MaybeFinish();

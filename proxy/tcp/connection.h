@@ -25,11 +25,28 @@ class Worker;
 // shutdown(SHUT_WR) once the buffered bytes are flushed (half-close); the
 // connection ends when both directions have, or at once on an error.
 //
+// Bulk: once a read fills the whole scratch buffer (the direction is
+// streaming), the direction switches to splice(2) through its own pipe
+// (socket -> pipe -> socket, no copy to user space). The pipe holds the
+// in-flight bytes the sink has not taken; when it is full (or cannot be told
+// from full) the source is not read until the sink took half of them. After
+// kSmallSplicesToLeave splices in a row that moved less than kSpliceMinChunk
+// each, with the pipe empty, the direction returns to recv/send and closes
+// the pipe. Byte counters, half-close and errors work the same in both modes.
+//
 // Loop-confined; owned by its Worker, which destroys it when it ends.
 class Connection {
  public:
   static constexpr size_t kHighWatermark = 1 << 20;
   static constexpr size_t kLowWatermark = 256 << 10;
+  // Requested pipe capacity of a splicing direction; a pipe that ends up
+  // smaller than kMinPipeSize (per-user pipe limits) is not used.
+  static constexpr size_t kPipeSize = 1 << 20;
+  static constexpr size_t kMinPipeSize = 64 << 10;
+  // Splices smaller than this, kSmallSplicesToLeave in a row, leave splice
+  // mode.
+  static constexpr size_t kSpliceMinChunk = 16 << 10;
+  static constexpr int kSmallSplicesToLeave = 8;
 
   // `order`: indices into routes->targets, from PickOrder.
   Connection(Worker& worker, UniqueFd client, std::shared_ptr<const Routes> routes,
@@ -51,10 +68,17 @@ class Connection {
   };
   // Bytes flowing from sides_[i] to sides_[1 - i] use directions_[i].
   struct Direction {
-    EvBufferPtr pending;  // read from the source, not yet taken by the sink
-    bool paused = false;  // source read event removed by the high watermark
-    bool eof = false;     // source reached EOF
-    bool shut = false;    // EOF forwarded with shutdown(SHUT_WR) on the sink
+    EvBufferPtr pending;    // read from the source, not yet taken by the sink
+    bool paused = false;    // source read event removed (high watermark / full pipe)
+    bool eof = false;       // source reached EOF
+    bool shut = false;      // EOF forwarded with shutdown(SHUT_WR) on the sink
+    bool splicing = false;  // bulk mode: source -> pipe -> sink; `pending` is empty
+    bool no_pipe = false;   // a pipe could not be set up: recv/send only
+    size_t in_pipe = 0;     // bytes in the pipe, not yet taken by the sink
+    size_t pipe_size = 0;   // the pipe's capacity
+    int small_splices = 0;  // consecutive splices below kSpliceMinChunk
+    UniqueFd pipe_read;     // open while splicing
+    UniqueFd pipe_write;
     common::Counter* bytes = nullptr;
   };
 
@@ -65,6 +89,17 @@ class Connection {
   void StartRelay();
 
   void OnReadable(int src);
+  // Splice-mode read of direction `d`'s source. Returns after the wake-up's
+  // work (the connection may have ended: then false).
+  bool SpliceRead(int d);
+  // Moves the pipe's bytes of direction `d` to its sink. False if the
+  // connection was ended.
+  bool SpliceFlush(int d);
+  // Switches direction `d` to splice mode if a pipe can be set up (if not,
+  // the direction stays with recv/send for good).
+  void EnterSpliceMode(int d);
+  // Bytes read from direction `d`'s source that its sink has not taken yet.
+  size_t Backlog(int d) const;
   void OnWritable(int sink);
   // Sends `data` to the sink of direction `dir`, buffering the rest. False if
   // the connection was ended.

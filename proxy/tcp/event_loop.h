@@ -20,7 +20,8 @@ namespace keel::proxy::tcp {
 // base() is loop-confined: only the loop thread touches it. Other threads
 // reach the loop only through Post(), an eventfd-driven task queue, so the
 // base itself needs no locking (libevent's evthread locks are not enabled).
-// Post() and Stop() are thread-safe; the rest is loop-confined.
+// Post() and Stop() are thread-safe; the rest is loop-confined. The loop
+// thread blocks SIGPIPE (writes to a closed peer fail with EPIPE instead).
 class EventLoop {
  public:
   // Creates the base and the wake-up eventfd; Internal if libevent or the

@@ -97,7 +97,14 @@ absl::StatusOr<PendingConnect> StartConnect(const SockAddr& addr) {
     return pc;
   }
   if (errno != EINPROGRESS) {
-    return GoErrnoStatus(errno, absl::StrCat("dial tcp ", addr.ToString(), ": connect"));
+    const int err = errno;
+    absl::Status s = GoErrnoStatus(err, absl::StrCat("dial tcp ", addr.ToString(), ": connect"));
+    // No free ephemeral port or kernel memory: this host's problem, so no
+    // endpoint must be marked down for it.
+    if (err == EADDRNOTAVAIL || err == EAGAIN || err == ENOBUFS || err == ENOMEM) {
+      return absl::ResourceExhaustedError(s.message());
+    }
+    return s;
   }
   return pc;
 }

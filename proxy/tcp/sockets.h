@@ -45,7 +45,8 @@ struct PendingConnect {
 // Creates a nonblocking, close-on-exec socket and starts connecting it to
 // `addr`. An error status if the connect failed at once, e.g. Unavailable
 // `dial tcp 127.0.0.1:2379: connect: connection refused`; ResourceExhausted
-// if no socket could be created (a local problem, not the endpoint's).
+// for local problems that are not the endpoint's: no socket could be created,
+// or connect(2) found no free ephemeral port or kernel memory.
 absl::StatusOr<PendingConnect> StartConnect(const SockAddr& addr);
 
 // The outcome of a nonblocking connect once `fd` reported writable: OK, or
