@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "api/errors.h"
 #include "api/etcdserverpb/rpc.grpc.pb.h"
 #include "api/v3electionpb/v3election.grpc.pb.h"
 #include "api/v3lockpb/v3lock.grpc.pb.h"
@@ -849,6 +850,128 @@ TEST_F(ApiWireTest, Election) {
     grpc::Status s = election->Leader(&ctx, req, &resp);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::UNKNOWN);
     EXPECT_EQ(s.error_message(), "election: no leader");
+  }
+}
+
+// etcd's own answers, checked against keel's error table (api/errors.h): every
+// error real etcd returns here must be the table's entry, code and message.
+class EtcdErrorTable : public ApiWireTest {
+ protected:
+  static void ExpectTableError(const grpc::Status& s, api::EtcdError expected) {
+    const absl::Status got(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    EXPECT_EQ(api::ParseEtcdError(got), expected)
+        << "etcd said code " << s.error_code() << " \"" << s.error_message() << "\"";
+    EXPECT_EQ(got, api::EtcdStatus(expected));
+  }
+};
+
+TEST_F(EtcdErrorTable, KvErrors) {
+  auto kv = Kv();
+  const int64_t rev = Put("errtable/k", "v").header().revision();
+  {  // a future revision
+    RangeRequest req;
+    req.set_key("errtable/k");
+    req.set_revision(rev + 1000);
+    etcdserverpb::RangeResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(kv->Range(&ctx, req, &resp), api::EtcdError::kFutureRev);
+  }
+  {  // ignore_value together with a value
+    etcdserverpb::PutRequest req;
+    req.set_key("errtable/k");
+    req.set_value("v");
+    req.set_ignore_value(true);
+    etcdserverpb::PutResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(kv->Put(&ctx, req, &resp), api::EtcdError::kValueProvided);
+  }
+  {  // ignore_value on a key that does not exist
+    etcdserverpb::PutRequest req;
+    req.set_key("errtable/missing");
+    req.set_ignore_value(true);
+    etcdserverpb::PutResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(kv->Put(&ctx, req, &resp), api::EtcdError::kKeyNotFound);
+  }
+  {  // the same key put twice in one txn branch
+    etcdserverpb::TxnRequest req;
+    for (int i = 0; i < 2; ++i) {
+      etcdserverpb::PutRequest* put = req.add_success()->mutable_request_put();
+      put->set_key("errtable/dup");
+      put->set_value("v");
+    }
+    etcdserverpb::TxnResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(kv->Txn(&ctx, req, &resp), api::EtcdError::kDuplicateKey);
+  }
+  {  // a put with a lease that does not exist
+    etcdserverpb::PutRequest req;
+    req.set_key("errtable/k");
+    req.set_value("v");
+    req.set_lease(0x7eadbeef);
+    etcdserverpb::PutResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(kv->Put(&ctx, req, &resp), api::EtcdError::kLeaseNotFound);
+  }
+}
+
+TEST_F(EtcdErrorTable, LeaseClusterAndAuthErrors) {
+  const int64_t id = GrantLease(60);
+  {  // granting an ID that is in use
+    etcdserverpb::LeaseGrantRequest req;
+    req.set_id(id);
+    req.set_ttl(60);
+    etcdserverpb::LeaseGrantResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(etcdserverpb::Lease::NewStub(channel_)->LeaseGrant(&ctx, req, &resp),
+                     api::EtcdError::kLeaseExist);
+  }
+  {  // removing a member that does not exist
+    etcdserverpb::MemberRemoveRequest req;
+    req.set_id(0x1234);
+    etcdserverpb::MemberRemoveResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(etcdserverpb::Cluster::NewStub(channel_)->MemberRemove(&ctx, req, &resp),
+                     api::EtcdError::kMemberNotFound);
+  }
+  auto auth = etcdserverpb::Auth::NewStub(channel_);
+  {
+    etcdserverpb::AuthUserGetRequest req;
+    req.set_name("errtable-nobody");
+    etcdserverpb::AuthUserGetResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(auth->UserGet(&ctx, req, &resp), api::EtcdError::kUserNotFound);
+  }
+  {
+    etcdserverpb::AuthRoleGetRequest req;
+    req.set_role("errtable-norole");
+    etcdserverpb::AuthRoleGetResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(auth->RoleGet(&ctx, req, &resp), api::EtcdError::kRoleNotFound);
+  }
+  {
+    etcdserverpb::AuthUserAddRequest req;  // empty name
+    req.set_password("x");
+    etcdserverpb::AuthUserAddResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(auth->UserAdd(&ctx, req, &resp), api::EtcdError::kUserEmpty);
+  }
+  {  // enabling auth without a root user
+    etcdserverpb::AuthEnableRequest req;
+    etcdserverpb::AuthEnableResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ExpectTableError(auth->AuthEnable(&ctx, req, &resp), api::EtcdError::kRootUserNotExist);
   }
 }
 
