@@ -34,7 +34,8 @@ Monitor::Monitor(EventLoop& loop, common::MetricsRegistry& metrics,
       tracker_(std::move(endpoints),
                HealthTracker::Options{.retry_delay = options_.retry_delay,
                                       .initial_backoff = options_.initial_backoff},
-               options_.seed) {}
+               options_.seed),
+      resolver_(loop_, options_.resolve) {}
 
 Monitor::~Monitor() {
   Stop();
@@ -44,6 +45,10 @@ Monitor::~Monitor() {
 }
 
 std::shared_ptr<const Routes> Monitor::InitialRoutes() {
+  // Not on the loop yet: the gateway cannot serve before it knows addresses.
+  for (const Endpoint& e : tracker_.Snapshot()->endpoints) {
+    StoreAddresses(e.addr, options_.resolve(e.addr));
+  }
   std::shared_ptr<const Routes> routes = BuildRoutes();
   int active = 0;
   for (bool a : routes->set->active) active += a ? 1 : 0;
@@ -67,6 +72,7 @@ void Monitor::Start() {
 }
 
 void Monitor::Stop() {
+  resolver_.Stop();
   if (!stop_refresh_.HasBeenNotified()) stop_refresh_.Notify();
   if (refresher_.joinable()) refresher_.join();
 }
@@ -79,22 +85,27 @@ void Monitor::OnDialSuccess(const Endpoint& endpoint) {
   loop_.Post([this, endpoint]() { HandleSuccess(endpoint); });
 }
 
-const std::vector<SockAddr>& Monitor::Addresses(const common::HostPort& hp, bool refresh) {
+const std::vector<SockAddr>& Monitor::Addresses(const common::HostPort& hp) {
+  auto it = resolved_.find(hp.ToString());
+  if (it != resolved_.end()) return it->second;
+  // A literal never reaches DNS; a name is resolved before its endpoint gets
+  // here (InitialRoutes, AdoptSrvEndpoints), unless that failed.
+  if (IsIpLiteral(hp.host)) StoreAddresses(hp, ResolveHostPort(hp));
+  return resolved_[hp.ToString()];
+}
+
+void Monitor::StoreAddresses(const common::HostPort& hp,
+                             absl::StatusOr<std::vector<SockAddr>> addrs) {
   const std::string key = hp.ToString();
-  auto it = resolved_.find(key);
-  if (it != resolved_.end() && !refresh) return it->second;
-  absl::StatusOr<std::vector<SockAddr>> addrs = ResolveHostPort(hp);
   if (!addrs.ok()) {
     common::LogEvent(*logger_, spdlog::level::warn, "failed to resolve endpoint host",
                      {{"address", key}, {"error", std::string(addrs.status().message())}});
     // Keep the last good answer, if any: a DNS hiccup must not take an
     // endpoint's addresses away.
-    if (it != resolved_.end()) return it->second;
-    return resolved_[key];
+    resolved_.try_emplace(key);
+    return;
   }
-  std::vector<SockAddr>& slot = resolved_[key];
-  slot = *std::move(addrs);
-  return slot;
+  resolved_[key] = *std::move(addrs);
 }
 
 std::shared_ptr<const Routes> Monitor::BuildRoutes() {
@@ -104,7 +115,7 @@ std::shared_ptr<const Routes> Monitor::BuildRoutes() {
     const Endpoint& e = routes->set->endpoints[i];
     RouteTarget t;
     t.name = e.addr.ToString();
-    t.addrs = Addresses(e.addr, /*refresh=*/false);
+    t.addrs = Addresses(e.addr);
     t.bytes_to_endpoint = metrics_.GetCounter("keel_gateway_bytes_total", kBytesHelp,
                                               {{"endpoint", t.name}, {"direction", "to_endpoint"}});
     t.bytes_to_client = metrics_.GetCounter("keel_gateway_bytes_total", kBytesHelp,
@@ -201,12 +212,30 @@ void Monitor::StartProbe(size_t index, bool due_probe) {
     // for the tracker, which the running probe will give.
     return;
   }
-  const bool http =
-      options_.health_check_interval > absl::ZeroDuration() && endpoint.scheme != "https";
   const uint64_t id = next_probe_id_++;
   probing_[name] = id;
-  // Re-resolve names on every re-probe: an endpoint may come back elsewhere.
-  std::vector<SockAddr> addrs = Addresses(endpoint.addr, /*refresh=*/due_probe);
+  if (!due_probe || IsIpLiteral(endpoint.addr.host)) {
+    LaunchProbe(id, endpoint);
+    return;
+  }
+  // Re-resolve names on every re-probe (an endpoint may come back
+  // elsewhere), off the loop; the probe starts when the answer is back.
+  resolver_.Resolve({endpoint.addr}, [this, id, endpoint](HostResolver::Results results) {
+    StoreAddresses(endpoint.addr, std::move(results.front()));
+    if (!tracker_.IndexOf(endpoint).has_value()) {
+      probing_.erase(endpoint.addr.ToString());  // dropped by an SRV refresh meanwhile
+      return;
+    }
+    LaunchProbe(id, endpoint);
+  });
+}
+
+// Starts probe `id` of `endpoint` at its cached addresses.
+void Monitor::LaunchProbe(uint64_t id, const Endpoint& endpoint) {
+  const std::string name = endpoint.addr.ToString();
+  const bool http =
+      options_.health_check_interval > absl::ZeroDuration() && endpoint.scheme != "https";
+  std::vector<SockAddr> addrs = Addresses(endpoint.addr);
   const absl::Duration timeout =
       http ? std::max(options_.dial_timeout, absl::Seconds(3)) : options_.dial_timeout;
   probes_[id] = std::make_unique<Probe>(
@@ -258,6 +287,28 @@ void Monitor::OnProbeDone(uint64_t id, Endpoint endpoint, absl::Status status) {
 }
 
 void Monitor::AdoptSrvEndpoints(std::vector<Endpoint> endpoints) {
+  const uint64_t list = ++srv_lists_;
+  std::vector<common::HostPort> names;  // new targets given by name
+  for (const Endpoint& e : endpoints) {
+    if (!resolved_.contains(e.addr.ToString()) && !IsIpLiteral(e.addr.host)) {
+      names.push_back(e.addr);
+    }
+  }
+  if (names.empty()) {
+    SetSrvEndpoints(std::move(endpoints));
+    return;
+  }
+  // Routes must carry the new targets' addresses: look them up off the loop
+  // first, then adopt the list.
+  resolver_.Resolve(names, [this, list, names, endpoints = std::move(endpoints)](
+                               HostResolver::Results results) mutable {
+    for (size_t i = 0; i < names.size(); ++i) StoreAddresses(names[i], std::move(results[i]));
+    if (list != srv_lists_) return;  // a newer list arrived meanwhile; it wins
+    SetSrvEndpoints(std::move(endpoints));
+  });
+}
+
+void Monitor::SetSrvEndpoints(std::vector<Endpoint> endpoints) {
   const uint64_t before = tracker_.Snapshot()->generation;
   const nlohmann::json names = EndpointNames(endpoints);
   tracker_.SetEndpoints(std::move(endpoints), absl::Now());

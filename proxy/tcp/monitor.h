@@ -17,6 +17,7 @@
 #include "proxy/tcp/event_loop.h"
 #include "proxy/tcp/handles.h"
 #include "proxy/tcp/health_tracker.h"
+#include "proxy/tcp/host_resolver.h"
 #include "proxy/tcp/probe.h"
 #include "proxy/tcp/routes.h"
 #include "spdlog/spdlog.h"
@@ -35,6 +36,9 @@ struct MonitorOptions {
   absl::Duration srv_min_refresh = absl::Seconds(1);
   EndpointConfig config;  // for SRV refresh and its loop guard
   uint64_t seed = 1;
+  // Looks up endpoint host names (on the resolver thread, and in
+  // InitialRoutes()); tests inject a slow one.
+  HostResolver::ResolveFn resolve = ResolveHostPort;
 };
 
 // The gateway's control plane, on its own event loop: owns the HealthTracker,
@@ -44,6 +48,9 @@ struct MonitorOptions {
 // checks in a row deactivate one; a failed data-path dial at once), refreshes SRV
 // endpoints on their TTL (on a helper thread, since discovery blocks), and
 // publishes a Routes snapshot after every change through `publish`.
+// Host names are re-resolved on every re-probe and for new SRV targets on a
+// HostResolver thread, never on the loop: a dead DNS server must not stall
+// dial reports, probes or route publishing. IP literals are converted inline.
 // Logs etcd's words: "deactivated endpoint", "activated", "failed to activate
 // endpoint (stay inactive for another interval)".
 // Thread-safety: DialObserver methods and AnyActive() are thread-safe; the
@@ -60,14 +67,15 @@ class Monitor : public DialObserver {
   Monitor(const Monitor&) = delete;
   Monitor& operator=(const Monitor&) = delete;
 
-  // The first snapshot (resolves the endpoint hosts; blocking). Call before
-  // Start(); the caller hands it to the loops itself.
+  // The first snapshot (resolves the endpoint hosts on the calling thread;
+  // blocking). Call before Start(); the caller hands it to the loops itself.
   std::shared_ptr<const Routes> InitialRoutes();
 
   // Starts timers (on the loop) and the SRV refresher. REQUIRES: loop started.
   void Start();
-  // Stops the SRV refresher. The loop's owner stops the loop afterwards; the
-  // monitor must be destroyed after the loop has stopped.
+  // Stops the resolver (without waiting for a lookup in flight; its answer is
+  // dropped) and the SRV refresher. The loop's owner stops the loop
+  // afterwards; the monitor must be destroyed after the loop has stopped.
   void Stop();
 
   // True when at least one endpoint is active. Thread-safe.
@@ -86,9 +94,15 @@ class Monitor : public DialObserver {
   void RunDueProbes();
   void RunHealthChecks();
   void StartProbe(size_t index, bool due_probe);
+  void LaunchProbe(uint64_t id, const Endpoint& endpoint);
   void OnProbeDone(uint64_t id, Endpoint endpoint, absl::Status status);
   void AdoptSrvEndpoints(std::vector<Endpoint> endpoints);
-  const std::vector<SockAddr>& Addresses(const common::HostPort& hp, bool refresh);
+  void SetSrvEndpoints(std::vector<Endpoint> endpoints);
+  // The cached addresses of `hp`; an IP literal is converted on first use, a
+  // name not resolved yet has none.
+  const std::vector<SockAddr>& Addresses(const common::HostPort& hp);
+  // Caches a lookup's answer; a failure keeps the last good one.
+  void StoreAddresses(const common::HostPort& hp, absl::StatusOr<std::vector<SockAddr>> addrs);
   void RefreshLoop();
 
   static void ProbeTimerCallback(evutil_socket_t, short, void* arg);
@@ -108,9 +122,11 @@ class Monitor : public DialObserver {
   std::map<std::string, uint64_t> probing_;                // "host:port" -> probe id
   std::map<std::string, int> check_failures_;  // consecutive failed health checks, by "host:port"
   uint64_t next_probe_id_ = 1;
+  uint64_t srv_lists_ = 0;  // SRV lists received; only the latest is adopted
   EventPtr probe_timer_;
   EventPtr health_timer_;
 
+  HostResolver resolver_;
   absl::Notification stop_refresh_;
   std::thread refresher_;
 };
