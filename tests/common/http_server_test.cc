@@ -15,54 +15,22 @@
 
 #include "gtest/gtest.h"
 #include "tests/testutil/process.h"
+#include "tests/testutil/socket_io.h"
 
 namespace keel::common {
 namespace {
 
-// A blocking client socket to 127.0.0.1:port (receive timeout 20 s so a
-// broken server fails the test instead of hanging it). -1 on failure.
-int Connect(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  timeval tv{20, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+using testutil::ConnectTcp;
+using testutil::SendAll;
 
-bool SendAll(int fd, const std::string& data) {
-  size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    sent += static_cast<size_t>(n);
-  }
-  return true;
-}
-
-// Reads until EOF, error or the receive timeout.
-std::string ReadAll(int fd) {
-  std::string out;
-  char buf[4096];
-  while (true) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
+// Reads until EOF, error or 20 s without data (a broken server fails the
+// test instead of hanging it).
+std::string ReadAll(int fd) { return testutil::ReadToEof(fd, std::chrono::seconds(20)); }
 
 // Sends `request` on a new connection and returns everything the server
 // wrote before closing.
 std::string Exchange(int port, const std::string& request) {
-  const int fd = Connect(port);
+  const int fd = ConnectTcp(port);
   if (fd < 0) return "connect failed";
   SendAll(fd, request);
   std::string response = ReadAll(fd);
@@ -182,10 +150,10 @@ TEST_F(HttpServerTest, OversizedRequestIsRejected) {
 }
 
 TEST_F(HttpServerTest, StalledClientDoesNotBlockOthers) {
-  const int slow = Connect(server_.port());
+  const int slow = ConnectTcp(server_.port());
   ASSERT_GE(slow, 0);
   ASSERT_TRUE(SendAll(slow, "GET /hea"));
-  const int idle = Connect(server_.port());
+  const int idle = ConnectTcp(server_.port());
   ASSERT_GE(idle, 0);
   // Both stalled connections are open; other requests are still served.
   for (int i = 0; i < 3; ++i) {
@@ -199,7 +167,7 @@ TEST_F(HttpServerTest, StalledClientDoesNotBlockOthers) {
 }
 
 TEST_F(HttpServerTest, SplitRequestIsAssembled) {
-  const int fd = Connect(server_.port());
+  const int fd = ConnectTcp(server_.port());
   ASSERT_GE(fd, 0);
   ASSERT_TRUE(SendAll(fd, "GET /heal"));
   // Give the server a chance to read the first part on its own.
@@ -224,7 +192,7 @@ TEST_F(HttpServerTest, ConcurrentClients) {
 }
 
 TEST_F(HttpServerTest, StopWhileClientConnected) {
-  const int fd = Connect(server_.port());
+  const int fd = ConnectTcp(server_.port());
   ASSERT_GE(fd, 0);
   ASSERT_TRUE(SendAll(fd, "GET /health HTTP/1.1\r\n"));  // incomplete
   const int port = server_.port();

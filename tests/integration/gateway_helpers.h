@@ -2,6 +2,8 @@
 
 // Header-only helpers for the gateway's integration tests: the keel gateway
 // as a child process, a tiny test-local TCP server, and a raw HTTP/1.1 client.
+// Socket primitives (ConnectTcp, SendAll, ReadToEof, ReadN) are in
+// tests/testutil/socket_io.h.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "tests/testutil/process.h"
+#include "tests/testutil/socket_io.h"
 
 namespace keel::testutil {
 
@@ -62,57 +65,21 @@ inline int CountOf(const std::string& hay, const std::string& needle) {
   return n;
 }
 
-// A connected TCP socket to 127.0.0.1:port, or -1.
-inline int ConnectTcp(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-inline bool SendAll(int fd, const std::string& data) {
-  size_t sent = 0;
-  while (sent < data.size()) {
-    ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    sent += static_cast<size_t>(n);
-  }
-  return true;
-}
-
-// Reads until EOF, error, or `timeout` without data.
-inline std::string ReadToEof(int fd, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-  std::string out;
-  char buf[65536];
-  while (true) {
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(timeout.count())) <= 0) break;
-    ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-// Reads exactly `n` bytes (less on EOF/error/timeout).
-inline std::string ReadN(int fd, size_t n,
-                         std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-  std::string out;
-  char buf[65536];
-  while (out.size() < n) {
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(timeout.count())) <= 0) break;
-    ssize_t r = recv(fd, buf, std::min(sizeof(buf), n - out.size()), 0);
-    if (r <= 0) break;
-    out.append(buf, static_cast<size_t>(r));
-  }
-  return out;
+// Waits until `sent` (bytes a sender thread has pushed so far) stops growing
+// for 25 consecutive polls, i.e. the sender is blocked: the way these tests
+// see flow control at work. False if it still moves after `timeout`.
+inline bool WaitUntilStalled(const std::atomic<size_t>& sent,
+                             std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  size_t last = 0;
+  int unchanged = 0;
+  return WaitFor(
+      [&] {
+        const size_t now = sent.load();
+        unchanged = (now == last && now > 0) ? unchanged + 1 : 0;
+        last = now;
+        return unchanged >= 25;
+      },
+      timeout);
 }
 
 // One HTTP/1.1 request on its own connection (Connection: close). Returns

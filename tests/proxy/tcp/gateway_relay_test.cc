@@ -28,6 +28,7 @@ using testutil::ReadToEof;
 using testutil::SendAll;
 using testutil::TcpServer;
 using testutil::WaitFor;
+using testutil::WaitUntilStalled;
 
 std::unique_ptr<Gateway> StartGateway(std::vector<std::string> endpoints, int loops = 2,
                                       absl::Duration dial_timeout = absl::Seconds(1),
@@ -113,18 +114,7 @@ TEST(GatewayRelay, SlowClientBackpressuresTheUpstream) {
   // The client reads nothing: once the gateway's buffer passes the high
   // watermark it stops reading the upstream, whose sends then block. Without
   // flow control the gateway would swallow all 64 MiB.
-  // Stalled: no progress over 25 consecutive polls (~0.5 s).
-  size_t last = 0;
-  int unchanged = 0;
-  bool stalled = WaitFor(
-      [&] {
-        const size_t now = sent.load();
-        unchanged = (now == last && now > 0) ? unchanged + 1 : 0;
-        last = now;
-        return unchanged >= 25;
-      },
-      std::chrono::seconds(30));
-  EXPECT_TRUE(stalled);
+  EXPECT_TRUE(WaitUntilStalled(sent));
   EXPECT_LT(sent.load(), kTotal);
   EXPECT_EQ(ReadN(fd, kTotal, std::chrono::seconds(30)).size(), kTotal);
   close(fd);

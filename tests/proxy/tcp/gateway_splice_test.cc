@@ -32,6 +32,7 @@ using testutil::ReadToEof;
 using testutil::SendAll;
 using testutil::TcpServer;
 using testutil::WaitFor;
+using testutil::WaitUntilStalled;
 
 constexpr size_t kBulk = 64 << 20;
 
@@ -118,18 +119,9 @@ TEST(GatewaySplice, SlowReaderBackpressuresBulkThenHalfCloseStillWorks) {
   ASSERT_NE(gw, nullptr);
   int fd = ConnectTcp(gw->listen_port());
   ASSERT_GE(fd, 0);
-  // Read nothing until the upstream's sends stall (no progress over 25
-  // consecutive polls): the gateway must stop taking bytes it cannot deliver.
-  size_t last = 0;
-  int unchanged = 0;
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        const size_t now = sent.load();
-        unchanged = (now == last && now > 0) ? unchanged + 1 : 0;
-        last = now;
-        return unchanged >= 25;
-      },
-      std::chrono::seconds(30)));
+  // Read nothing until the upstream's sends stall: the gateway must stop
+  // taking bytes it cannot deliver.
+  EXPECT_TRUE(WaitUntilStalled(sent));
   EXPECT_LT(sent.load(), kBulk);
   // Then a slow reader: small reads, so the gateway's sink keeps filling up.
   std::string got;
