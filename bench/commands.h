@@ -14,6 +14,9 @@ struct KvOptions {
   // range
   std::string range_key;
   std::string range_end;
+  // Each request reads one key drawn like put's keys (--key-size,
+  // --key-space-size, --sequential-keys) instead of range_key.
+  bool random_keys = false;
   std::string consistency = "l";  // l: linearizable, s: serializable
   // txn-put
   int txn_ops = 1;

@@ -48,21 +48,31 @@ class PutWorkload : public Workload {
 
 class RangeWorkload : public Workload {
  public:
-  RangeWorkload(Connections& c, const KvOptions& o) : conns_(c) {
+  RangeWorkload(const GlobalOptions& g, Connections& c, const KvOptions& o)
+      : conns_(c), random_keys_(o.random_keys) {
     req_.set_key(o.range_key);
     req_.set_range_end(o.range_end);
     req_.set_serializable(o.consistency == "s");
+    if (random_keys_) gens_ = MakeGenerators(g);
   }
-  std::unique_ptr<PendingCall> Start(int, int conn, uint64_t, grpc::ClientContext* ctx,
+  std::unique_ptr<PendingCall> Start(int client, int conn, uint64_t seq, grpc::ClientContext* ctx,
                                      grpc::CompletionQueue* cq, void* tag) override {
     auto call = std::make_unique<TypedCall<RangeResponse>>();
-    call->reader = conns_.kv(conn).AsyncRange(ctx, req_, cq);
+    if (random_keys_) {
+      etcdserverpb::RangeRequest req = req_;
+      req.set_key(gens_[static_cast<size_t>(client)].Next(seq));
+      call->reader = conns_.kv(conn).AsyncRange(ctx, req, cq);
+    } else {
+      call->reader = conns_.kv(conn).AsyncRange(ctx, req_, cq);
+    }
     call->reader->Finish(&call->resp, &call->status, tag);
     return call;
   }
 
  private:
   Connections& conns_;
+  bool random_keys_;
+  std::vector<KeyGenerator> gens_;
   etcdserverpb::RangeRequest req_;
 };
 
@@ -168,9 +178,14 @@ absl::Status RunRange(const GlobalOptions& g, const KvOptions& o) {
   if (o.consistency != "l" && o.consistency != "s") {
     return absl::InvalidArgumentError("--consistency must be l or s");
   }
-  if (o.range_key.empty()) return absl::InvalidArgumentError("range needs a key argument");
+  if (o.range_key.empty() && !o.random_keys) {
+    return absl::InvalidArgumentError("range needs a key argument or --random-keys");
+  }
+  if (!o.range_key.empty() && o.random_keys) {
+    return absl::InvalidArgumentError("range takes a key argument or --random-keys, not both");
+  }
   return RunUnary(g, "range",
-                  [&](Connections& c) { return std::make_unique<RangeWorkload>(c, o); });
+                  [&](Connections& c) { return std::make_unique<RangeWorkload>(g, c, o); });
 }
 
 absl::Status RunTxnPut(const GlobalOptions& g, const KvOptions& o) {

@@ -75,8 +75,10 @@ int main(int argc, char** argv) {
   keel::bench::KvOptions kv;
   CLI::App* put = app.add_subcommand("put", "benchmark put");
   CLI::App* range = app.add_subcommand("range", "benchmark range");
-  range->add_option("key", kv.range_key, "key to range over")->required();
+  range->add_option("key", kv.range_key, "key to range over");
   range->add_option("end", kv.range_end, "range end (exclusive)");
+  range->add_flag("--random-keys", kv.random_keys,
+                  "read one key per request drawn like put's keys (no key argument)");
   range->add_option("--consistency", kv.consistency, "l (linearizable) or s (serializable)")
       ->capture_default_str();
   CLI::App* txn_put = app.add_subcommand("txn-put", "benchmark txn with puts");

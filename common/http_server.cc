@@ -9,10 +9,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <list>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -250,17 +252,66 @@ absl::Status HttpServer::Start(const HostPort& listen) {
     return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrText(err)));
   }
   listen_fd_ = fd;
+  {
+    std::lock_guard<std::mutex> handoff_lock(handoff_mu_);
+    running_ = true;
+    stopping_ = false;
+  }
   thread_ = std::thread(&HttpServer::Serve, this);
   return absl::OkStatus();
+}
+
+absl::Status HttpServer::Start() {
+  std::lock_guard<std::mutex> lock(stop_mu_);
+  if (thread_.joinable()) return absl::FailedPreconditionError("http server already started");
+  if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
+    return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrText(errno)));
+  }
+  {
+    std::lock_guard<std::mutex> handoff_lock(handoff_mu_);
+    running_ = true;
+    stopping_ = false;
+  }
+  thread_ = std::thread(&HttpServer::Serve, this);
+  return absl::OkStatus();
+}
+
+void HttpServer::ServeConnection(int fd) {
+  {
+    std::lock_guard<std::mutex> lock(handoff_mu_);
+    if (running_ && !stopping_) {
+      handoff_.push_back(fd);
+      const char byte = 'c';
+      // A full pipe is already readable: the thread will look at the queue.
+      [[maybe_unused]] ssize_t n = write(wake_pipe_[1], &byte, 1);
+      return;
+    }
+  }
+  close(fd);
+}
+
+std::vector<int> HttpServer::TakeHandoffs() {
+  std::lock_guard<std::mutex> lock(handoff_mu_);
+  return std::exchange(handoff_, {});
 }
 
 void HttpServer::Stop() {
   std::lock_guard<std::mutex> lock(stop_mu_);
   if (thread_.joinable()) {
-    const char byte = 'x';
-    // The pipe is non-blocking and only needs to become readable once.
-    [[maybe_unused]] ssize_t n = write(wake_pipe_[1], &byte, 1);
+    {
+      std::lock_guard<std::mutex> handoff_lock(handoff_mu_);
+      stopping_ = true;
+      const char byte = 'x';
+      // The pipe is non-blocking and only needs to become readable once.
+      [[maybe_unused]] ssize_t n = write(wake_pipe_[1], &byte, 1);
+    }
     thread_.join();
+  }
+  {
+    std::lock_guard<std::mutex> handoff_lock(handoff_mu_);
+    running_ = false;
+    for (int fd : handoff_) close(fd);
+    handoff_.clear();
   }
   CloseFd(listen_fd_);
   CloseFd(wake_pipe_[0]);
@@ -348,6 +399,7 @@ void HttpServer::Serve() {
     fds.push_back({wake_pipe_[0], POLLIN, 0});
     const bool paused = Clock::now() < accept_paused_until;
     const bool accepting = conns.size() < kMaxConnections && !paused;
+    // Without a listener (Start()), fd -1 makes poll(2) skip this entry.
     fds.push_back({listen_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
     Clock::time_point next_deadline = paused ? accept_paused_until : Clock::time_point::max();
     for (Connection& c : conns) {
@@ -363,7 +415,30 @@ void HttpServer::Serve() {
     }
     const int ready = poll(fds.data(), fds.size(), timeout_ms);
     if (ready < 0 && errno != EINTR) break;
-    if (ready > 0 && (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) break;  // Stop()
+    if (ready > 0 && (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      // Stop() or ServeConnection(): drain the pipe, then look at the flags.
+      while (read(wake_pipe_[0], buf, sizeof(buf)) > 0) {
+      }
+      {
+        std::lock_guard<std::mutex> lock(handoff_mu_);
+        if (stopping_) break;
+      }
+      for (int fd : TakeHandoffs()) {
+        // Over the limit the newest connection is refused, as the backlog
+        // would hold it back; a handed-over one cannot wait there.
+        if (conns.size() >= kMaxConnections) {
+          close(fd);
+          continue;
+        }
+        const int flags = fcntl(fd, F_GETFL);
+        if (flags >= 0) fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+        Connection c;
+        c.fd = fd;
+        c.deadline = Clock::now() + kReadTimeout;
+        conns.push_back(std::move(c));
+      }
+      continue;
+    }
 
     if (ready > 0 && (fds[1].revents & POLLIN) != 0) {
       while (conns.size() < kMaxConnections) {
@@ -411,6 +486,195 @@ void HttpServer::Serve() {
     conns.remove_if([](const Connection& c) { return c.fd < 0; });
   }
   for (Connection& c : conns) CloseFd(c.fd);
+}
+
+namespace {
+
+constexpr size_t kMaxFetchBytes = 64 * 1024 * 1024;
+
+int MillisUntil(Clock::time_point deadline) {
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+  return static_cast<int>(std::max<int64_t>(0, left.count()));
+}
+
+// Waits for `events` on `fd` until `deadline`: OK, DeadlineExceeded or
+// Unavailable.
+absl::Status WaitFd(int fd, short events, Clock::time_point deadline, const std::string& what) {
+  while (true) {
+    pollfd p{fd, events, 0};
+    const int n = poll(&p, 1, MillisUntil(deadline));
+    if (n > 0) return absl::OkStatus();
+    if (n == 0) return absl::DeadlineExceededError(absl::StrCat(what, ": i/o timeout"));
+    if (errno != EINTR) return absl::UnavailableError(absl::StrCat(what, ": ", ErrText(errno)));
+  }
+}
+
+// Connects to `server` before `deadline`; the returned fd is non-blocking.
+absl::StatusOr<int> Dial(const HostPort& server, Clock::time_point deadline) {
+  const std::string what = absl::StrCat("dial tcp ", server.ToString());
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* result = nullptr;
+  const std::string port = std::to_string(server.port);
+  const int gai = getaddrinfo(server.host.c_str(), port.c_str(), &hints, &result);
+  if (gai != 0) {
+    return absl::UnavailableError(
+        absl::StrCat(what, ": lookup ", server.host, ": ", gai_strerror(gai)));
+  }
+  absl::Status error = absl::UnavailableError(absl::StrCat(what, ": no address"));
+  int fd = -1;
+  for (addrinfo* ai = result; ai != nullptr; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      error = absl::UnavailableError(absl::StrCat(what, ": socket: ", ErrText(errno)));
+      continue;
+    }
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+      error = absl::UnavailableError(absl::StrCat(what, ": connect: ", ErrText(errno)));
+      CloseFd(fd);
+      continue;
+    }
+    error = WaitFd(fd, POLLOUT, deadline, what);
+    int so_error = 0;
+    socklen_t len = sizeof(so_error);
+    if (error.ok() && getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len) == 0 && so_error != 0) {
+      error = absl::UnavailableError(absl::StrCat(what, ": connect: ", ErrText(so_error)));
+    }
+    if (error.ok()) break;
+    CloseFd(fd);
+    if (absl::IsDeadlineExceeded(error)) break;
+  }
+  freeaddrinfo(result);
+  if (fd < 0) return error;
+  return fd;
+}
+
+// Decodes a chunked body (RFC 9112 7.1; extensions and trailers ignored).
+absl::StatusOr<std::string> DecodeChunked(const std::string& in) {
+  std::string out;
+  size_t pos = 0;
+  while (true) {
+    const size_t eol = in.find("\r\n", pos);
+    if (eol == std::string::npos) return absl::UnavailableError("truncated chunked body");
+    const std::string size_text = in.substr(pos, in.find_first_of(";\r", pos) - pos);
+    size_t size = 0;
+    if (size_text.empty()) return absl::UnavailableError("malformed chunk size");
+    for (char c : size_text) {
+      const int v = HexValue(c);
+      if (v < 0 || size > (kMaxFetchBytes >> 4)) {
+        return absl::UnavailableError("malformed chunk size");
+      }
+      size = size * 16 + static_cast<size_t>(v);
+    }
+    pos = eol + 2;
+    if (size == 0) return out;
+    if (in.size() < pos + size) return absl::UnavailableError("truncated chunked body");
+    out.append(in, pos, size);
+    pos += size + 2;  // the chunk's CRLF
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<HttpResponse> HttpGet(const HostPort& server, const std::string& path,
+                                     absl::Duration timeout) {
+  const Clock::time_point deadline =
+      Clock::now() + std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout));
+  absl::StatusOr<int> dialed = Dial(server, deadline);
+  if (!dialed.ok()) return dialed.status();
+  int fd = *dialed;
+  const std::string what = absl::StrCat("GET http://", server.ToString(), path);
+  const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", server.ToString(),
+                                           "\r\nConnection: close\r\n\r\n");
+  size_t sent = 0;
+  while (sent < request.size()) {
+    const ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n >= 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    absl::Status s = absl::OkStatus();
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      s = WaitFd(fd, POLLOUT, deadline, what);
+    } else if (errno != EINTR) {
+      s = absl::UnavailableError(absl::StrCat(what, ": write: ", ErrText(errno)));
+    }
+    if (!s.ok()) {
+      CloseFd(fd);
+      return s;
+    }
+  }
+  std::string in;
+  char buf[16384];
+  while (true) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) break;
+    if (n > 0) {
+      in.append(buf, static_cast<size_t>(n));
+      if (in.size() > kMaxFetchBytes) {
+        CloseFd(fd);
+        return absl::ResourceExhaustedError(absl::StrCat(what, ": response too large"));
+      }
+      continue;
+    }
+    absl::Status s = absl::OkStatus();
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      s = WaitFd(fd, POLLIN, deadline, what);
+    } else if (errno != EINTR) {
+      s = absl::UnavailableError(absl::StrCat(what, ": read: ", ErrText(errno)));
+    }
+    if (!s.ok()) {
+      CloseFd(fd);
+      return s;
+    }
+  }
+  CloseFd(fd);
+
+  const size_t header_end = in.find("\r\n\r\n");
+  if (header_end == std::string::npos || in.rfind("HTTP/1.", 0) != 0 || in.size() < 12) {
+    return absl::UnavailableError(absl::StrCat(what, ": malformed HTTP response"));
+  }
+  HttpResponse response;
+  response.content_type.clear();
+  const size_t sp = in.find(' ');
+  if (sp == std::string::npos || sp + 4 > header_end) {
+    return absl::UnavailableError(absl::StrCat(what, ": malformed HTTP response"));
+  }
+  response.status = 0;
+  for (size_t i = sp + 1; i < sp + 4; ++i) {
+    if (in[i] < '0' || in[i] > '9') {
+      return absl::UnavailableError(absl::StrCat(what, ": malformed HTTP status"));
+    }
+    response.status = response.status * 10 + (in[i] - '0');
+  }
+  bool chunked = false;
+  size_t line_start = in.find("\r\n") + 2;
+  while (line_start < header_end) {
+    const size_t line_end = in.find("\r\n", line_start);
+    const std::string line = in.substr(line_start, line_end - line_start);
+    line_start = line_end + 2;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(0, colon);
+    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    std::string value = line.substr(colon + 1);
+    value.erase(0, value.find_first_not_of(" \t"));
+    value.erase(value.find_last_not_of(" \t") + 1);
+    if (name == "content-type") response.content_type = value;
+    if (name == "transfer-encoding" && value.find("chunked") != std::string::npos) chunked = true;
+  }
+  std::string body = in.substr(header_end + 4);
+  if (chunked) {
+    absl::StatusOr<std::string> decoded = DecodeChunked(body);
+    if (!decoded.ok()) {
+      return absl::UnavailableError(absl::StrCat(what, ": ", decoded.status().message()));
+    }
+    body = std::move(*decoded);
+  }
+  response.body = std::move(body);
+  return response;
 }
 
 }  // namespace keel::common

@@ -10,6 +10,7 @@
 
 #include "CLI/CLI.hpp"
 #include "cmd/keel/gateway_command.h"
+#include "cmd/keel/grpc_proxy_command.h"
 #include "common/flags.h"
 #include "proxy/tcp/gateway_flags.h"
 
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   app.allow_extras();
   app.require_subcommand(0, 1);
   keel::cmd::GatewayCommand gateway(app);
+  keel::cmd::GrpcProxyCommand grpc_proxy(app);
   // CLI11 takes a reversed argument vector without the program name.
   std::vector<std::string> args = keel::proxy::tcp::SplitEmptyFlagValues(
       std::vector<std::string>(argv + (argc > 0 ? 1 : 0), argv + argc));
@@ -49,10 +51,13 @@ int main(int argc, char** argv) {
   try {
     app.parse(args);
   } catch (const CLI::ParseError& e) {
-    const CLI::App& current = gateway.Selected() ? gateway.Current() : app;
+    const CLI::App& current = gateway.Selected()      ? gateway.Current()
+                              : grpc_proxy.Selected() ? grpc_proxy.Current()
+                                                      : app;
     return keel::common::ReportParseError(current, e);
   }
   if (gateway.Selected()) return gateway.Run();
+  if (grpc_proxy.Selected()) return grpc_proxy.Run();
   if (std::optional<std::string> unknown = keel::proxy::tcp::UnknownFlagError(app)) {
     return keel::common::ReportParseError(app,
                                           CLI::ParseError(*unknown, CLI::ExitCodes::ExtrasError));

@@ -248,5 +248,162 @@ TEST(HttpServer, DestructorStops) {
   EXPECT_FALSE(testutil::CanConnect("127.0.0.1", port));
 }
 
+// A listener of the test's own whose accepted connections are handed to a
+// server started without a listener, as keel's grpc-proxy does with the
+// HTTP/1.1 connections of its shared port.
+TEST(HttpServer, ServesHandedOverConnections) {
+  HttpServer server;
+  server.Handle("/x", [](const HttpRequest&) { return HttpResponse{200, "text/plain", "x"}; });
+  ASSERT_TRUE(server.Start().ok());
+  EXPECT_EQ(server.port(), 0);
+  EXPECT_EQ(server.Start().code(), absl::StatusCode::kFailedPrecondition);
+
+  const int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(listener, 16), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const int port = ntohs(addr.sin_port);
+
+  for (int i = 0; i < 3; ++i) {
+    const int client = ConnectTcp(port);
+    ASSERT_GE(client, 0);
+    const int accepted = accept(listener, nullptr, nullptr);  // blocking: the client is queued
+    ASSERT_GE(accepted, 0);
+    SendAll(client, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    // The request may already be waiting (peeked, not read) when handed over.
+    char peek[4];
+    ASSERT_EQ(recv(accepted, peek, sizeof(peek), MSG_PEEK | MSG_WAITALL), 4);
+    server.ServeConnection(accepted);
+    const std::string response = ReadAll(client);
+    close(client);
+    EXPECT_EQ(response.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << response;
+    EXPECT_EQ(Body(response), "x");
+  }
+
+  // After Stop() a handed-over connection is closed without an answer.
+  server.Stop();
+  const int client = ConnectTcp(port);
+  ASSERT_GE(client, 0);
+  const int accepted = accept(listener, nullptr, nullptr);
+  ASSERT_GE(accepted, 0);
+  server.ServeConnection(accepted);
+  EXPECT_EQ(ReadAll(client), "");
+  close(client);
+  close(listener);
+}
+
+TEST_F(HttpServerTest, HttpGetFetchesFromServer) {
+  absl::StatusOr<HttpResponse> r =
+      HttpGet(HostPort{"127.0.0.1", server_.port()}, "/metrics", absl::Seconds(20));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->content_type, "text/plain; version=0.0.4");
+  EXPECT_EQ(r->body, "up 1\n");
+  EXPECT_EQ(Last().method, "GET");
+
+  r = HttpGet(HostPort{"localhost", server_.port()}, "/nope", absl::Seconds(20));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(r->body, "404 page not found\n");
+}
+
+TEST(HttpServer, HttpGetErrors) {
+  // Nothing listens on a port that was free a moment ago.
+  const int port = testutil::FreePort();
+  absl::StatusOr<HttpResponse> r = HttpGet(HostPort{"127.0.0.1", port}, "/", absl::Seconds(20));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_NE(r.status().message().find("connection refused"), std::string::npos) << r.status();
+}
+
+// A raw server answering one request with `answer` (then closing), and one
+// that accepts but never answers.
+class RawServer {
+ public:
+  explicit RawServer(std::string answer) : answer_(std::move(answer)) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(fd_, 4);
+    socklen_t len = sizeof(addr);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] {
+      const int c = accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      std::string request;
+      char buf[1024];
+      while (request.find("\r\n\r\n") == std::string::npos) {
+        const ssize_t n = recv(c, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        request.append(buf, static_cast<size_t>(n));
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        request_ = request;
+      }
+      if (!answer_.empty()) {
+        SendAll(c, answer_);
+      } else {
+        testutil::WaitFor([this] { return done_.load(); }, std::chrono::seconds(60));
+      }
+      close(c);
+    });
+  }
+  ~RawServer() {
+    done_ = true;
+    shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    close(fd_);
+  }
+  int port() const { return port_; }
+  std::string request() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return request_;
+  }
+
+ private:
+  std::string answer_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> done_{false};
+  std::mutex mu_;
+  std::string request_;
+  std::thread thread_;
+};
+
+TEST(HttpServer, HttpGetDecodesChunkedAnswer) {
+  RawServer raw(
+      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n");
+  absl::StatusOr<HttpResponse> r =
+      HttpGet(HostPort{"127.0.0.1", raw.port()}, "/version", absl::Seconds(20));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->content_type, "text/plain");
+  EXPECT_EQ(r->body, "hello, world");
+  EXPECT_EQ(raw.request().rfind("GET /version HTTP/1.0\r\n", 0), 0u) << raw.request();
+}
+
+TEST(HttpServer, HttpGetRejectsNonHttpAnswer) {
+  RawServer raw("SSH-2.0-OpenSSH\r\n");
+  absl::StatusOr<HttpResponse> r =
+      HttpGet(HostPort{"127.0.0.1", raw.port()}, "/", absl::Seconds(20));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+}
+
+TEST(HttpServer, HttpGetTimesOut) {
+  RawServer raw("");  // never answers
+  absl::StatusOr<HttpResponse> r =
+      HttpGet(HostPort{"127.0.0.1", raw.port()}, "/", absl::Milliseconds(300));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+}
+
 }  // namespace
 }  // namespace keel::common

@@ -1,0 +1,404 @@
+#include "proxy/grpc/proxy_server.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "api/server/front.h"
+#include "common/logging.h"
+#include "grpc/grpc.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "grpcpp/server_posix.h"
+#include "namespace/namespace_backend.h"
+#include "proxy/grpc/cluster_view.h"
+#include "proxy/grpc/health.h"
+#include "proxy/grpc/registration.h"
+#include "proxy/grpc/remote_backend.h"
+#include "proxy/grpc/tls.h"
+
+namespace keel::proxy::grpcproxy {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The HTTP/2 client connection preface (RFC 9113 3.4). Its first four bytes
+// already tell it apart from any HTTP/1.x request: no method is "PRI".
+constexpr std::string_view kHttp2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+constexpr size_t kSniffBytes = 4;
+// A connection that sent too little to be told apart within this time is closed.
+constexpr auto kSniffTimeout = std::chrono::seconds(10);
+// How long a connection that sent a partial first token waits before it is peeked again.
+constexpr auto kSniffRetry = std::chrono::milliseconds(10);
+// How long the listener is left alone after accept(2) ran out of descriptors.
+constexpr auto kAcceptPause = std::chrono::milliseconds(100);
+// etcd's server accepts requests up to its limit plus this much gRPC overhead.
+constexpr int64_t kRequestOverheadBytes = 512 * 1024;
+// Short: the HTTP server has one thread, and /health waits behind a slow fetch.
+constexpr absl::Duration kBackendHttpTimeout = absl::Seconds(3);
+
+spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
+
+std::string ErrText(int err) {
+  char buf[256];
+  std::string text = strerror_r(err, buf, sizeof(buf));
+  if (!text.empty() && text[0] >= 'A' && text[0] <= 'Z') {
+    text[0] = static_cast<char>(text[0] - 'A' + 'a');
+  }
+  return text;
+}
+
+// Binds and listens on `listen` like Go's net.Listen("tcp", ...): a name or
+// an empty host works, errors read "listen tcp <addr>: bind: <why>". Returns
+// the non-blocking listening fd.
+absl::StatusOr<int> Listen(const common::HostPort& listen) {
+  const std::string address = listen.ToString();
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* result = nullptr;
+  const std::string port = std::to_string(listen.port);
+  const int gai = getaddrinfo(listen.host.empty() ? nullptr : listen.host.c_str(), port.c_str(),
+                              &hints, &result);
+  if (gai != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("listen tcp ", address, ": lookup ", listen.host, ": ", gai_strerror(gai)));
+  }
+  std::vector<addrinfo*> candidates;
+  for (addrinfo* ai = result; ai != nullptr; ai = ai->ai_next) candidates.push_back(ai);
+  const int preferred = listen.host.empty() ? AF_INET6 : AF_INET;
+  std::stable_sort(candidates.begin(), candidates.end(), [preferred](addrinfo* a, addrinfo* b) {
+    return a->ai_family == preferred && b->ai_family != preferred;
+  });
+  absl::Status error = absl::UnavailableError(absl::StrCat("listen tcp ", address, ": no address"));
+  int fd = -1;
+  for (addrinfo* ai : candidates) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      error = absl::UnavailableError(
+          absl::StrCat("listen tcp ", address, ": socket: ", ErrText(errno)));
+      continue;
+    }
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    const char* step = nullptr;
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      step = "bind";
+    } else if (::listen(fd, SOMAXCONN) != 0) {
+      step = "listen";
+    }
+    if (step == nullptr) break;
+    error = absl::UnavailableError(
+        absl::StrCat("listen tcp ", address, ": ", step, ": ", ErrText(errno)));
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(result);
+  if (fd < 0) return error;
+  return fd;
+}
+
+int BoundPort(int fd) {
+  sockaddr_storage bound{};
+  socklen_t len = sizeof(bound);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) return 0;
+  if (bound.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  return ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+}
+
+std::string Hostname() {
+  char name[HOST_NAME_MAX + 1] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "";
+  return name;
+}
+
+void CloseFd(int& fd) {
+  if (fd >= 0) close(fd);
+  fd = -1;
+}
+
+}  // namespace
+
+ProxyServer::ProxyServer(ProxyConfig config) : config_(std::move(config)) {}
+
+ProxyServer::~ProxyServer() { Stop(); }
+
+absl::Status ProxyServer::Start() {
+  started_ = true;
+  absl::Status status = [this]() -> absl::Status {
+    ClientTlsOptions client_tls;
+    client_tls.cert = config_.cert;
+    client_tls.key = config_.key;
+    client_tls.cacert = config_.cacert;
+    client_tls.insecure_skip_verify = config_.insecure_skip_tls_verify;
+    client_tls.tls_endpoints = config_.endpoints_tls;
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel_creds =
+        MakeChannelCredentials(client_tls);
+    if (!channel_creds.ok()) return channel_creds.status();
+
+    ServerTlsOptions server_tls;
+    server_tls.cert_file = config_.cert_file;
+    server_tls.key_file = config_.key_file;
+    server_tls.trusted_ca_file = config_.trusted_ca_file;
+    server_tls.auto_tls = config_.auto_tls;
+    server_tls.data_dir = config_.data_dir;
+    server_tls.listen_host = config_.listen.host;
+    const bool server_tls_on = ServerTlsEnabled(server_tls);
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> server_creds =
+        MakeServerCredentials(server_tls);
+    if (!server_creds.ok()) return server_creds.status();
+
+    common::AddProcessMetrics(metrics_);
+    RemoteOptions remote;
+    remote.endpoints = config_.endpoints;
+    remote.credentials = *channel_creds;
+    remote.max_send_bytes = static_cast<int>(config_.max_send_bytes);
+    remote.max_recv_bytes = static_cast<int>(config_.max_recv_bytes);
+    remote_ = std::make_unique<RemoteBackend>(std::move(remote));
+    api::Backend* inner = remote_.get();
+    if (!config_.ns.empty()) {
+      namespace_ = std::make_unique<ns::NamespaceBackend>(*remote_, config_.ns);
+      inner = namespace_.get();
+    }
+    const std::string hostname = Hostname();
+    cluster_view_ = std::make_unique<ClusterViewBackend>(
+        *inner,
+        ClusterViewOptions{config_.advertise_client_url, config_.resolver_prefix, hostname});
+    api::server::FrontOptions front_options;
+    front_options.metrics = &metrics_;
+    front_ = std::make_unique<api::server::Front>(*cluster_view_, front_options);
+    health_ = std::make_unique<HealthChecker>(*inner, &metrics_);
+
+    grpc::ServerBuilder builder;
+    front_->Register(builder);
+    builder.SetMaxReceiveMessageSize(
+        static_cast<int>(config_.max_send_bytes + kRequestOverheadBytes));
+    builder.SetMaxSendMessageSize(INT_MAX);
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONCURRENT_STREAMS,
+        static_cast<int>(std::min<uint32_t>(config_.max_concurrent_streams, INT_MAX)));
+    // etcd's clients ping on their own schedule (etcdctl every 2 s by
+    // default), also without calls. Like etcd's server (5 s minimum), accept
+    // that and never close a client for pinging: 0 strikes = unlimited.
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+    int tls_port = 0;
+    if (server_tls_on) {
+      builder.AddListeningPort(config_.listen.ToString(), *server_creds, &tls_port);
+    } else {
+      absl::StatusOr<int> fd = Listen(config_.listen);
+      if (!fd.ok()) return fd.status();
+      listen_fd_ = *fd;
+      port_ = BoundPort(listen_fd_);
+    }
+    grpc_server_ = builder.BuildAndStart();
+    if (grpc_server_ == nullptr || (server_tls_on && tls_port == 0)) {
+      grpc_server_.reset();
+      return absl::UnavailableError(
+          absl::StrCat("listen tcp ", config_.listen.ToString(), ": gRPC server did not start"));
+    }
+    if (server_tls_on) port_ = tls_port;
+
+    http_.Handle("/health",
+                 [this](const common::HttpRequest& request) { return health_->Handle(request); });
+    http_.Handle("/metrics", [this](const common::HttpRequest&) {
+      return common::HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8",
+                                  metrics_.RenderText()};
+    });
+    http_.Handle("/backend/metrics", [this](const common::HttpRequest& request) {
+      return FetchFromBackend(request, "/metrics");
+    });
+    http_.Handle("/version", [this](const common::HttpRequest& request) {
+      return FetchFromBackend(request, "/version");
+    });
+    if (config_.metrics_addr.has_value()) {
+      if (absl::Status s = http_.Start(*config_.metrics_addr); !s.ok()) return s;
+      http_running_ = true;
+    } else if (!server_tls_on) {
+      if (absl::Status s = http_.Start(); !s.ok()) return s;
+      http_running_ = true;
+    }
+    if (!server_tls_on) {
+      if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
+        return absl::UnavailableError(absl::StrCat("grpc-proxy: pipe: ", ErrText(errno)));
+      }
+      accept_thread_ = std::thread(&ProxyServer::AcceptLoop, this);
+    }
+    KEEL_LOG_EVENT(Log(), spdlog::level::info, "listening for gRPC proxy client requests",
+                   {{"address", config_.listen_addr}});
+    if (!config_.resolver_prefix.empty()) {
+      RegistrationOptions options;
+      options.prefix = config_.resolver_prefix;
+      options.ttl_seconds = static_cast<int>(std::min<int64_t>(config_.resolver_ttl, INT_MAX));
+      options.advertise = config_.advertise_client_url;
+      options.hostname = hostname;
+      registration_ = std::make_unique<Registration>(*inner, std::move(options));
+      registration_->Start();
+    }
+    KEEL_LOG_EVENT(Log(), spdlog::level::info, "started gRPC proxy",
+                   {{"address", config_.listen_addr}});
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) Stop(absl::ZeroDuration());
+  return status;
+}
+
+void ProxyServer::Stop(absl::Duration grace) {
+  if (!started_ || stopped_) return;
+  stopped_ = true;
+  if (registration_ != nullptr) registration_->Stop();
+  if (accept_thread_.joinable()) {
+    const char byte = 'x';
+    [[maybe_unused]] ssize_t n = write(wake_pipe_[1], &byte, 1);
+    accept_thread_.join();
+  }
+  CloseFd(listen_fd_);
+  CloseFd(wake_pipe_[0]);
+  CloseFd(wake_pipe_[1]);
+  if (grpc_server_ != nullptr) {
+    grpc_server_->Shutdown(std::chrono::system_clock::now() +
+                           std::chrono::milliseconds(absl::ToInt64Milliseconds(grace)));
+    grpc_server_->Wait();
+  }
+  if (http_running_) http_.Stop();
+  // The layers go in the reverse order of their construction: each one's
+  // inner Backend must outlive it.
+  registration_.reset();
+  grpc_server_.reset();
+  health_.reset();
+  front_.reset();
+  cluster_view_.reset();
+  namespace_.reset();
+  remote_.reset();
+}
+
+void ProxyServer::AcceptLoop() {
+  struct Pending {
+    int fd;
+    Clock::time_point deadline;
+    Clock::time_point retry_at;  // before it, the fd is not polled (partial preface)
+  };
+  std::vector<Pending> pending;
+  std::vector<pollfd> fds;
+  Clock::time_point accept_paused_until = Clock::time_point::min();
+  while (true) {
+    fds.clear();
+    fds.push_back({wake_pipe_[0], POLLIN, 0});
+    Clock::time_point now = Clock::now();
+    const bool accept_paused = now < accept_paused_until;
+    fds.push_back({listen_fd_, static_cast<short>(accept_paused ? 0 : POLLIN), 0});
+    Clock::time_point next = accept_paused ? accept_paused_until : Clock::time_point::max();
+    for (const Pending& p : pending) {
+      const bool wait = now < p.retry_at;
+      fds.push_back({p.fd, static_cast<short>(wait ? 0 : POLLIN), 0});
+      next = std::min(next, wait ? p.retry_at : p.deadline);
+    }
+    int timeout_ms = -1;
+    if (next != Clock::time_point::max()) {
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next - now);
+      timeout_ms = static_cast<int>(std::max<int64_t>(0, wait.count()));
+    }
+    const int ready = poll(fds.data(), fds.size(), timeout_ms);
+    if (ready < 0 && errno != EINTR) {
+      KEEL_LOG_EVENT(Log(), spdlog::level::err, "accept loop failed", {{"error", ErrText(errno)}});
+      break;
+    }
+    if (ready > 0 && fds[0].revents != 0) break;  // Stop()
+    if (ready > 0 && (fds[1].revents & POLLIN) != 0) {
+      while (true) {
+        const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+          // Out of descriptors: the listener stays readable, so leave it
+          // alone for a moment instead of spinning.
+          if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            accept_paused_until = Clock::now() + kAcceptPause;
+          }
+          break;
+        }
+        const int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        pending.push_back({fd, Clock::now() + kSniffTimeout, Clock::time_point::min()});
+      }
+    }
+    now = Clock::now();
+    std::vector<Pending> still;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      Pending p = pending[i];
+      // Entries accepted in this round have no pollfd yet.
+      const short revents = i + 2 < fds.size() ? fds[i + 2].revents : 0;
+      if (revents == 0) {
+        if (now >= p.deadline) {
+          close(p.fd);
+        } else {
+          still.push_back(p);
+        }
+        continue;
+      }
+      char head[kSniffBytes];
+      const ssize_t n = recv(p.fd, head, sizeof(head), MSG_PEEK);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        still.push_back(p);
+        continue;
+      }
+      if (n <= 0) {  // EOF or error before anything was sent
+        close(p.fd);
+        continue;
+      }
+      const size_t got = static_cast<size_t>(n);
+      const bool preface_so_far = kHttp2Preface.compare(0, got, head, got) == 0;
+      if (preface_so_far && got < kSniffBytes) {
+        p.retry_at = now + kSniffRetry;
+        still.push_back(p);
+        continue;
+      }
+      if (preface_so_far) {
+        grpc::AddInsecureChannelFromFd(grpc_server_.get(), p.fd);
+      } else if (http_running_) {
+        http_.ServeConnection(p.fd);
+      } else {
+        close(p.fd);
+      }
+    }
+    pending = std::move(still);
+  }
+  for (const Pending& p : pending) close(p.fd);
+}
+
+common::HttpResponse ProxyServer::FetchFromBackend(const common::HttpRequest& request,
+                                                   const std::string& path) {
+  if (request.method != "GET" && request.method != "HEAD") {
+    return common::HttpResponse{405, "text/plain; charset=utf-8", "Method Not Allowed\n"};
+  }
+  const std::string endpoint = remote_->CurrentEndpoint();
+  absl::StatusOr<common::HostPort> host_port = common::ParseHostPort(endpoint);
+  absl::StatusOr<common::HttpResponse> response =
+      host_port.ok() ? common::HttpGet(*host_port, path, kBackendHttpTimeout)
+                     : absl::StatusOr<common::HttpResponse>(host_port.status());
+  if (!response.ok()) {
+    KEEL_LOG_EVENT(Log(), spdlog::level::warn, "failed to fetch from the backend",
+                   {{"endpoint", endpoint},
+                    {"path", path},
+                    {"error", std::string(response.status().message())}});
+    return common::HttpResponse{500, "text/plain; charset=utf-8",
+                                absl::StrCat(response.status().message(), "\n")};
+  }
+  if (response->content_type.empty()) response->content_type = "text/plain; charset=utf-8";
+  return *std::move(response);
+}
+
+}  // namespace keel::proxy::grpcproxy

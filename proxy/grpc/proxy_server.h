@@ -1,0 +1,104 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/http_server.h"
+#include "common/metrics.h"
+#include "proxy/grpc/proxy_flags.h"
+
+namespace grpc {
+class Server;
+}  // namespace grpc
+
+namespace keel::api {
+class Backend;
+namespace server {
+class Front;
+}  // namespace server
+}  // namespace keel::api
+
+namespace keel::proxy::grpcproxy {
+
+class RemoteBackend;
+class ClusterViewBackend;
+class HealthChecker;
+class Registration;
+
+// The running grpc-proxy: the Backend chain
+//   Front -> ClusterViewBackend -> [NamespaceBackend if --namespace] -> RemoteBackend
+// behind a grpc::Server on --listen-addr, resolver registration and
+// /health, /metrics, /backend/metrics, /version over HTTP/1.1.
+//
+// Listener. Without server TLS the proxy owns the listening socket and, as
+// etcd's cmux does, shares it between gRPC and HTTP/1.1: an accept thread
+// peeks at each connection's first bytes; the HTTP/2 preface ("PRI * ...")
+// goes to the gRPC server (grpc::AddInsecureChannelFromFd), anything else to
+// the HTTP server. With server TLS on, gRPC owns the port (TLS is terminated
+// by gRPC, so the bytes cannot be peeked) and HTTP is served only on
+// --metrics-addr; etcd documents HTTP on its TLS port as a known issue.
+// --metrics-addr always serves the same HTTP paths as the main port.
+//
+// The backend need not be reachable for Start() to succeed (etcd's proxy
+// starts anyway); /health reports it. Thread-compatible: Start() and Stop()
+// from one thread (main).
+class ProxyServer {
+ public:
+  // `config` as ToProxyConfig made it; config.endpoints must not be empty
+  // (SRV discovery, if any, already resolved into it).
+  explicit ProxyServer(ProxyConfig config);
+  ~ProxyServer();  // Stop()s
+  ProxyServer(const ProxyServer&) = delete;
+  ProxyServer& operator=(const ProxyServer&) = delete;
+
+  // Builds the chain and starts serving; logs etcd's lines "listening for
+  // gRPC proxy client requests" and "started gRPC proxy" (field address).
+  // Errors: InvalidArgument from the TLS options (bad files, a client cert
+  // with a Common Name); Unavailable with Go's wording when a listener cannot
+  // be bound ("listen tcp 127.0.0.1:23790: bind: address already in use") or
+  // the gRPC server does not start. On error nothing keeps running.
+  // REQUIRES: called once.
+  absl::Status Start();
+
+  // Stops registration (the lease is left to expire, as etcd does), stops
+  // accepting, shuts the gRPC server down (calls still open after `grace`
+  // are cancelled) and stops the HTTP server. Idempotent.
+  void Stop(absl::Duration grace = absl::Seconds(2));
+
+  // The bound port of --listen-addr (useful with port 0), valid after Start().
+  int port() const { return port_; }
+
+ private:
+  // The accept loop of the shared plaintext port (see the class comment).
+  void AcceptLoop();
+  // GET of `path` (plain HTTP) on the remote backend's current endpoint, as
+  // the answer to `request`: the backend's answer whatever its status, 500
+  // with the error if it could not be fetched (3 s limit), 405 unless the
+  // request is a GET or HEAD.
+  common::HttpResponse FetchFromBackend(const common::HttpRequest& request,
+                                        const std::string& path);
+
+  const ProxyConfig config_;
+  common::MetricsRegistry metrics_;
+  std::unique_ptr<RemoteBackend> remote_;
+  std::unique_ptr<api::Backend> namespace_;  // null without --namespace
+  std::unique_ptr<ClusterViewBackend> cluster_view_;
+  std::unique_ptr<api::server::Front> front_;
+  std::unique_ptr<HealthChecker> health_;
+  std::unique_ptr<Registration> registration_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  common::HttpServer http_;
+  bool http_running_ = false;
+  int listen_fd_ = -1;  // plaintext only: the shared listener
+  int wake_pipe_[2] = {-1, -1};
+  std::thread accept_thread_;
+  int port_ = 0;
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace keel::proxy::grpcproxy

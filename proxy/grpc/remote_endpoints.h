@@ -1,0 +1,96 @@
+#pragma once
+
+// Internal to RemoteBackend: the etcd endpoints (one channel and one set of
+// stubs each), the sticky preferred endpoint, and the classification of a
+// failed attempt that drives failover. See remote_backend.h for the scheme.
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "api/backend.h"
+#include "api/etcdserverpb/rpc.grpc.pb.h"
+#include "api/v3electionpb/v3election.grpc.pb.h"
+#include "api/v3lockpb/v3lock.grpc.pb.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/support/status.h"
+#include "proxy/grpc/remote_backend.h"
+
+namespace keel::proxy::grpcproxy {
+
+// The generated service classes, by the service names KEEL_UNARY_METHODS uses.
+namespace remote_services {
+using KV = ::etcdserverpb::KV;
+using Watch = ::etcdserverpb::Watch;
+using Lease = ::etcdserverpb::Lease;
+using Cluster = ::etcdserverpb::Cluster;
+using Maintenance = ::etcdserverpb::Maintenance;
+using Auth = ::etcdserverpb::Auth;
+using Lock = ::v3lockpb::Lock;
+using Election = ::v3electionpb::Election;
+}  // namespace remote_services
+
+// How one attempt on one endpoint failed.
+enum class AttemptFailure {
+  kNone,      // etcd answered (OK or an error of its own): return it
+  kNotSent,   // the channel could not connect: nothing reached etcd
+  kTransport  // the connection failed while the call was open: may have reached etcd
+};
+
+// Classifies the final status of one attempt. Thread-safe.
+AttemptFailure ClassifyAttempt(const ::grpc::Status& status);
+
+// grpc::Status → absl::Status with the same code and message.
+absl::Status ToAbslStatus(const ::grpc::Status& status);
+
+// The endpoints of one RemoteBackend. Immutable after construction except
+// for the preferred index (atomic). Thread-safe.
+class RemoteEndpoints {
+ public:
+  // Creates the channels (they connect lazily). REQUIRES: !options.endpoints.empty().
+  explicit RemoteEndpoints(const RemoteOptions& options);
+
+  size_t size() const { return endpoints_.size(); }
+  const std::string& address(size_t i) const { return endpoints_[i].address; }
+  const RemoteOptions& options() const { return options_; }
+
+  // Index of the endpoint calls start on.
+  size_t preferred() const { return preferred_.load(std::memory_order_relaxed); }
+  // Endpoint `i` answered a call: make it the preferred one.
+  void MarkAnswered(size_t i);
+
+  // The stub of `Service` (a remote_services type) for endpoint `i`.
+  template <class Service>
+  typename Service::Stub* Stub(size_t i) const {
+    return std::get<std::unique_ptr<typename Service::Stub>>(endpoints_[i].stubs).get();
+  }
+
+  // Prepares a fresh ClientContext for one attempt: token and hasleader
+  // metadata, the client's deadline, wait_for_ready(false).
+  static void PrepareContext(const api::CallContext& ctx, ::grpc::ClientContext* client);
+
+ private:
+  struct Endpoint {
+    std::string address;
+    std::shared_ptr<::grpc::Channel> channel;
+    std::tuple<
+        std::unique_ptr<remote_services::KV::Stub>, std::unique_ptr<remote_services::Watch::Stub>,
+        std::unique_ptr<remote_services::Lease::Stub>,
+        std::unique_ptr<remote_services::Cluster::Stub>,
+        std::unique_ptr<remote_services::Maintenance::Stub>,
+        std::unique_ptr<remote_services::Auth::Stub>, std::unique_ptr<remote_services::Lock::Stub>,
+        std::unique_ptr<remote_services::Election::Stub>>
+        stubs;
+  };
+
+  RemoteOptions options_;
+  std::vector<Endpoint> endpoints_;
+  std::atomic<size_t> preferred_{0};
+};
+
+}  // namespace keel::proxy::grpcproxy

@@ -1,0 +1,66 @@
+#pragma once
+
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace keel::proxy::grpcproxy {
+
+// TLS of the grpc-proxy's listener (client → proxy, the terminating side), from
+// --cert-file, --key-file, --trusted-ca-file, --auto-tls and --data-dir.
+struct ServerTlsOptions {
+  // The listener's certificate and key; a trusted CA set → client certs required.
+  std::string cert_file, key_file, trusted_ca_file;
+  // Self-signed certificate when no cert/key/CA file is given.
+  bool auto_tls = false;
+  // Auto-TLS writes <data_dir>/fixtures/proxy/{cert,key}.pem.
+  std::string data_dir;
+  // SAN of the auto-TLS certificate (IP or DNS name; brackets of an IPv6 literal allowed).
+  std::string listen_host;
+};
+
+// True if the listener serves TLS: any of cert/key/CA set, or --auto-tls.
+bool ServerTlsEnabled(const ServerTlsOptions& options);
+
+// Credentials for the listener. Insecure credentials when TLS is not enabled.
+// With a CA file, clients must present a certificate signed by it (mTLS).
+// With only --auto-tls, uses <data_dir>/fixtures/proxy/{cert,key}.pem, creating
+// them (EC P-256, self-signed, one year, SAN = listen_host, mode 0600) when they
+// do not exist yet, like etcd; existing ones are reused across restarts.
+// Errors: InvalidArgument with a message naming the flag and file when a file is
+// missing, unreadable or not PEM, when the key does not match the certificate, or
+// when only one of cert/key is given (or a CA without them); Internal or
+// InvalidArgument when auto-TLS cannot create its files. Thread-safe.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const ServerTlsOptions& options);
+
+// TLS of the proxy's connections to etcd, from --cert, --key, --cacert and
+// --insecure-skip-tls-verify.
+struct ClientTlsOptions {
+  // --cert/--key: the proxy's client certificate (must have no CN); --cacert: etcd's CA.
+  std::string cert, key, cacert;
+  // --insecure-skip-tls-verify: TLS without checking etcd's certificate.
+  bool insecure_skip_verify = false;
+  // Some --endpoints had https://.
+  bool tls_endpoints = false;
+};
+
+// True if the proxy dials etcd over TLS: any file set, skip-verify, or https endpoints.
+bool ClientTlsEnabled(const ClientTlsOptions& options);
+
+// Channel credentials for the upstream etcd endpoints. Insecure credentials when
+// TLS is not enabled. Without --cacert the system roots verify etcd; with
+// --insecure-skip-tls-verify the server certificate is not checked at all.
+// Errors: InvalidArgument as for MakeServerCredentials; with --cert, a certificate
+// whose subject has a Common Name is refused with etcd 3.4's message
+// "cert has non empty Common Name (<cn>)", because etcd with --client-cert-auth
+// would take that CN as the user of every proxied client (etcd #9521).
+// Thread-safe.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const ClientTlsOptions& options);
+
+}  // namespace keel::proxy::grpcproxy

@@ -1,0 +1,452 @@
+// `keel grpc-proxy start` against real etcd 3.4 and real etcdctl
+// (proxy.md sections 2.1-2.3, 2.6, 2.13, 2.14 and the scenarios of section 4).
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/integration/gateway_helpers.h"
+#include "tests/integration/grpc_proxy_helpers.h"
+#include "tests/testutil/etcd_cluster.h"
+#include "tests/testutil/process.h"
+
+namespace keel::testutil {
+namespace {
+
+using std::chrono::seconds;
+
+std::string Keel() { return BinDir() + "/keel"; }
+
+// Lines of `etcdctl member list` (one per member) through `endpoint`, or ""
+// if the command failed.
+std::string MemberList(const std::string& endpoint) {
+  CommandResult r = EtcdCluster::Etcdctl(endpoint, {"member", "list"});
+  return r.exit_code == 0 ? r.out : "";
+}
+
+// `etcdctl put <key>` with the value read from `file` (too big for argv).
+CommandResult PutFromFile(const std::string& endpoint, const std::string& key,
+                          const std::string& file) {
+  return RunCommand({"sh", "-c",
+                     "etcdctl --endpoints=" + endpoint +
+                         " --dial-timeout=2s --command-timeout=10s put " + key + " < " + file},
+                    {{"ETCDCTL_API", "3"}});
+}
+
+// The last line etcdctl printed on stderr ("Error: ...").
+std::string LastErrorLine(const CommandResult& r) {
+  std::string err = r.err;
+  while (!err.empty() && err.back() == '\n') err.pop_back();
+  return err.substr(err.rfind('\n') + 1);
+}
+
+// A unix datagram socket standing in for systemd's notify socket.
+class NotifySocket {
+ public:
+  explicit NotifySocket(const std::string& path) {
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    path.copy(addr.sun_path, sizeof(addr.sun_path) - 1);
+    bound_ = fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~NotifySocket() {
+    if (fd_ >= 0) close(fd_);
+  }
+  bool bound() const { return bound_; }
+  // The next message, waiting up to 30 s ("" if none came).
+  std::string Receive() {
+    pollfd p{fd_, POLLIN, 0};
+    if (poll(&p, 1, 30000) <= 0) return "";
+    char buf[256];
+    const ssize_t n = recv(fd_, buf, sizeof(buf), 0);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+  }
+
+ private:
+  int fd_ = -1;
+  bool bound_ = false;
+};
+
+class GrpcProxyTest : public ::testing::Test {
+ protected:
+  TempDir dir_;
+};
+
+TEST_F(GrpcProxyTest, BadFlagsExitNonZeroWithEtcdsMessages) {
+  const std::string listen = "--listen-addr=127.0.0.1:" + std::to_string(FreePort());
+  CommandResult r = RunCommand({Keel(), "grpc-proxy", "start", "--bogus"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err.rfind("Error: unknown flag: --bogus\n", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find("Usage: keel grpc-proxy start"), std::string::npos) << r.err;
+
+  r = RunCommand({Keel(), "grpc-proxy", "start", "-x"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err.rfind("Error: unknown shorthand flag: 'x' in -x\n", 0), 0u) << r.err;
+
+  r = RunCommand({Keel(), "grpc-proxy", "start", "--max-send-bytes=abc"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err.rfind("Error: invalid argument \"abc\" for \"--max-send-bytes\" flag: "
+                        "strconv.ParseInt: parsing \"abc\": invalid syntax\n",
+                        0),
+            0u)
+      << r.err;
+  r = RunCommand({Keel(), "grpc-proxy", "start", "--max-concurrent-streams=-1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err.rfind("Error: invalid argument \"-1\" for \"--max-concurrent-streams\" flag: "
+                        "strconv.ParseUint: parsing \"-1\": invalid syntax\n",
+                        0),
+            0u)
+      << r.err;
+
+  r = RunCommand({Keel(), "grpc-proxy", "start", "--resolver-ttl=99999999999999999999"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err.rfind("Error: invalid argument \"99999999999999999999\" for \"--resolver-ttl\" "
+                        "flag: strconv.ParseInt: parsing \"99999999999999999999\": value out of "
+                        "range\n",
+                        0),
+            0u)
+      << r.err;
+  // Go's base prefixes parse (0x10 = 16, so the prefix check is what fails).
+  r = RunCommand(
+      {Keel(), "grpc-proxy", "start", listen, "--resolver-prefix=p", "--resolver-ttl=-0x10"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "invalid resolver-ttl -16\n");
+
+  // etcd's checkArgs(), word for word.
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--resolver-prefix=p"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "invalid resolver-ttl 0\n");
+  r = RunCommand(
+      {Keel(), "grpc-proxy", "start", listen, "--resolver-prefix=p", "--resolver-ttl=-3"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "invalid resolver-ttl -3\n");
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--resolver-ttl=5"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "invalid resolver-prefix \"\"\n");
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--resolver-prefix=p", "--resolver-ttl=5",
+                  "--advertise-client-url="});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "invalid advertise-client-url \"\"\n");
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--endpoints=127.0.0.1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "error parsing endpoint \"127.0.0.1\"\n");
+
+  r = RunCommand({Keel(), "grpc-proxy", "start", "--listen-addr=foo"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "listen tcp: address foo: missing port in address\n");
+
+  // Flags keel does not implement are refused, not silently ignored.
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--client-crl-file=x.crl"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "--client-crl-file is not supported by keel\n");
+
+  // ETCD_* variables go through the same checks.
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen}, {{"ETCD_RESOLVER_TTL", "5"}});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "invalid resolver-prefix \"\"\n");
+
+  for (std::vector<std::string> help : {std::vector<std::string>{Keel(), "grpc-proxy"},
+                                        {Keel(), "grpc-proxy", "--help"},
+                                        {Keel(), "grpc-proxy", "start", "--help"}}) {
+    r = RunCommand(help);
+    EXPECT_EQ(r.exit_code, 0) << help.back();
+  }
+  r = RunCommand({Keel(), "grpc-proxy", "start", "--help"});
+  for (const char* flag :
+       {"--listen-addr", "--endpoints", "--advertise-client-url", "--resolver-prefix",
+        "--resolver-ttl", "--namespace", "--max-send-bytes", "--max-recv-bytes",
+        "--max-concurrent-streams", "--cert-file", "--auto-tls", "--insecure-skip-tls-verify",
+        "--enable-pprof", "--experimental-serializable-ordering", "--metrics-addr"}) {
+    EXPECT_NE(r.out.find(flag), std::string::npos) << flag << "\n" << r.out;
+  }
+  EXPECT_NE(r.out.find("1572864"), std::string::npos) << r.out;
+}
+
+TEST_F(GrpcProxyTest, ListenAddressInUseIsAnError) {
+  GrpcProxyProcess first(dir_, {"--endpoints=127.0.0.1:" + std::to_string(FreePort())});
+  ASSERT_TRUE(first.Ready()) << first.Log();
+  CommandResult r = RunCommand({Keel(), "grpc-proxy", "start", "--listen-addr=" + first.addr(),
+                                "--data-dir=" + dir_.File("second.data")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "listen tcp " + first.addr() + ": bind: address already in use\n");
+}
+
+// etcd's proxy starts without a reachable backend; /health says it is down,
+// and a SIGTERM ends the process cleanly.
+TEST_F(GrpcProxyTest, StartsWithoutBackendAndStopsOnSigterm) {
+  NotifySocket notify(dir_.File("notify"));
+  ASSERT_TRUE(notify.bound());
+  GrpcProxyProcess proxy(dir_, {"--endpoints=127.0.0.1:" + std::to_string(FreePort())},
+                         {{"NOTIFY_SOCKET", dir_.File("notify")}});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  EXPECT_EQ(notify.Receive(), "READY=1");
+  // The line has etcd's shape: {"level":"info",...,"msg":"started gRPC proxy","address":...}.
+  bool found = false;
+  std::string log = proxy.Log();
+  for (size_t pos = 0; pos < log.size();) {
+    const size_t end = log.find('\n', pos);
+    const std::string line = log.substr(pos, end - pos);
+    pos = end == std::string::npos ? log.size() : end + 1;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("msg", "") == "started gRPC proxy") {
+      found = true;
+      EXPECT_EQ(j.value("level", ""), "info") << line;
+      EXPECT_EQ(j.value("address", ""), proxy.addr()) << line;
+      EXPECT_TRUE(j.contains("ts")) << line;
+    }
+  }
+  EXPECT_TRUE(found) << log;
+
+  std::optional<HttpResult> health = HttpCall(proxy.port(), "GET", "/health");
+  ASSERT_TRUE(health.has_value());
+  EXPECT_EQ(health->status, 503) << health->body;
+  EXPECT_NE(health->body.find("\"health\":\"false\""), std::string::npos) << health->body;
+  // Neither the backend's /version nor its /metrics can be fetched.
+  std::optional<HttpResult> version = HttpCall(proxy.port(), "GET", "/version");
+  ASSERT_TRUE(version.has_value());
+  EXPECT_EQ(version->status, 500);
+
+  proxy.process().Signal(SIGTERM);
+  EXPECT_EQ(notify.Receive(), "STOPPING=1");
+  EXPECT_EQ(proxy.process().Wait(std::chrono::seconds(30)), std::optional<int>(0)) << proxy.Log();
+}
+
+class GrpcProxyEtcdTest : public GrpcProxyTest {
+ protected:
+  void SetUp() override {
+    std::string error;
+    ASSERT_TRUE(etcd_.Start(&error)) << error;
+  }
+  EtcdCluster etcd_;
+};
+
+TEST_F(GrpcProxyEtcdTest, ServesKvHealthMetricsAndVersion) {
+  const int metrics_port = FreePort();
+  GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientUrl(0),
+                                "--metrics-addr=http://127.0.0.1:" + std::to_string(metrics_port)});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+
+  // A client that sent only the first byte of its request (it could still
+  // become the HTTP/2 preface) holds back nobody, and is served once the
+  // rest arrives.
+  const int slow = ConnectTcp(proxy.port());
+  ASSERT_GE(slow, 0);
+  ASSERT_TRUE(SendAll(slow, "P"));
+
+  ASSERT_EQ(EtcdCluster::Etcdctl(proxy.addr(), {"put", "foo", "bar"}).exit_code, 0) << proxy.Log();
+  CommandResult get = EtcdCluster::Etcdctl(proxy.addr(), {"get", "foo"});
+  EXPECT_EQ(get.exit_code, 0) << get.err;
+  EXPECT_EQ(get.out, "foo\nbar\n");
+  // It really is in etcd.
+  EXPECT_EQ(EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"get", "foo", "--print-value-only"}).out,
+            "bar\n");
+
+  // HTTP/1.1 on the gRPC port and on --metrics-addr alike.
+  for (int port : {proxy.port(), metrics_port}) {
+    std::optional<HttpResult> health = HttpCall(port, "GET", "/health");
+    ASSERT_TRUE(health.has_value()) << port;
+    EXPECT_EQ(health->status, 200);
+    EXPECT_EQ(health->body, "{\"health\":\"true\",\"reason\":\"\"}");
+    std::optional<HttpResult> post = HttpCall(port, "POST", "/health");
+    ASSERT_TRUE(post.has_value());
+    EXPECT_EQ(post->status, 405);
+
+    std::optional<HttpResult> metrics = HttpCall(port, "GET", "/metrics");
+    ASSERT_TRUE(metrics.has_value());
+    EXPECT_EQ(metrics->status, 200);
+    for (const char* want :
+         {"grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service="
+          "\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
+          "etcd_server_health_success ", "process_open_fds "}) {
+      EXPECT_NE(metrics->body.find(want), std::string::npos) << want << "\n" << metrics->body;
+    }
+
+    std::optional<HttpResult> backend = HttpCall(port, "GET", "/backend/metrics");
+    ASSERT_TRUE(backend.has_value());
+    EXPECT_EQ(backend->status, 200);
+    EXPECT_NE(backend->body.find("etcd_server_has_leader 1"), std::string::npos);
+
+    std::optional<HttpResult> version = HttpCall(port, "GET", "/version");
+    std::optional<HttpResult> direct = HttpCall(etcd_.ClientPort(0), "GET", "/version");
+    ASSERT_TRUE(version.has_value() && direct.has_value());
+    EXPECT_EQ(version->status, 200);
+    EXPECT_EQ(version->body, direct->body);
+    nlohmann::json j = nlohmann::json::parse(version->body, nullptr, false);
+    EXPECT_EQ(j.value("etcdserver", ""), "3.4.23") << version->body;
+
+    std::optional<HttpResult> unknown = HttpCall(port, "GET", "/v3/kv/range");
+    ASSERT_TRUE(unknown.has_value());
+    EXPECT_EQ(unknown->status, 404);
+  }
+
+  ASSERT_TRUE(SendAll(slow, "OST /health HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const std::string slow_answer = ReadToEof(slow, seconds(20));
+  close(slow);
+  EXPECT_EQ(slow_answer.rfind("HTTP/1.1 405 ", 0), 0u) << slow_answer;
+
+  // The default advertise URL makes MemberList one synthetic entry.
+  const std::string members = MemberList(proxy.addr());
+  EXPECT_EQ(std::count(members.begin(), members.end(), '\n'), 1) << members;
+  EXPECT_EQ(members.rfind("0, started, ", 0), 0u) << members;
+  EXPECT_NE(members.find(", " + proxy.addr() + ", false"), std::string::npos) << members;
+
+  // With etcd gone, /health turns 503.
+  etcd_.Stop(0);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        std::optional<HttpResult> h = HttpCall(metrics_port, "GET", "/health");
+        return h.has_value() && h->status == 503;
+      },
+      seconds(30)))
+      << proxy.Log();
+
+  proxy.process().Signal(SIGTERM);
+  EXPECT_EQ(proxy.process().Wait(seconds(30)), std::optional<int>(0)) << proxy.Log();
+}
+
+TEST_F(GrpcProxyEtcdTest, EmptyAdvertiseUrlPassesMemberListThrough) {
+  GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientAddr(0), "--advertise-client-url="});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  const std::string direct = MemberList(etcd_.ClientAddr(0));
+  ASSERT_NE(direct, "");
+  EXPECT_NE(direct.find("m0"), std::string::npos) << direct;
+  EXPECT_EQ(MemberList(proxy.addr()), direct) << proxy.Log();
+}
+
+// A request just over --max-send-bytes gets etcd's own answer, as from etcd
+// directly (etcdctl itself refuses to send more than 2 MiB, so the gRPC
+// server's own limit is not reachable with it).
+TEST_F(GrpcProxyEtcdTest, MaxSendBytesLikeEtcd) {
+  GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientAddr(0)});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  const std::string big = dir_.File("big");
+  {
+    std::ofstream out(big);
+    out << std::string(1600 * 1000, 'a');
+  }
+  CommandResult via_proxy = PutFromFile(proxy.addr(), "big", big);
+  CommandResult direct = PutFromFile(etcd_.ClientAddr(0), "big", big);
+  EXPECT_NE(via_proxy.exit_code, 0);
+  EXPECT_EQ(LastErrorLine(via_proxy), "Error: etcdserver: request is too large") << via_proxy.err;
+  EXPECT_EQ(LastErrorLine(via_proxy), LastErrorLine(direct)) << direct.err;
+
+  // A small put still works afterwards.
+  EXPECT_EQ(EtcdCluster::Etcdctl(proxy.addr(), {"put", "small", "1"}).exit_code, 0);
+
+  // python3-etcd3 sends anything: over max-send-bytes + 512 KiB the proxy's
+  // own gRPC server refuses the request, as etcd's does.
+  const std::string script =
+      "import etcd3, sys\n"
+      "c = etcd3.client(host='127.0.0.1', port=int(sys.argv[1]))\n"
+      "try:\n"
+      "    c.put('k', 'a' * 2200000)\n"
+      "    print('ok')\n"
+      "except Exception as e:\n"
+      "    print(e.code().name, e.details())\n";
+  CommandResult py = RunCommand({"/usr/bin/python3", "-c", script, std::to_string(proxy.port())});
+  EXPECT_EQ(py.exit_code, 0) << py.err;
+  EXPECT_EQ(py.out.rfind("RESOURCE_EXHAUSTED ", 0), 0u) << py.out;
+  EXPECT_NE(py.out.find("2097152"), std::string::npos) << py.out;
+}
+
+TEST_F(GrpcProxyEtcdTest, NamespacePrefixesKeys) {
+  GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientAddr(0), "--namespace=ns1/"});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  ASSERT_EQ(EtcdCluster::Etcdctl(proxy.addr(), {"put", "k", "v"}).exit_code, 0) << proxy.Log();
+  EXPECT_EQ(EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"get", "ns1/k", "--print-value-only"}).out,
+            "v\n");
+  EXPECT_EQ(EtcdCluster::Etcdctl(proxy.addr(), {"get", "k"}).out, "k\nv\n");
+}
+
+// With server TLS on, gRPC owns the listen port and HTTP is served on
+// --metrics-addr only.
+TEST_F(GrpcProxyEtcdTest, AutoTlsListener) {
+  const int metrics_port = FreePort();
+  GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientAddr(0), "--auto-tls",
+                                "--metrics-addr=http://127.0.0.1:" + std::to_string(metrics_port)});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  const std::vector<std::string> tls = {"--insecure-transport=false", "--insecure-skip-tls-verify"};
+  std::vector<std::string> put = tls;
+  put.insert(put.end(), {"put", "tls", "1"});
+  CommandResult r = EtcdCluster::Etcdctl(proxy.addr(), put);
+  EXPECT_EQ(r.exit_code, 0) << r.err << proxy.Log();
+  std::vector<std::string> get = tls;
+  get.insert(get.end(), {"get", "tls", "--print-value-only"});
+  EXPECT_EQ(EtcdCluster::Etcdctl(proxy.addr(), get).out, "1\n");
+  // Plaintext gRPC is refused on the TLS port.
+  EXPECT_NE(EtcdCluster::Etcdctl(proxy.addr(), {"get", "tls"}, seconds(20)).exit_code, 0);
+
+  std::optional<HttpResult> health = HttpCall(metrics_port, "GET", "/health");
+  ASSERT_TRUE(health.has_value());
+  EXPECT_EQ(health->status, 200) << health->body;
+}
+
+// SIGTERM ends open streams and the process exits 0.
+TEST_F(GrpcProxyEtcdTest, SigtermWithOpenWatchExitsCleanly) {
+  GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientAddr(0)});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  Subprocess watch({"etcdctl", "--endpoints=" + proxy.addr(), "watch", "w"}, dir_.File("watch.log"),
+                   {{"ETCDCTL_API", "3"}});
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        EtcdCluster::Etcdctl(proxy.addr(), {"put", "w", "seen"});
+        return watch.WaitForLog("seen", std::chrono::milliseconds(500));
+      },
+      seconds(30)))
+      << watch.Log() << proxy.Log();
+  proxy.process().Signal(SIGTERM);
+  EXPECT_EQ(proxy.process().Wait(seconds(30)), std::optional<int>(0)) << proxy.Log();
+}
+
+// Two proxies sharing a resolver prefix list each other; a killed one
+// disappears once its lease runs out (spec 4, scenario 39).
+TEST_F(GrpcProxyEtcdTest, RegisteredProxiesListEachOther) {
+  const std::vector<std::string> flags = {"--endpoints=" + etcd_.ClientAddr(0),
+                                          "--resolver-prefix=___grpc_proxy_endpoint",
+                                          "--resolver-ttl=2"};
+  GrpcProxyProcess a(dir_, flags);
+  GrpcProxyProcess b(dir_, flags);
+  ASSERT_TRUE(a.Ready()) << a.Log();
+  ASSERT_TRUE(b.Ready()) << b.Log();
+  auto lists = [](const std::string& members, const std::string& addr) {
+    return members.find(", " + addr + ", false") != std::string::npos;
+  };
+  std::string members;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        members = MemberList(a.addr());
+        return lists(members, a.addr()) && lists(members, b.addr());
+      },
+      seconds(30)))
+      << members << a.Log() << b.Log();
+  // The registration key and value are etcd's.
+  CommandResult reg = EtcdCluster::Etcdctl(
+      etcd_.ClientAddr(0), {"get", "___grpc_proxy_endpoint/" + b.addr(), "--print-value-only"});
+  nlohmann::json value = nlohmann::json::parse(reg.out, nullptr, false);
+  ASSERT_TRUE(value.is_object()) << reg.out;
+  EXPECT_EQ(value.value("Addr", ""), b.addr());
+  EXPECT_EQ(value.value("Op", -1), 0);
+
+  b.process().Kill();
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        members = MemberList(a.addr());
+        return lists(members, a.addr()) && !lists(members, b.addr());
+      },
+      seconds(60)))
+      << members << a.Log();
+}
+
+}  // namespace
+}  // namespace keel::testutil

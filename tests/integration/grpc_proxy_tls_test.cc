@@ -1,0 +1,227 @@
+// `keel grpc-proxy start` TLS termination and origination against a TLS-only
+// real etcd 3.4 with client certificate auth, driven by real etcdctl
+// (proxy.md sections 2.1 and 2.12, scenarios 45 and 46).
+
+#include <stdlib.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testutil/certs.h"
+#include "tests/testutil/etcd_cluster.h"
+#include "tests/testutil/process.h"
+
+namespace keel::testutil {
+namespace {
+
+using std::chrono::seconds;
+
+// A `keel grpc-proxy start` on a free port with the given extra flags.
+class ProxyProcess {
+ public:
+  ProxyProcess(const TempDir& dir, const std::string& name, std::vector<std::string> flags)
+      : port_(FreePort()) {
+    std::vector<std::string> argv = {BinDir() + "/keel", "grpc-proxy", "start",
+                                     "--listen-addr=" + addr(),
+                                     "--data-dir=" + dir.File(name + ".proxy")};
+    for (auto& f : flags) argv.push_back(std::move(f));
+    process_ = std::make_unique<Subprocess>(argv, dir.File(name + ".log"));
+  }
+
+  std::string addr() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string Log() const { return process_->Log(); }
+  Subprocess& process() { return *process_; }
+
+  // Waits until the listener accepts TCP connections.
+  bool Listening() {
+    return WaitFor([&] { return !process_->Running() || CanConnect("127.0.0.1", port_); },
+                   seconds(60)) &&
+           process_->Running();
+  }
+
+ private:
+  int port_;
+  std::unique_ptr<Subprocess> process_;
+};
+
+// etcdctl through `endpoint` with extra (TLS) flags, retried until it succeeds:
+// the proxy dials etcd lazily, and the box is slow.
+CommandResult EtcdctlEventually(const std::string& endpoint, const std::vector<std::string>& tls,
+                                const std::vector<std::string>& args) {
+  std::vector<std::string> all = tls;
+  all.insert(all.end(), args.begin(), args.end());
+  CommandResult result;
+  WaitFor(
+      [&] {
+        result = EtcdCluster::Etcdctl(endpoint, all);
+        return result.exit_code == 0;
+      },
+      seconds(60));
+  return result;
+}
+
+// One TLS-only etcd member with --client-cert-auth, shared by every test.
+class GrpcProxyTlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    pki_ = new TestPki();
+    ASSERT_TRUE(pki_->ok()) << pki_->error();
+    CertSpec no_cn;
+    etcd_server_ = pki_->Issue("etcd-server", no_cn);
+    proxy_server_ = pki_->Issue("proxy-server", no_cn);
+    proxy_client_ = pki_->Issue("proxy-client", no_cn);
+    CertSpec with_cn;
+    with_cn.common_name = "root";
+    proxy_client_cn_ = pki_->Issue("proxy-client-cn", with_cn);
+    proxy_server_cn_ = pki_->Issue("proxy-server-cn", with_cn);
+    user_client_ = pki_->Issue("user-client", no_cn);
+    ASSERT_TRUE(pki_->ok()) << pki_->error();
+
+    EtcdCluster::Options options;
+    options.client_scheme = "https";
+    options.extra_flags = {"--cert-file=" + etcd_server_.cert, "--key-file=" + etcd_server_.key,
+                           "--client-cert-auth", "--trusted-ca-file=" + pki_->ca_file()};
+    cluster_ = new EtcdCluster(options);
+    // EtcdCluster probes with plain `etcdctl`; etcdctl reads its TLS flags
+    // from ETCDCTL_* while the cluster starts. They are removed right after so
+    // that every etcdctl below states its own TLS flags.
+    setenv("ETCDCTL_CACERT", pki_->ca_file().c_str(), 1);
+    setenv("ETCDCTL_CERT", user_client_.cert.c_str(), 1);
+    setenv("ETCDCTL_KEY", user_client_.key.c_str(), 1);
+    std::string error;
+    const bool started = cluster_->Start(&error);
+    unsetenv("ETCDCTL_CACERT");
+    unsetenv("ETCDCTL_CERT");
+    unsetenv("ETCDCTL_KEY");
+    ASSERT_TRUE(started) << error;
+    ready_ = true;
+  }
+
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+    delete pki_;
+    pki_ = nullptr;
+  }
+
+  void SetUp() override { ASSERT_TRUE(ready_) << "TLS etcd did not start (see above)"; }
+
+  // Flags for the proxy's side towards etcd: mTLS with a CN-less client cert.
+  static std::vector<std::string> UpstreamFlags() {
+    return {"--endpoints=" + cluster_->ClientUrls(), "--cert=" + proxy_client_.cert,
+            "--key=" + proxy_client_.key, "--cacert=" + pki_->ca_file()};
+  }
+  static std::vector<std::string> Plus(std::vector<std::string> a,
+                                       const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  }
+  static std::string Https(const ProxyProcess& proxy) { return "https://" + proxy.addr(); }
+
+  // put then get of `key` through the proxy with etcdctl's `tls` flags.
+  static void ExpectPutGet(const std::string& endpoint, const std::vector<std::string>& tls,
+                           const std::string& key, const ProxyProcess& proxy) {
+    CommandResult put = EtcdctlEventually(endpoint, tls, {"put", key, "v-" + key});
+    ASSERT_EQ(put.exit_code, 0) << put.err << "\nproxy log:\n" << proxy.Log();
+    EXPECT_NE(put.out.find("OK"), std::string::npos) << put.out;
+    CommandResult get = EtcdCluster::Etcdctl(endpoint, Plus(tls, {"get", key}));
+    ASSERT_EQ(get.exit_code, 0) << get.err;
+    EXPECT_EQ(get.out, key + "\nv-" + key + "\n");
+    // The write really reached the TLS-only etcd.
+    CommandResult direct = EtcdCluster::Etcdctl(
+        cluster_->ClientUrl(0), {"--cacert=" + pki_->ca_file(), "--cert=" + user_client_.cert,
+                                 "--key=" + user_client_.key, "get", key, "--print-value-only"});
+    ASSERT_EQ(direct.exit_code, 0) << direct.err;
+    EXPECT_EQ(direct.out, "v-" + key + "\n");
+  }
+
+  static bool ready_;
+  static TestPki* pki_;
+  static EtcdCluster* cluster_;
+  static CertKeyFiles etcd_server_, proxy_server_, proxy_server_cn_, proxy_client_,
+      proxy_client_cn_, user_client_;
+  TempDir dir_;
+};
+
+bool GrpcProxyTlsTest::ready_ = false;
+TestPki* GrpcProxyTlsTest::pki_ = nullptr;
+EtcdCluster* GrpcProxyTlsTest::cluster_ = nullptr;
+CertKeyFiles GrpcProxyTlsTest::etcd_server_, GrpcProxyTlsTest::proxy_server_,
+    GrpcProxyTlsTest::proxy_server_cn_, GrpcProxyTlsTest::proxy_client_,
+    GrpcProxyTlsTest::proxy_client_cn_, GrpcProxyTlsTest::user_client_;
+
+// The doc's "TLS termination": plaintext on loopback, mTLS to etcd.
+TEST_F(GrpcProxyTlsTest, PlainClientsThroughTlsUpstream) {
+  ProxyProcess proxy(dir_, "plain", UpstreamFlags());
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  ExpectPutGet(proxy.addr(), {}, "plain", proxy);
+}
+
+TEST_F(GrpcProxyTlsTest, TlsClients) {
+  ProxyProcess proxy(dir_, "tls",
+                     Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert,
+                                            "--key-file=" + proxy_server_.key}));
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  ExpectPutGet(Https(proxy), {"--cacert=" + pki_->ca_file()}, "tls", proxy);
+  // Without TLS the client gets nowhere.
+  CommandResult plain = EtcdCluster::Etcdctl(proxy.addr(), {"get", "tls"});
+  EXPECT_NE(plain.exit_code, 0) << plain.out;
+}
+
+// keel follows etcd 3.5 (#11970): only the upstream client certificate must be
+// CN-less; the listener's own certificate may have a CN (etcd 3.4 refused it).
+TEST_F(GrpcProxyTlsTest, ListenerCertificateMayHaveCommonName) {
+  ProxyProcess proxy(dir_, "listener-cn",
+                     Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_cn_.cert,
+                                            "--key-file=" + proxy_server_cn_.key}));
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  ExpectPutGet(Https(proxy), {"--cacert=" + pki_->ca_file()}, "listener-cn", proxy);
+}
+
+// Scenario 45: with --trusted-ca-file, client certificates are required.
+TEST_F(GrpcProxyTlsTest, MutualTlsClients) {
+  ProxyProcess proxy(
+      dir_, "mtls",
+      Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert, "--key-file=" + proxy_server_.key,
+                             "--trusted-ca-file=" + pki_->ca_file()}));
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  ExpectPutGet(
+      Https(proxy),
+      {"--cacert=" + pki_->ca_file(), "--cert=" + user_client_.cert, "--key=" + user_client_.key},
+      "mtls", proxy);
+  CommandResult no_cert =
+      EtcdCluster::Etcdctl(Https(proxy), {"--cacert=" + pki_->ca_file(), "get", "mtls"});
+  EXPECT_NE(no_cert.exit_code, 0) << no_cert.out;
+  EXPECT_EQ(no_cert.out.find("v-mtls"), std::string::npos) << no_cert.out;
+}
+
+TEST_F(GrpcProxyTlsTest, AutoTls) {
+  ProxyProcess proxy(dir_, "auto", Plus(UpstreamFlags(), {"--auto-tls"}));
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  ExpectPutGet(Https(proxy), {"--insecure-skip-tls-verify", "--insecure-transport=false"}, "auto",
+               proxy);
+  // The self-signed certificate is not trusted by the CA.
+  CommandResult verifying =
+      EtcdCluster::Etcdctl(Https(proxy), {"--cacert=" + pki_->ca_file(), "get", "auto"});
+  EXPECT_NE(verifying.exit_code, 0) << verifying.out;
+}
+
+// Scenario 46: an upstream client certificate with a CN would make etcd treat
+// every proxied client as that user, so the proxy refuses to start.
+TEST_F(GrpcProxyTlsTest, UpstreamCertWithCommonNameRefusesToStart) {
+  ProxyProcess proxy(dir_, "cn",
+                     {"--endpoints=" + cluster_->ClientUrls(), "--cert=" + proxy_client_cn_.cert,
+                      "--key=" + proxy_client_cn_.key, "--cacert=" + pki_->ca_file()});
+  std::optional<int> code = proxy.process().Wait(seconds(60));
+  ASSERT_TRUE(code.has_value()) << "still running:\n" << proxy.Log();
+  EXPECT_EQ(*code, 1) << proxy.Log();
+  EXPECT_NE(proxy.Log().find("cert has non empty Common Name (root)"), std::string::npos)
+      << proxy.Log();
+}
+
+}  // namespace
+}  // namespace keel::testutil
