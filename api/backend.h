@@ -12,12 +12,50 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "api/etcdserverpb/rpc.pb.h"
 #include "api/v3electionpb/v3election.pb.h"
 #include "api/v3lockpb/v3lock.pb.h"
 
 namespace keel::api {
+
+// Tells the layers below that the caller gave up on a unary call (the client
+// cancelled or went away, or the server is shutting down), so that an
+// upstream call waiting for a lock, an election or a hung member is
+// cancelled too instead of completing for nobody. Thread-safe.
+class CancelSignal {
+ public:
+  // Registers what cancelling does now, replacing any earlier registration;
+  // runs it at once if Cancel() already happened. It runs under the signal's
+  // lock (so Clear() returning means it is not running): it must be short,
+  // must not block and must not call back into this signal.
+  void OnCancel(absl::AnyInvocable<void()> fn) {
+    absl::MutexLock lock(&mu_);
+    fn_ = std::move(fn);
+    if (cancelled_ && fn_) std::exchange(fn_, nullptr)();
+  }
+  // Drops the registration; after it returns the callback is not running.
+  void Clear() {
+    absl::MutexLock lock(&mu_);
+    fn_ = nullptr;
+  }
+  // Cancels: runs the registered callback once. Idempotent.
+  void Cancel() {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (fn_) std::exchange(fn_, nullptr)();
+  }
+  bool cancelled() const {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  absl::AnyInvocable<void()> fn_ ABSL_GUARDED_BY(mu_);
+};
 
 // What a client sent besides the request message. Copied into every layer.
 struct CallContext {
@@ -28,6 +66,9 @@ struct CallContext {
   bool require_leader = false;
   // The client's deadline; InfiniteFuture() when it set none.
   absl::Time deadline = absl::InfiniteFuture();
+  // Unary calls: fires when the caller gives up (see CancelSignal); null when
+  // the caller never cancels. Streams are cancelled through their handle.
+  std::shared_ptr<CancelSignal> cancel;
 };
 
 // Completion of a unary call. Runs exactly once, on any thread (possibly

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/tcp_listen.h"
 
 namespace keel::common {
 namespace {
@@ -158,14 +159,6 @@ struct Connection {
   Clock::time_point deadline;
 };
 
-// strerror's text as Go prints syscall errors: "address already in use".
-std::string ErrText(int err) {
-  char buf[256];
-  std::string text = strerror_r(err, buf, sizeof(buf));
-  if (!text.empty() && text[0] >= 'A' && text[0] <= 'Z')
-    text[0] = static_cast<char>(text[0] - 'A' + 'a');
-  return text;
-}
 
 void CloseFd(int& fd) {
   if (fd >= 0) close(fd);
@@ -185,71 +178,14 @@ void HttpServer::Handle(const std::string& path, HttpHandler handler) {
 absl::Status HttpServer::Start(const HostPort& listen) {
   std::lock_guard<std::mutex> lock(stop_mu_);
   if (thread_.joinable()) return absl::FailedPreconditionError("http server already started");
-  const std::string address = listen.ToString();
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* result = nullptr;
-  const std::string port = std::to_string(listen.port);
-  const int gai = getaddrinfo(listen.host.empty() ? nullptr : listen.host.c_str(), port.c_str(),
-                              &hints, &result);
-  if (gai != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("listen tcp ", address, ": lookup ", listen.host, ": ", gai_strerror(gai)));
-  }
-  // Like Go: an empty host listens on the IPv6 wildcard (dual-stack) if it
-  // can; a name such as "localhost" binds its IPv4 address first.
-  std::vector<addrinfo*> candidates;
-  for (addrinfo* ai = result; ai != nullptr; ai = ai->ai_next) candidates.push_back(ai);
-  const int preferred = listen.host.empty() ? AF_INET6 : AF_INET;
-  std::stable_sort(candidates.begin(), candidates.end(), [preferred](addrinfo* a, addrinfo* b) {
-    return a->ai_family == preferred && b->ai_family != preferred;
-  });
-  absl::Status error = absl::UnavailableError(absl::StrCat("listen tcp ", address, ": no address"));
-  int fd = -1;
-  for (addrinfo* ai : candidates) {
-    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-      error = absl::UnavailableError(
-          absl::StrCat("listen tcp ", address, ": socket: ", ErrText(errno)));
-      continue;
-    }
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-      error =
-          absl::UnavailableError(absl::StrCat("listen tcp ", address, ": bind: ", ErrText(errno)));
-      CloseFd(fd);
-      continue;
-    }
-    if (::listen(fd, 128) != 0) {
-      error = absl::UnavailableError(
-          absl::StrCat("listen tcp ", address, ": listen: ", ErrText(errno)));
-      CloseFd(fd);
-      continue;
-    }
-    break;
-  }
-  freeaddrinfo(result);
-  if (fd < 0) return error;
-  sockaddr_storage bound{};
-  socklen_t len = sizeof(bound);
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) {
-    const int err = errno;
-    CloseFd(fd);
-    return absl::UnavailableError(
-        absl::StrCat("listen tcp ", address, ": getsockname: ", ErrText(err)));
-  }
-  if (bound.ss_family == AF_INET) {
-    port_ = ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  } else {
-    port_ = ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
-  }
+  absl::StatusOr<int> listened = ListenTcp(listen);
+  if (!listened.ok()) return listened.status();
+  int fd = *listened;
+  port_ = BoundPort(fd);
   if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
     const int err = errno;
     CloseFd(fd);
-    return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrText(err)));
+    return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrnoText(err)));
   }
   listen_fd_ = fd;
   {
@@ -265,7 +201,7 @@ absl::Status HttpServer::Start() {
   std::lock_guard<std::mutex> lock(stop_mu_);
   if (thread_.joinable()) return absl::FailedPreconditionError("http server already started");
   if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
-    return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrText(errno)));
+    return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrnoText(errno)));
   }
   {
     std::lock_guard<std::mutex> handoff_lock(handoff_mu_);
@@ -505,7 +441,7 @@ absl::Status WaitFd(int fd, short events, Clock::time_point deadline, const std:
     const int n = poll(&p, 1, MillisUntil(deadline));
     if (n > 0) return absl::OkStatus();
     if (n == 0) return absl::DeadlineExceededError(absl::StrCat(what, ": i/o timeout"));
-    if (errno != EINTR) return absl::UnavailableError(absl::StrCat(what, ": ", ErrText(errno)));
+    if (errno != EINTR) return absl::UnavailableError(absl::StrCat(what, ": ", ErrnoText(errno)));
   }
 }
 
@@ -528,11 +464,11 @@ absl::StatusOr<int> Dial(const HostPort& server, Clock::time_point deadline) {
   for (addrinfo* ai = result; ai != nullptr; ai = ai->ai_next) {
     fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0) {
-      error = absl::UnavailableError(absl::StrCat(what, ": socket: ", ErrText(errno)));
+      error = absl::UnavailableError(absl::StrCat(what, ": socket: ", ErrnoText(errno)));
       continue;
     }
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
-      error = absl::UnavailableError(absl::StrCat(what, ": connect: ", ErrText(errno)));
+      error = absl::UnavailableError(absl::StrCat(what, ": connect: ", ErrnoText(errno)));
       CloseFd(fd);
       continue;
     }
@@ -540,7 +476,7 @@ absl::StatusOr<int> Dial(const HostPort& server, Clock::time_point deadline) {
     int so_error = 0;
     socklen_t len = sizeof(so_error);
     if (error.ok() && getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len) == 0 && so_error != 0) {
-      error = absl::UnavailableError(absl::StrCat(what, ": connect: ", ErrText(so_error)));
+      error = absl::UnavailableError(absl::StrCat(what, ": connect: ", ErrnoText(so_error)));
     }
     if (error.ok()) break;
     CloseFd(fd);
@@ -599,7 +535,7 @@ absl::StatusOr<HttpResponse> HttpGet(const HostPort& server, const std::string& 
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       s = WaitFd(fd, POLLOUT, deadline, what);
     } else if (errno != EINTR) {
-      s = absl::UnavailableError(absl::StrCat(what, ": write: ", ErrText(errno)));
+      s = absl::UnavailableError(absl::StrCat(what, ": write: ", ErrnoText(errno)));
     }
     if (!s.ok()) {
       CloseFd(fd);
@@ -623,7 +559,7 @@ absl::StatusOr<HttpResponse> HttpGet(const HostPort& server, const std::string& 
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       s = WaitFd(fd, POLLIN, deadline, what);
     } else if (errno != EINTR) {
-      s = absl::UnavailableError(absl::StrCat(what, ": read: ", ErrText(errno)));
+      s = absl::UnavailableError(absl::StrCat(what, ": read: ", ErrnoText(errno)));
     }
     if (!s.ok()) {
       CloseFd(fd);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a local stack for trying keel: one etcd member (Debian's etcd, until
-# keel's own member exists) on 127.0.0.1:2379 and keel's gateway on
-# 127.0.0.1:23790 in front of it. State and logs go to $KEEL_LOCAL_DIR
+# keel's own member exists) on 127.0.0.1:2379, keel's gateway on
+# 127.0.0.1:23790 (metrics :23791) and keel's grpc-proxy on 127.0.0.1:23792
+# (metrics :23793) in front of it. State and logs go to $KEEL_LOCAL_DIR
 # (default ~/.local/share/keel-local). Stop it with scripts/stop-local.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,17 @@ else
   echo "keel gateway started (pid $(cat "$dir/gateway.pid"), log $dir/gateway.log)"
 fi
 
+if running grpc-proxy; then
+  echo "keel grpc-proxy already running (pid $(cat "$dir/grpc-proxy.pid"))"
+else
+  nohup "$keel" grpc-proxy start --listen-addr 127.0.0.1:23792 --endpoints 127.0.0.1:2379 \
+    --advertise-client-url 127.0.0.1:23792 --metrics-addr http://127.0.0.1:23793 \
+    --data-dir "$dir/grpc-proxy" >"$dir/grpc-proxy.log" 2>&1 &
+  echo $! >"$dir/grpc-proxy.pid"
+  wait_port 23792 10 || { echo "keel grpc-proxy did not start; see $dir/grpc-proxy.log" >&2; exit 1; }
+  echo "keel grpc-proxy started (pid $(cat "$dir/grpc-proxy.pid"), log $dir/grpc-proxy.log)"
+fi
+
 cat <<MSG
 
 Try it (etcdctl talks to keel's gateway on 127.0.0.1:23790):
@@ -49,5 +61,8 @@ Try it (etcdctl talks to keel's gateway on 127.0.0.1:23790):
   ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:23790 watch greeting   # in another shell, then put again
   curl -s http://127.0.0.1:23791/metrics | grep keel_gateway
   curl -s http://127.0.0.1:23791/health
+And the same through keel's grpc-proxy on 127.0.0.1:23792:
+  ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:23792 get greeting
+  curl -s http://127.0.0.1:23793/metrics | grep grpc_server_handled_total
 Stop everything with scripts/stop-local.sh
 MSG

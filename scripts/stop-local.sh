@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Stops what scripts/start-local.sh started (gateway first, then etcd).
+# Stops what scripts/start-local.sh started (the proxies first, then etcd).
 set -uo pipefail
 dir="${KEEL_LOCAL_DIR:-$HOME/.local/share/keel-local}"
-for name in gateway etcd; do
+for name in grpc-proxy gateway etcd; do
   pidfile="$dir/$name.pid"
   [ -f "$pidfile" ] || continue
   pid=$(cat "$pidfile")

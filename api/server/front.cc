@@ -16,6 +16,22 @@ namespace keel::api::server {
 
 namespace {
 
+// The reactor of one unary call. A client that cancels (or a server that
+// shuts down) fires the call's CancelSignal, so the backend can cancel its
+// upstream call: a Lock or Campaign must not be taken for a client that is
+// gone, and Server::Shutdown waits for every call to finish. Deletes itself
+// in OnDone, which gRPC runs only after Finish.
+class UnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  UnaryReactor() : cancel_(std::make_shared<CancelSignal>()) {}
+  const std::shared_ptr<CancelSignal>& cancel() const { return cancel_; }
+  void OnCancel() override { cancel_->Cancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  const std::shared_ptr<CancelSignal> cancel_;
+};
+
 // One unary call: the request goes to the backend through `call`, and the
 // Done it is given finishes the call. Finishing after the client cancelled is
 // harmless: gRPC keeps the call (and `response`) until Finish.
@@ -24,9 +40,11 @@ grpc::ServerUnaryReactor* HandleUnary(grpc::CallbackServerContext* context, cons
                                       Response* response, MethodMetrics& metrics, Call&& call) {
   metrics.Started();
   metrics.Received();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new UnaryReactor();
+  CallContext ctx = CallContextFrom(*context);
+  ctx.cancel = reactor->cancel();
   std::forward<Call>(call)(
-      CallContextFrom(*context), Request(*request),
+      std::move(ctx), Request(*request),
       Done<Response>([reactor, response, &metrics](absl::StatusOr<Response> result) {
         grpc::Status status;
         if (result.ok()) {

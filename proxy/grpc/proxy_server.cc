@@ -13,12 +13,14 @@
 #include <chrono>
 #include <climits>
 #include <cstring>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "api/server/front.h"
 #include "common/logging.h"
+#include "common/tcp_listen.h"
 #include "grpc/grpc.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
@@ -43,6 +45,9 @@ constexpr size_t kSniffBytes = 4;
 constexpr auto kSniffTimeout = std::chrono::seconds(10);
 // How long a connection that sent a partial first token waits before it is peeked again.
 constexpr auto kSniffRetry = std::chrono::milliseconds(10);
+// At most this many accepted connections wait to be classified; beyond it
+// the listener is not polled (the kernel's backlog holds the rest).
+constexpr size_t kMaxPending = 1024;
 // How long the listener is left alone after accept(2) ran out of descriptors.
 constexpr auto kAcceptPause = std::chrono::milliseconds(100);
 // etcd's server accepts requests up to its limit plus this much gRPC overhead.
@@ -51,74 +56,6 @@ constexpr int64_t kRequestOverheadBytes = 512 * 1024;
 constexpr absl::Duration kBackendHttpTimeout = absl::Seconds(3);
 
 spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
-
-std::string ErrText(int err) {
-  char buf[256];
-  std::string text = strerror_r(err, buf, sizeof(buf));
-  if (!text.empty() && text[0] >= 'A' && text[0] <= 'Z') {
-    text[0] = static_cast<char>(text[0] - 'A' + 'a');
-  }
-  return text;
-}
-
-// Binds and listens on `listen` like Go's net.Listen("tcp", ...): a name or
-// an empty host works, errors read "listen tcp <addr>: bind: <why>". Returns
-// the non-blocking listening fd.
-absl::StatusOr<int> Listen(const common::HostPort& listen) {
-  const std::string address = listen.ToString();
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* result = nullptr;
-  const std::string port = std::to_string(listen.port);
-  const int gai = getaddrinfo(listen.host.empty() ? nullptr : listen.host.c_str(), port.c_str(),
-                              &hints, &result);
-  if (gai != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("listen tcp ", address, ": lookup ", listen.host, ": ", gai_strerror(gai)));
-  }
-  std::vector<addrinfo*> candidates;
-  for (addrinfo* ai = result; ai != nullptr; ai = ai->ai_next) candidates.push_back(ai);
-  const int preferred = listen.host.empty() ? AF_INET6 : AF_INET;
-  std::stable_sort(candidates.begin(), candidates.end(), [preferred](addrinfo* a, addrinfo* b) {
-    return a->ai_family == preferred && b->ai_family != preferred;
-  });
-  absl::Status error = absl::UnavailableError(absl::StrCat("listen tcp ", address, ": no address"));
-  int fd = -1;
-  for (addrinfo* ai : candidates) {
-    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-      error = absl::UnavailableError(
-          absl::StrCat("listen tcp ", address, ": socket: ", ErrText(errno)));
-      continue;
-    }
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    const char* step = nullptr;
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-      step = "bind";
-    } else if (::listen(fd, SOMAXCONN) != 0) {
-      step = "listen";
-    }
-    if (step == nullptr) break;
-    error = absl::UnavailableError(
-        absl::StrCat("listen tcp ", address, ": ", step, ": ", ErrText(errno)));
-    close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(result);
-  if (fd < 0) return error;
-  return fd;
-}
-
-int BoundPort(int fd) {
-  sockaddr_storage bound{};
-  socklen_t len = sizeof(bound);
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) return 0;
-  if (bound.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  return ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
-}
 
 std::string Hostname() {
   char name[HOST_NAME_MAX + 1] = {};
@@ -201,10 +138,10 @@ absl::Status ProxyServer::Start() {
     if (server_tls_on) {
       builder.AddListeningPort(config_.listen.ToString(), *server_creds, &tls_port);
     } else {
-      absl::StatusOr<int> fd = Listen(config_.listen);
+      absl::StatusOr<int> fd = common::ListenTcp(config_.listen);
       if (!fd.ok()) return fd.status();
       listen_fd_ = *fd;
-      port_ = BoundPort(listen_fd_);
+      port_ = common::BoundPort(listen_fd_);
     }
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr || (server_tls_on && tls_port == 0)) {
@@ -235,7 +172,7 @@ absl::Status ProxyServer::Start() {
     }
     if (!server_tls_on) {
       if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
-        return absl::UnavailableError(absl::StrCat("grpc-proxy: pipe: ", ErrText(errno)));
+        return absl::UnavailableError(absl::StrCat("grpc-proxy: pipe: ", common::ErrnoText(errno)));
       }
       accept_thread_ = std::thread(&ProxyServer::AcceptLoop, this);
     }
@@ -300,9 +237,12 @@ void ProxyServer::AcceptLoop() {
     fds.clear();
     fds.push_back({wake_pipe_[0], POLLIN, 0});
     Clock::time_point now = Clock::now();
-    const bool accept_paused = now < accept_paused_until;
+    // Connections not yet classified are bounded, so idle connects cannot
+    // use up the descriptors the backend calls need.
+    const bool accept_paused = now < accept_paused_until || pending.size() >= kMaxPending;
     fds.push_back({listen_fd_, static_cast<short>(accept_paused ? 0 : POLLIN), 0});
-    Clock::time_point next = accept_paused ? accept_paused_until : Clock::time_point::max();
+    Clock::time_point next =
+        now < accept_paused_until ? accept_paused_until : Clock::time_point::max();
     for (const Pending& p : pending) {
       const bool wait = now < p.retry_at;
       fds.push_back({p.fd, static_cast<short>(wait ? 0 : POLLIN), 0});
@@ -314,13 +254,19 @@ void ProxyServer::AcceptLoop() {
       timeout_ms = static_cast<int>(std::max<int64_t>(0, wait.count()));
     }
     const int ready = poll(fds.data(), fds.size(), timeout_ms);
-    if (ready < 0 && errno != EINTR) {
-      KEEL_LOG_EVENT(Log(), spdlog::level::err, "accept loop failed", {{"error", ErrText(errno)}});
-      break;
+    if (ready < 0) {
+      // Only Stop() ends the loop: a transient failure (ENOMEM) must not
+      // leave a bound listener that nobody accepts on.
+      if (errno != EINTR) {
+        KEEL_LOG_EVENT(Log(), spdlog::level::warn, "accept loop: poll failed, retrying",
+                       {{"error", common::ErrnoText(errno)}});
+        std::this_thread::sleep_for(kAcceptPause);
+      }
+      continue;
     }
     if (ready > 0 && fds[0].revents != 0) break;  // Stop()
     if (ready > 0 && (fds[1].revents & POLLIN) != 0) {
-      while (true) {
+      while (pending.size() < kMaxPending) {
         const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
           // Out of descriptors: the listener stays readable, so leave it

@@ -84,6 +84,9 @@ struct Registration::Shared {
 
   absl::Mutex mu;
   bool stopping ABSL_GUARDED_BY(mu) = false;
+  // Stop() cancels the unary call in flight (a hung etcd must not hold up
+  // shutdown for a whole TTL); every later call is cancelled at once.
+  const std::shared_ptr<api::CancelSignal> cancel = std::make_shared<api::CancelSignal>();
 };
 
 // Records what one keepalive stream delivers; the registration thread acts on
@@ -135,6 +138,7 @@ void Registration::Stop() {
     absl::MutexLock stop_lock(&shared_->mu);
     shared_->stopping = true;
   }
+  shared_->cancel->Cancel();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -152,6 +156,7 @@ absl::StatusOr<Response> Registration::Call(void (api::Backend::*method)(const a
   auto result = std::make_shared<std::optional<absl::StatusOr<Response>>>();
   api::CallContext ctx;
   ctx.deadline = absl::Now() + std::max(kMinCallTimeout, absl::Seconds(options_.ttl_seconds));
+  ctx.cancel = shared_->cancel;
   // The callback only records the answer (it must not block).
   (backend_.*method)(ctx, std::move(request),
                      [shared = shared_, result](absl::StatusOr<Response> response) {
@@ -160,7 +165,7 @@ absl::StatusOr<Response> Registration::Call(void (api::Backend::*method)(const a
                      });
   // Waits even when Stop() is called meanwhile: once Stop() has returned no
   // callback of ours may run, so the Backend can be destroyed right after.
-  // The deadline bounds the wait.
+  // Stop() cancels the call, and the deadline bounds the wait.
   absl::MutexLock lock(&shared_->mu);
   auto answered = [&result]() { return result->has_value(); };
   shared_->mu.Await(absl::Condition(&answered));

@@ -78,12 +78,18 @@ class UnaryCall {
     // released here, after its callback has started (gRPC allows it).
     context_ = std::make_unique<::grpc::ClientContext>();
     RemoteEndpoints::PrepareContext(ctx_, context_.get());
+    if (ctx_.cancel != nullptr) {
+      // The caller gave up: cancel upstream too (a TryCancel before the call
+      // starts cancels it as it starts). Cleared before context_ goes away.
+      ctx_.cancel->OnCancel([context = context_.get()] { context->TryCancel(); });
+    }
     response_.Clear();
     issue_(endpoints_.Stub<Service>(current_), context_.get(), &request_, &response_,
            [this](::grpc::Status status) { OnAttemptDone(std::move(status)); });
   }
 
   void OnAttemptDone(::grpc::Status status) {
+    if (ctx_.cancel != nullptr) ctx_.cancel->Clear();
     const AttemptFailure failure = ClassifyAttempt(status);
     const bool may_retry = failure == AttemptFailure::kNotSent ||
                            (failure == AttemptFailure::kTransport && IsReadOnly(request_));

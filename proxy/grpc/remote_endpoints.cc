@@ -66,6 +66,9 @@ RemoteEndpoints::RemoteEndpoints(const RemoteOptions& options) : options_(option
     // Own connections per backend (no global subchannel sharing), so one
     // backend's view of a member does not depend on another's.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    // Failover is ours (see remote_backend.h); gRPC's retry filter would only
+    // add per-call bookkeeping (it buffers every request for a replay).
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
     // Keepalive like etcd's client with --dial-keepalive-time: pings only
     // while calls are open (etcd refuses pings without streams), no cap on
     // pings without data so an idle watch still detects a dead member.

@@ -13,6 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "api/etcdserverpb/rpc.grpc.pb.h"
+#include "api/v3lockpb/v3lock.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/integration/gateway_helpers.h"
@@ -446,6 +450,109 @@ TEST_F(GrpcProxyEtcdTest, RegisteredProxiesListEachOther) {
       },
       seconds(60)))
       << members << a.Log();
+}
+
+// A unary call the client gives up on is cancelled upstream too: a v3lock
+// Lock waiting behind another holder must not take the lock later for a
+// client that is gone (its waiter key would block everyone until its lease
+// expires), and SIGTERM must not wait forever for such a call.
+class GrpcProxyLockTest : public GrpcProxyEtcdTest {
+ protected:
+  void SetUp() override {
+    GrpcProxyEtcdTest::SetUp();
+    direct_ = grpc::CreateChannel(etcd_.ClientAddr(0), grpc::InsecureChannelCredentials());
+    proxy_ = std::make_unique<GrpcProxyProcess>(
+        dir_, std::vector<std::string>{"--endpoints=" + etcd_.ClientAddr(0)});
+    ASSERT_TRUE(proxy_->Ready()) << proxy_->Log();
+    via_ = grpc::CreateChannel(proxy_->addr(), grpc::InsecureChannelCredentials());
+    holder_lease_ = Grant(direct_);
+    waiter_lease_ = Grant(via_);
+    v3lockpb::LockRequest req;
+    req.set_name("L");
+    req.set_lease(holder_lease_);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    ASSERT_TRUE(v3lockpb::Lock::NewStub(direct_)->Lock(&ctx, req, &held_).ok());
+  }
+
+  int64_t Grant(const std::shared_ptr<grpc::Channel>& channel) {
+    etcdserverpb::LeaseGrantRequest req;
+    req.set_ttl(60);
+    etcdserverpb::LeaseGrantResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    EXPECT_TRUE(etcdserverpb::Lease::NewStub(channel)->LeaseGrant(&ctx, req, &resp).ok());
+    return resp.id();
+  }
+
+  // Keys under the lock's prefix, read directly from etcd (-1 on error).
+  int64_t LockKeys() {
+    etcdserverpb::RangeRequest req;
+    req.set_key("L/");
+    req.set_range_end("L0");
+    req.set_count_only(true);
+    etcdserverpb::RangeResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(5));
+    if (!etcdserverpb::KV::NewStub(direct_)->Range(&ctx, req, &resp).ok()) return -1;
+    return resp.count();
+  }
+
+  // Starts a Lock of "L" through the proxy, without a deadline, and waits
+  // until etcd shows its waiter key.
+  void StartWaiter() {
+    waiter_req_.set_name("L");
+    waiter_req_.set_lease(waiter_lease_);
+    waiter_stub_ = v3lockpb::Lock::NewStub(via_);
+    waiter_stub_->async()->Lock(&waiter_ctx_, &waiter_req_, &waiter_resp_,
+                                [this](grpc::Status status) {
+                                  absl::MutexLock lock(&mu_);
+                                  waiter_status_ = std::move(status);
+                                });
+    ASSERT_TRUE(WaitFor([&] { return LockKeys() == 2; }, seconds(30)));
+  }
+
+  bool WaiterDone() {
+    absl::MutexLock lock(&mu_);
+    return waiter_status_.has_value();
+  }
+
+  std::shared_ptr<grpc::Channel> direct_;
+  std::shared_ptr<grpc::Channel> via_;
+  std::unique_ptr<GrpcProxyProcess> proxy_;
+  int64_t holder_lease_ = 0;
+  int64_t waiter_lease_ = 0;
+  v3lockpb::LockResponse held_;
+  grpc::ClientContext waiter_ctx_;
+  v3lockpb::LockRequest waiter_req_;
+  v3lockpb::LockResponse waiter_resp_;
+  std::unique_ptr<v3lockpb::Lock::Stub> waiter_stub_;
+  absl::Mutex mu_;
+  std::optional<grpc::Status> waiter_status_;
+};
+
+TEST_F(GrpcProxyLockTest, CancelledLockIsCancelledUpstream) {
+  StartWaiter();
+  waiter_ctx_.TryCancel();
+  ASSERT_TRUE(WaitFor([&] { return WaiterDone(); }, seconds(30)));
+  // etcd's lock service removes the waiter key once the proxy's call to it
+  // is cancelled; the holder's key stays.
+  EXPECT_TRUE(WaitFor([&] { return LockKeys() == 1; }, seconds(30))) << proxy_->Log();
+  // Released, the lock goes to nobody: the cancelled client never gets it.
+  v3lockpb::UnlockRequest unlock;
+  unlock.set_key(held_.key());
+  v3lockpb::UnlockResponse unlocked;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  ASSERT_TRUE(v3lockpb::Lock::NewStub(direct_)->Unlock(&ctx, unlock, &unlocked).ok());
+  EXPECT_TRUE(WaitFor([&] { return LockKeys() == 0; }, seconds(30)));
+}
+
+TEST_F(GrpcProxyLockTest, SigtermWithWaitingLockExits) {
+  StartWaiter();
+  proxy_->process().Signal(SIGTERM);
+  EXPECT_EQ(proxy_->process().Wait(seconds(60)), std::optional<int>(0)) << proxy_->Log();
+  ASSERT_TRUE(WaitFor([&] { return WaiterDone(); }, seconds(30)));
 }
 
 }  // namespace

@@ -231,9 +231,14 @@ TEST(FrontUnary, LateCompletionAfterClientCancel) {
     finished.Notify();
   });
   ASSERT_TRUE(WaitFor([&] { return h.backend().unary_calls().size() == 1; }, kWait));
+  const std::shared_ptr<CancelSignal> cancel = h.backend().unary_calls()[0].ctx.cancel;
+  ASSERT_NE(cancel, nullptr);
+  EXPECT_FALSE(cancel->cancelled());
   ctx.TryCancel();
   ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  // The backend learns that the client gave up (so it can cancel upstream).
+  EXPECT_TRUE(WaitFor([&] { return cancel->cancelled(); }, kWait));
   EXPECT_EQ(h.backend().CompleteHeld(), 1);
 
   h.backend().SetHold(false);
