@@ -1,17 +1,13 @@
 #include "cmd/keel/grpc_proxy_command.h"
 
-#include <pthread.h>
-#include <signal.h>
-#include <sys/resource.h>
-
 #include <iostream>
 #include <optional>
 #include <string>
 #include <utility>
 
+#include "cmd/keel/serve_lifecycle.h"
 #include "common/flags.h"
 #include "common/logging.h"
-#include "common/systemd.h"
 #include "proxy/grpc/proxy_server.h"
 #include "proxy/tcp/gateway_flags.h"
 #include "proxy/tcp/srv_discovery.h"
@@ -78,35 +74,13 @@ int GrpcProxyCommand::Run() {
     std::cerr << s.message() << std::endl;
     return 1;
   }
-  if (rlimit limit{}; getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
-    limit.rlim_cur = limit.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &limit);
-  }
-
-  // Every thread started from here on (gRPC's included) inherits this mask,
-  // so the stop signals are only ever taken by sigwait below.
-  signal(SIGPIPE, SIG_IGN);
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
+  const sigset_t stop_signals = PrepareToServe();
   proxy::grpcproxy::ProxyServer server(*std::move(config));
   if (absl::Status s = server.Start(); !s.ok()) {
     std::cerr << s.message() << std::endl;
     return 1;
   }
-  if (absl::Status s = common::NotifySystemd("READY=1"); !s.ok()) {
-    common::LogEvent(*common::Logger("grpc-proxy"), spdlog::level::warn,
-                     "failed to notify systemd for readiness", {{"error", s.ToString()}});
-  }
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  (void)common::NotifySystemd("STOPPING=1");  // best effort, as sd_notify callers do
-  common::LogEvent(*common::Logger("grpc-proxy"), spdlog::level::info,
-                   "received signal; shutting down",
-                   {{"signal", sig == SIGTERM ? "terminated" : "interrupt"}});
+  WaitForStopSignal(stop_signals, "grpc-proxy", "received signal; shutting down");
   server.Stop();
   return 0;
 }
