@@ -110,6 +110,9 @@ TEST(MetricsRegistry, ConcurrentIncrementsAreCounted) {
   MetricsRegistry registry;
   constexpr int kThreads = 4;
   constexpr int kPerThread = 100000;
+  // Registered before the threads start, so every concurrent render below
+  // has something to show (the threads may not have run yet).
+  registry.GetCounter("hits_total", "hits");
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&registry, t] {

@@ -100,6 +100,14 @@ class FakeStream : public std::enable_shared_from_this<FakeStream<Request, Respo
     absl::MutexLock lock(&mu_);
     return credits_;
   }
+  // The most ReadNext credits ever outstanding at once (granted and not yet
+  // used by a response): lets a test bound how far ahead of its consumer a
+  // caller reads, e.g. "never more than one response in flight" is
+  // max_credits() <= 1.
+  int max_credits() const {
+    absl::MutexLock lock(&mu_);
+    return max_credits_;
+  }
   // True once the caller called ReadNext at least `n` times in total.
   bool WaitForReadNext(int n, absl::Duration timeout) const {
     absl::MutexLock lock(&mu_);
@@ -155,6 +163,7 @@ class FakeStream : public std::enable_shared_from_this<FakeStream<Request, Respo
     {
       absl::MutexLock lock(&mu_);
       ++credits_;
+      if (credits_ > max_credits_) max_credits_ = credits_;
       ++read_next_calls_;
     }
     Pump();
@@ -232,6 +241,7 @@ class FakeStream : public std::enable_shared_from_this<FakeStream<Request, Respo
   std::deque<Response> queue_ ABSL_GUARDED_BY(mu_);
   std::optional<absl::Status> finish_ ABSL_GUARDED_BY(mu_);
   int credits_ ABSL_GUARDED_BY(mu_) = 0;
+  int max_credits_ ABSL_GUARDED_BY(mu_) = 0;
   int read_next_calls_ ABSL_GUARDED_BY(mu_) = 0;
   bool writes_done_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

@@ -16,7 +16,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/impl/client_unary_call.h"
 #include "gtest/gtest.h"
-#include "tests/api/server/fake_backend.h"
+#include "tests/testutil/fake_backend.h"
 #include "tests/testutil/process.h"
 
 namespace keel::api::server {
@@ -30,9 +30,21 @@ using etcdserverpb::SnapshotRequest;
 using etcdserverpb::SnapshotResponse;
 using etcdserverpb::WatchRequest;
 using etcdserverpb::WatchResponse;
+using testutil::FakeBackend;
+using testutil::FakeKeepAlive;
+using testutil::FakeObserve;
+using testutil::FakeSnapshot;
+using testutil::FakeWatch;
 using testutil::WaitFor;
 
 constexpr std::chrono::seconds kWait(30);
+constexpr absl::Duration kAbslWait = absl::Seconds(30);
+
+// True if the backend stream `s` got at most `n` ReadNext calls so far.
+template <class Stream>
+bool ReadNextAtMost(const Stream& s, int n) {
+  return !s.WaitForReadNext(n + 1, absl::ZeroDuration());
+}
 
 // A Front over a FakeBackend, served in process.
 class Harness {
@@ -57,8 +69,8 @@ class Harness {
 
   // Waits until the backend has `n` watch streams and returns the last one.
   std::shared_ptr<FakeWatch> WaitForWatch(size_t n = 1) {
-    EXPECT_TRUE(WaitFor([&] { return backend_.watches().size() >= n; }, kWait));
-    return backend_.watches().size() >= n ? backend_.watches()[n - 1] : nullptr;
+    EXPECT_TRUE(backend_.WaitForWatches(n, kAbslWait));
+    return backend_.watch_count() >= n ? backend_.watch(n - 1) : nullptr;
   }
 
  private:
@@ -83,17 +95,6 @@ WatchResponse WatchReply(int64_t watch_id, int64_t revision) {
 
 TEST(FrontUnary, RequestAndContextReachBackendAndReplyComesBack) {
   Harness h;
-  h.backend().SetReply([](const std::string& method, const google::protobuf::Message& request,
-                          google::protobuf::Message* response) {
-    EXPECT_EQ(method, "Range");
-    const auto& req = static_cast<const RangeRequest&>(request);
-    auto* resp = static_cast<RangeResponse*>(response);
-    resp->mutable_header()->set_revision(42);
-    resp->add_kvs()->set_key(req.key());
-    resp->mutable_kvs(0)->set_value("v");
-    resp->set_count(1);
-    return absl::OkStatus();
-  });
   auto stub = etcdserverpb::KV::NewStub(h.channel());
   grpc::ClientContext ctx;
   ctx.AddMetadata("token", "secret-token");
@@ -105,28 +106,46 @@ TEST(FrontUnary, RequestAndContextReachBackendAndReplyComesBack) {
   req.set_range_end("fop");
   req.set_serializable(true);
   RangeResponse resp;
-  grpc::Status status = stub->Range(&ctx, req, &resp);
+  grpc::Status status;
+  absl::Notification finished;
+  stub->async()->Range(&ctx, &req, &resp, [&](grpc::Status s) {
+    status = std::move(s);
+    finished.Notify();
+  });
+
+  // The backend sees the request and the call's context...
+  ASSERT_TRUE(h.backend().WaitForUnaryCalls(1, kAbslWait));
+  ASSERT_EQ(h.backend().unary_count(), 1u);
+  FakeBackend::UnaryCall call = h.backend().Call(0);
+  EXPECT_EQ(call.method, "Range");
+  const RangeRequest got = h.backend().Request<RangeRequest>(0);
+  EXPECT_EQ(got.key(), "foo");
+  EXPECT_EQ(got.range_end(), "fop");
+  EXPECT_TRUE(got.serializable());
+  EXPECT_EQ(call.ctx.token, "secret-token");
+  EXPECT_TRUE(call.ctx.require_leader);
+  // gRPC sends the deadline as a timeout, so allow the transfer's rounding.
+  EXPECT_LT(absl::AbsDuration(call.ctx.deadline - deadline), absl::Minutes(1));
+
+  // ...and its reply (built from the request it got) comes back to the client.
+  RangeResponse reply;
+  reply.mutable_header()->set_revision(42);
+  reply.add_kvs()->set_key(got.key());
+  reply.mutable_kvs(0)->set_value("v");
+  reply.set_count(1);
+  h.backend().Reply(0, reply);
+  ASSERT_TRUE(finished.WaitForNotificationWithTimeout(kAbslWait));
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(resp.header().revision(), 42);
   ASSERT_EQ(resp.kvs_size(), 1);
   EXPECT_EQ(resp.kvs(0).key(), "foo");
   EXPECT_EQ(resp.kvs(0).value(), "v");
-
-  std::vector<FakeUnaryCall> calls = h.backend().unary_calls();
-  ASSERT_EQ(calls.size(), 1u);
-  EXPECT_EQ(calls[0].method, "Range");
-  const auto& got = static_cast<const RangeRequest&>(*calls[0].request);
-  EXPECT_EQ(got.key(), "foo");
-  EXPECT_EQ(got.range_end(), "fop");
-  EXPECT_TRUE(got.serializable());
-  EXPECT_EQ(calls[0].ctx.token, "secret-token");
-  EXPECT_TRUE(calls[0].ctx.require_leader);
-  // gRPC sends the deadline as a timeout, so allow the transfer's rounding.
-  EXPECT_LT(absl::AbsDuration(calls[0].ctx.deadline - deadline), absl::Minutes(1));
+  EXPECT_EQ(resp.count(), 1);
 }
 
 TEST(FrontUnary, NoMetadataNoDeadline) {
   Harness h;
+  h.backend().SetAutoReply("Range", RangeResponse());
   auto stub = etcdserverpb::KV::NewStub(h.channel());
   grpc::ClientContext ctx;
   ctx.AddMetadata("hasleader", "false");
@@ -134,11 +153,11 @@ TEST(FrontUnary, NoMetadataNoDeadline) {
   req.set_key("k");
   RangeResponse resp;
   ASSERT_TRUE(stub->Range(&ctx, req, &resp).ok());
-  std::vector<FakeUnaryCall> calls = h.backend().unary_calls();
-  ASSERT_EQ(calls.size(), 1u);
-  EXPECT_EQ(calls[0].ctx.token, "");
-  EXPECT_FALSE(calls[0].ctx.require_leader);
-  EXPECT_EQ(calls[0].ctx.deadline, absl::InfiniteFuture());
+  ASSERT_EQ(h.backend().unary_count(), 1u);
+  FakeBackend::UnaryCall call = h.backend().Call(0);
+  EXPECT_EQ(call.ctx.token, "");
+  EXPECT_FALSE(call.ctx.require_leader);
+  EXPECT_EQ(call.ctx.deadline, absl::InfiniteFuture());
 }
 
 // The gRPC package of a KEEL_UNARY_METHODS service name.
@@ -152,25 +171,29 @@ std::string Package(const std::string& service) {
 // the Backend method of the same name with its own request type.
 TEST(FrontUnary, EveryUnaryMethodIsRouted) {
   Harness h;
+  // Every method answers at once with its (empty) response type.
+#define KEEL_TEST_AUTO_REPLY(svc, rpc, Req, Resp) h.backend().SetAutoReply(#rpc, Resp());
+  KEEL_UNARY_METHODS(KEEL_TEST_AUTO_REPLY)
+#undef KEEL_TEST_AUTO_REPLY
   auto channel = h.channel();
   size_t expected_calls = 0;
-#define KEEL_TEST_CALL(svc, rpc, Req, Resp)                                                       \
-  {                                                                                               \
-    const std::string path = "/" + Package(#svc) + "." #svc "/" #rpc;                             \
-    grpc::ClientContext ctx;                                                                      \
-    Req req;                                                                                      \
-    Resp resp;                                                                                    \
-    grpc::Status status = grpc::internal::BlockingUnaryCall<Req, Resp>(                           \
-        channel.get(),                                                                            \
-        grpc::internal::RpcMethod(path.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, channel),  \
-        &ctx, req, &resp);                                                                        \
-    EXPECT_TRUE(status.ok()) << path << ": " << status.error_message();                           \
-    ++expected_calls;                                                                             \
-    std::vector<FakeUnaryCall> calls = h.backend().unary_calls();                                 \
-    ASSERT_EQ(calls.size(), expected_calls) << path;                                              \
-    EXPECT_EQ(calls.back().method, #rpc) << path;                                                 \
-    EXPECT_EQ(calls.back().request->GetDescriptor()->full_name(), Req::descriptor()->full_name()) \
-        << path;                                                                                  \
+#define KEEL_TEST_CALL(svc, rpc, Req, Resp)                                                        \
+  {                                                                                                \
+    const std::string path = "/" + Package(#svc) + "." #svc "/" #rpc;                              \
+    grpc::ClientContext ctx;                                                                       \
+    Req req;                                                                                       \
+    Resp resp;                                                                                     \
+    grpc::Status status = grpc::internal::BlockingUnaryCall<Req, Resp>(                            \
+        channel.get(),                                                                             \
+        grpc::internal::RpcMethod(path.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, channel),   \
+        &ctx, req, &resp);                                                                         \
+    EXPECT_TRUE(status.ok()) << path << ": " << status.error_message();                            \
+    ++expected_calls;                                                                              \
+    ASSERT_EQ(h.backend().unary_count(), expected_calls) << path;                                  \
+    FakeBackend::UnaryCall call = h.backend().Call(expected_calls - 1);                            \
+    EXPECT_EQ(call.method, #rpc) << path;                                                          \
+    ASSERT_NE(call.request, nullptr) << path;                                                      \
+    EXPECT_EQ(call.request->GetDescriptor()->full_name(), Req::descriptor()->full_name()) << path; \
   }
   KEEL_UNARY_METHODS(KEEL_TEST_CALL)
 #undef KEEL_TEST_CALL
@@ -179,13 +202,9 @@ TEST(FrontUnary, EveryUnaryMethodIsRouted) {
 
 TEST(FrontUnary, EtcdErrorsPassThroughExactly) {
   Harness h;
-  h.backend().SetReply([](const std::string& method, const google::protobuf::Message& request,
-                          google::protobuf::Message*) {
-    if (method == "Range") return EtcdStatus(EtcdError::kCompacted);
-    if (method == "DeleteRange") return absl::UnavailableError("upstream: connection refused");
-    (void)request;
-    return EtcdStatus(EtcdError::kKeyNotFound);
-  });
+  h.backend().SetAutoFail("Range", EtcdStatus(EtcdError::kCompacted));
+  h.backend().SetAutoFail("DeleteRange", absl::UnavailableError("upstream: connection refused"));
+  h.backend().SetAutoFail("Put", EtcdStatus(EtcdError::kKeyNotFound));
   auto kv = etcdserverpb::KV::NewStub(h.channel());
   {
     grpc::ClientContext ctx;
@@ -218,7 +237,7 @@ TEST(FrontUnary, EtcdErrorsPassThroughExactly) {
 // late answer must be harmless and the server keeps serving.
 TEST(FrontUnary, LateCompletionAfterClientCancel) {
   Harness h;
-  h.backend().SetHold(true);
+  // No auto reply: the call stays with the backend until the test answers it.
   auto kv = etcdserverpb::KV::NewStub(h.channel());
   grpc::ClientContext ctx;
   RangeRequest req;
@@ -230,8 +249,9 @@ TEST(FrontUnary, LateCompletionAfterClientCancel) {
     status = std::move(s);
     finished.Notify();
   });
-  ASSERT_TRUE(WaitFor([&] { return h.backend().unary_calls().size() == 1; }, kWait));
-  const std::shared_ptr<CancelSignal> cancel = h.backend().unary_calls()[0].ctx.cancel;
+  ASSERT_TRUE(h.backend().WaitForUnaryCalls(1, kAbslWait));
+  ASSERT_EQ(h.backend().unary_count(), 1u);
+  const std::shared_ptr<CancelSignal> cancel = h.backend().Call(0).ctx.cancel;
   ASSERT_NE(cancel, nullptr);
   EXPECT_FALSE(cancel->cancelled());
   ctx.TryCancel();
@@ -239,11 +259,16 @@ TEST(FrontUnary, LateCompletionAfterClientCancel) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
   // The backend learns that the client gave up (so it can cancel upstream).
   EXPECT_TRUE(WaitFor([&] { return cancel->cancelled(); }, kWait));
-  EXPECT_EQ(h.backend().CompleteHeld(), 1);
+  // Exactly one call is still held; the backend answers it late.
+  EXPECT_EQ(h.backend().unary_count(), 1u);
+  EXPECT_FALSE(h.backend().Call(0).completed);
+  h.backend().Reply(0, RangeResponse());
+  EXPECT_TRUE(h.backend().Call(0).completed);
 
-  h.backend().SetHold(false);
+  h.backend().SetAutoReply("Range", RangeResponse());
   grpc::ClientContext ctx2;
   EXPECT_TRUE(kv->Range(&ctx2, req, &resp).ok());
+  EXPECT_EQ(h.backend().unary_count(), 2u);
 }
 
 TEST(FrontWatch, RelaysBothWaysInOrder) {
@@ -256,8 +281,8 @@ TEST(FrontWatch, RelaysBothWaysInOrder) {
   std::shared_ptr<FakeWatch> watch = h.WaitForWatch();
   ASSERT_NE(watch, nullptr);
   EXPECT_EQ(watch->ctx().token, "t1");
-  ASSERT_TRUE(WaitFor([&] { return watch->requests().size() == 3; }, kWait));
-  std::vector<WatchRequest> got = watch->requests();
+  ASSERT_TRUE(WaitFor([&] { return watch->Requests().size() == 3; }, kWait));
+  std::vector<WatchRequest> got = watch->Requests();
   EXPECT_EQ(got[0].create_request().key(), "a");
   EXPECT_EQ(got[1].create_request().key(), "b");
   EXPECT_EQ(got[2].create_request().key(), "c");
@@ -273,8 +298,8 @@ TEST(FrontWatch, RelaysBothWaysInOrder) {
   WatchRequest cancel;
   cancel.mutable_cancel_request()->set_watch_id(1);
   ASSERT_TRUE(stream->Write(cancel));
-  ASSERT_TRUE(WaitFor([&] { return watch->requests().size() == 4; }, kWait));
-  EXPECT_EQ(watch->requests()[3].cancel_request().watch_id(), 1);
+  ASSERT_TRUE(WaitFor([&] { return watch->Requests().size() == 4; }, kWait));
+  EXPECT_EQ(watch->Requests()[3].cancel_request().watch_id(), 1);
   EXPECT_FALSE(watch->writes_done());
 
   watch->Finish(absl::OkStatus());
@@ -282,7 +307,7 @@ TEST(FrontWatch, RelaysBothWaysInOrder) {
   EXPECT_FALSE(stream->Read(&extra));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
-  EXPECT_TRUE(WaitFor([&] { return watch->handle_destroyed(); }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return watch->handle_released(); }, kWait));
   EXPECT_FALSE(watch->cancelled());
 }
 
@@ -298,7 +323,7 @@ TEST(FrontWatch, HalfClosedStreamKeepsDeliveringThenGetsBackendStatus) {
   std::shared_ptr<FakeWatch> watch = h.WaitForWatch();
   ASSERT_NE(watch, nullptr);
   ASSERT_TRUE(WaitFor([&] { return watch->writes_done(); }, kWait));
-  EXPECT_EQ(watch->requests().size(), 1u);
+  EXPECT_EQ(watch->Requests().size(), 1u);
 
   for (int i = 0; i < 3; ++i) watch->Push(WatchReply(7, 10 + i));
   for (int i = 0; i < 3; ++i) {
@@ -313,7 +338,7 @@ TEST(FrontWatch, HalfClosedStreamKeepsDeliveringThenGetsBackendStatus) {
   absl::Status want = EtcdStatus(EtcdError::kNoLeader);
   EXPECT_EQ(static_cast<int>(status.error_code()), static_cast<int>(want.code()));
   EXPECT_EQ(status.error_message(), std::string(want.message()));
-  EXPECT_TRUE(WaitFor([&] { return watch->handle_destroyed(); }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return watch->handle_released(); }, kWait));
   EXPECT_FALSE(watch->cancelled());
 }
 
@@ -327,7 +352,7 @@ TEST(FrontWatch, BackendEndsOpenStream) {
   ASSERT_TRUE(stream->Write(CreateWatch("k")));
   std::shared_ptr<FakeWatch> watch = h.WaitForWatch();
   ASSERT_NE(watch, nullptr);
-  ASSERT_TRUE(WaitFor([&] { return watch->requests().size() == 1; }, kWait));
+  ASSERT_TRUE(WaitFor([&] { return watch->Requests().size() == 1; }, kWait));
   watch->Push(WatchReply(0, 5));
   watch->Finish(EtcdStatus(EtcdError::kCompacted));
   WatchResponse resp;
@@ -337,7 +362,7 @@ TEST(FrontWatch, BackendEndsOpenStream) {
   grpc::Status status = stream->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
   EXPECT_EQ(status.error_message(), std::string(EtcdStatus(EtcdError::kCompacted).message()));
-  EXPECT_TRUE(WaitFor([&] { return watch->handle_destroyed(); }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return watch->handle_released(); }, kWait));
 }
 
 TEST(FrontWatch, ClientCancelCancelsBackendStream) {
@@ -356,7 +381,7 @@ TEST(FrontWatch, ClientCancelCancelsBackendStream) {
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(WaitFor([&] { return watch->cancelled(); }, kWait));
   // The reactor goes away (and with it the backend handle).
-  EXPECT_TRUE(WaitFor([&] { return watch->handle_destroyed(); }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return watch->handle_released(); }, kWait));
 }
 
 // A client that stops reading holds back the backend: the front asks for one
@@ -374,27 +399,30 @@ TEST(FrontWatch, FlowControlAsksOneResponseBeyondWhatTheClientRead) {
   for (int i = 0; i < kQueued; ++i) watch->Push(WatchReply(0, i));
   constexpr int kRead = 5;
   for (int read = 0; read < kRead; ++read) {
-    EXPECT_LE(watch->read_next_calls(), read + 1);
+    EXPECT_TRUE(ReadNextAtMost(*watch, read + 1));
     WatchResponse resp;
     ASSERT_TRUE(stream->Read(&resp));
     EXPECT_EQ(resp.header().revision(), read);
   }
-  // The next response is asked for and handed to gRPC, and no more.
-  ASSERT_TRUE(WaitFor([&] { return watch->delivered() == kRead + 1; }, kWait));
-  EXPECT_EQ(watch->read_next_calls(), kRead + 1);
-  EXPECT_LE(watch->max_credit(), 1);
+  // The next response is asked for and handed to gRPC, and no more
+  // (delivered = pushed - still queued).
+  ASSERT_TRUE(WaitFor([&] { return watch->queued() == static_cast<size_t>(kQueued - (kRead + 1)); },
+                      kWait));
+  EXPECT_TRUE(watch->WaitForReadNext(kRead + 1, absl::ZeroDuration()));
+  EXPECT_TRUE(ReadNextAtMost(*watch, kRead + 1));
+  EXPECT_LE(watch->max_credits(), 1);
   // Then the client reads the rest.
   for (int read = kRead; read < kQueued; ++read) {
-    EXPECT_LE(watch->read_next_calls(), read + 1);
+    EXPECT_TRUE(ReadNextAtMost(*watch, read + 1));
     WatchResponse resp;
     ASSERT_TRUE(stream->Read(&resp));
     EXPECT_EQ(resp.header().revision(), read);
   }
-  EXPECT_EQ(watch->delivered(), kQueued);
-  EXPECT_LE(watch->max_credit(), 1);
+  EXPECT_EQ(watch->queued(), 0u);
+  EXPECT_LE(watch->max_credits(), 1);
   ctx.TryCancel();
   stream->Finish();
-  EXPECT_TRUE(WaitFor([&] { return watch->handle_destroyed(); }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return watch->handle_released(); }, kWait));
 }
 
 TEST(FrontLease, KeepAlivePipelinedAndHalfClose) {
@@ -407,10 +435,11 @@ TEST(FrontLease, KeepAlivePipelinedAndHalfClose) {
     req.set_id(id);
     ASSERT_TRUE(stream->Write(req));
   }
-  ASSERT_TRUE(WaitFor([&] { return !h.backend().keep_alives().empty(); }, kWait));
-  std::shared_ptr<FakeKeepAlive> ka = h.backend().keep_alives()[0];
-  ASSERT_TRUE(WaitFor([&] { return ka->requests().size() == 5; }, kWait));
-  for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(ka->requests()[i].id(), i + 1);
+  ASSERT_TRUE(h.backend().WaitForKeepAlives(1, kAbslWait));
+  std::shared_ptr<FakeKeepAlive> ka = h.backend().keepalive(0);
+  ASSERT_NE(ka, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return ka->Requests().size() == 5; }, kWait));
+  for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(ka->Requests()[i].id(), i + 1);
   for (int64_t id = 1; id <= 4; ++id) {
     LeaseKeepAliveResponse resp;
     resp.set_id(id);
@@ -437,7 +466,7 @@ TEST(FrontLease, KeepAlivePipelinedAndHalfClose) {
   EXPECT_EQ(resp.id(), 5);
   EXPECT_FALSE(stream->Read(&resp));
   EXPECT_TRUE(stream->Finish().ok());
-  EXPECT_TRUE(WaitFor([&] { return ka->handle_destroyed(); }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return ka->handle_released(); }, kWait));
 }
 
 TEST(FrontMaintenance, SnapshotStreamsChunksInOrder) {
@@ -446,10 +475,11 @@ TEST(FrontMaintenance, SnapshotStreamsChunksInOrder) {
   grpc::ClientContext ctx;
   ctx.AddMetadata("token", "snap-token");
   auto reader = stub->Snapshot(&ctx, SnapshotRequest());
-  ASSERT_TRUE(WaitFor([&] { return !h.backend().snapshots().empty(); }, kWait));
-  std::shared_ptr<FakeSnapshot> snap = h.backend().snapshots()[0];
+  ASSERT_TRUE(h.backend().WaitForSnapshots(1, kAbslWait));
+  std::shared_ptr<FakeSnapshot> snap = h.backend().snapshot(0);
+  ASSERT_NE(snap, nullptr);
   EXPECT_EQ(snap->ctx().token, "snap-token");
-  EXPECT_EQ(snap->requests().size(), 1u);
+  EXPECT_EQ(snap->Requests().size(), 1u);
   constexpr int kChunks = 6;
   for (int i = 0; i < kChunks; ++i) {
     SnapshotResponse chunk;
@@ -459,7 +489,7 @@ TEST(FrontMaintenance, SnapshotStreamsChunksInOrder) {
   }
   snap->Finish(absl::OkStatus());
   for (int i = 0; i < kChunks; ++i) {
-    EXPECT_LE(snap->read_next_calls(), i + 1);
+    EXPECT_TRUE(ReadNextAtMost(*snap, i + 1));
     SnapshotResponse chunk;
     ASSERT_TRUE(reader->Read(&chunk));
     EXPECT_EQ(chunk.blob(), std::string(64 * 1024, static_cast<char>('a' + i)));
@@ -468,8 +498,8 @@ TEST(FrontMaintenance, SnapshotStreamsChunksInOrder) {
   SnapshotResponse extra;
   EXPECT_FALSE(reader->Read(&extra));
   EXPECT_TRUE(reader->Finish().ok());
-  EXPECT_LE(snap->max_credit(), 1);
-  EXPECT_TRUE(WaitFor([&] { return snap->handle_destroyed(); }, kWait));
+  EXPECT_LE(snap->max_credits(), 1);
+  EXPECT_TRUE(WaitFor([&] { return snap->handle_released(); }, kWait));
 }
 
 TEST(FrontMaintenance, SnapshotCancelReachesBackend) {
@@ -477,8 +507,9 @@ TEST(FrontMaintenance, SnapshotCancelReachesBackend) {
   auto stub = etcdserverpb::Maintenance::NewStub(h.channel());
   grpc::ClientContext ctx;
   auto reader = stub->Snapshot(&ctx, SnapshotRequest());
-  ASSERT_TRUE(WaitFor([&] { return !h.backend().snapshots().empty(); }, kWait));
-  std::shared_ptr<FakeSnapshot> snap = h.backend().snapshots()[0];
+  ASSERT_TRUE(h.backend().WaitForSnapshots(1, kAbslWait));
+  std::shared_ptr<FakeSnapshot> snap = h.backend().snapshot(0);
+  ASSERT_NE(snap, nullptr);
   SnapshotResponse chunk;
   chunk.set_blob("x");
   snap->Push(chunk);
@@ -486,7 +517,7 @@ TEST(FrontMaintenance, SnapshotCancelReachesBackend) {
   ctx.TryCancel();
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(WaitFor([&] { return snap->cancelled(); }, kWait));
-  EXPECT_TRUE(WaitFor([&] { return snap->handle_destroyed(); }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return snap->handle_released(); }, kWait));
 }
 
 TEST(FrontElection, ObserveRelaysLeaderChanges) {
@@ -496,10 +527,11 @@ TEST(FrontElection, ObserveRelaysLeaderChanges) {
   v3electionpb::LeaderRequest req;
   req.set_name("elect");
   auto reader = stub->Observe(&ctx, req);
-  ASSERT_TRUE(WaitFor([&] { return !h.backend().observes().empty(); }, kWait));
-  std::shared_ptr<FakeObserve> observe = h.backend().observes()[0];
-  ASSERT_EQ(observe->requests().size(), 1u);
-  EXPECT_EQ(observe->requests()[0].name(), "elect");
+  ASSERT_TRUE(h.backend().WaitForObserves(1, kAbslWait));
+  std::shared_ptr<FakeObserve> observe = h.backend().observe(0);
+  ASSERT_NE(observe, nullptr);
+  ASSERT_EQ(observe->Requests().size(), 1u);
+  EXPECT_EQ(observe->Requests()[0].name(), "elect");
   for (const char* value : {"leader-1", "leader-2"}) {
     v3electionpb::LeaderResponse resp;
     resp.mutable_kv()->set_value(value);
@@ -528,12 +560,17 @@ TEST(FrontWatch, ConcurrentStreamsAreIndependent) {
     streams.push_back(stub->Watch(contexts.back().get()));
     ASSERT_TRUE(streams.back()->Write(CreateWatch("key-" + std::to_string(i))));
   }
-  ASSERT_TRUE(WaitFor([&] { return h.backend().watches().size() == kStreams; }, kWait));
-  std::vector<std::shared_ptr<FakeWatch>> watches = h.backend().watches();
+  ASSERT_TRUE(h.backend().WaitForWatches(kStreams, kAbslWait));
+  ASSERT_EQ(h.backend().watch_count(), static_cast<size_t>(kStreams));
+  std::vector<std::shared_ptr<FakeWatch>> watches;
+  for (int i = 0; i < kStreams; ++i) {
+    watches.push_back(h.backend().watch(i));
+    ASSERT_NE(watches.back(), nullptr);
+  }
   for (auto& watch : watches) {
-    ASSERT_TRUE(WaitFor([&] { return watch->requests().size() == 1; }, kWait));
+    ASSERT_TRUE(WaitFor([&] { return watch->Requests().size() == 1; }, kWait));
     // Answer each stream with its own key's number.
-    const std::string key = watch->requests()[0].create_request().key();
+    const std::string key = watch->Requests()[0].create_request().key();
     watch->Push(WatchReply(std::stoi(key.substr(4)), 1));
   }
   for (int i = 0; i < kStreams; ++i) {
@@ -544,7 +581,7 @@ TEST(FrontWatch, ConcurrentStreamsAreIndependent) {
   for (int i = 0; i < kStreams; ++i) contexts[i]->TryCancel();
   for (int i = 0; i < kStreams; ++i) streams[i]->Finish();
   for (auto& watch : watches) {
-    EXPECT_TRUE(WaitFor([&] { return watch->handle_destroyed(); }, kWait));
+    EXPECT_TRUE(WaitFor([&] { return watch->handle_released(); }, kWait));
   }
 }
 
@@ -558,11 +595,11 @@ TEST(FrontWatch, ServerShutdownEndsOpenStreams) {
   ASSERT_TRUE(stream->Write(CreateWatch("k")));
   std::shared_ptr<FakeWatch> watch = h.WaitForWatch();
   ASSERT_NE(watch, nullptr);
-  ASSERT_TRUE(WaitFor([&] { return watch->requests().size() == 1; }, kWait));
+  ASSERT_TRUE(WaitFor([&] { return watch->Requests().size() == 1; }, kWait));
   EXPECT_FALSE(watch->cancelled());
   h.Shutdown(absl::Milliseconds(100));
   EXPECT_TRUE(watch->cancelled());
-  EXPECT_TRUE(WaitFor([&] { return watch->handle_destroyed(); }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return watch->handle_released(); }, kWait));
   EXPECT_FALSE(stream->Finish().ok());
 }
 
@@ -582,10 +619,8 @@ int64_t Value(const std::string& text, const std::string& name, const std::strin
 TEST(FrontMetrics, CountersInGoGrpcPrometheusNames) {
   common::MetricsRegistry registry;
   Harness h(&registry);
-  h.backend().SetReply(
-      [](const std::string& method, const google::protobuf::Message&, google::protobuf::Message*) {
-        return method == "Put" ? EtcdStatus(EtcdError::kKeyNotFound) : absl::OkStatus();
-      });
+  h.backend().SetAutoReply("Range", RangeResponse());
+  h.backend().SetAutoFail("Put", EtcdStatus(EtcdError::kKeyNotFound));
   auto kv = etcdserverpb::KV::NewStub(h.channel());
   for (int i = 0; i < 2; ++i) {
     grpc::ClientContext ctx;
@@ -605,7 +640,7 @@ TEST(FrontMetrics, CountersInGoGrpcPrometheusNames) {
     ASSERT_TRUE(stream->Write(CreateWatch("b")));
     std::shared_ptr<FakeWatch> watch = h.WaitForWatch();
     ASSERT_NE(watch, nullptr);
-    ASSERT_TRUE(WaitFor([&] { return watch->requests().size() == 2; }, kWait));
+    ASSERT_TRUE(WaitFor([&] { return watch->Requests().size() == 2; }, kWait));
     for (int i = 0; i < 3; ++i) watch->Push(WatchReply(i, i));
     for (int i = 0; i < 3; ++i) {
       WatchResponse resp;
@@ -647,6 +682,7 @@ TEST(FrontMetrics, CountersInGoGrpcPrometheusNames) {
 
 TEST(FrontMetrics, NoRegistryNoCounters) {
   Harness h;
+  h.backend().SetAutoReply("Range", RangeResponse());
   auto kv = etcdserverpb::KV::NewStub(h.channel());
   grpc::ClientContext ctx;
   RangeResponse resp;
