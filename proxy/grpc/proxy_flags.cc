@@ -214,6 +214,8 @@ void AddGrpcProxyStartFlags(CLI::App& cmd, ProxyFlags* flags) {
   cmd.add_option("--log-format", flags->log_format, "keel: log format, json or text")
       ->type_name("string")
       ->capture_default_str();
+  AddInt64Flag(cmd, "--range-cache-max-bytes", &flags->range_cache_max_bytes,
+               "keel: byte budget of the range cache (LRU); 0 turns the cache off");
   common::BindEtcdEnv(cmd);
 }
 
@@ -295,6 +297,12 @@ absl::StatusOr<ProxyConfig> ToProxyConfig(const ProxyFlags& flags) {
   config.ns = flags.ns;
   config.resolver_prefix = flags.resolver_prefix;
   config.resolver_ttl = flags.resolver_ttl;
+  if (flags.range_cache_max_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid value \"",
+                                                   flags.range_cache_max_bytes,
+                                                   "\" for --range-cache-max-bytes: want >= 0"));
+  }
+  config.range_cache_max_bytes = flags.range_cache_max_bytes;
   absl::StatusOr<common::LogFormat> format = common::ParseLogFormat(flags.log_format);
   if (!format.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("invalid value \"", flags.log_format,

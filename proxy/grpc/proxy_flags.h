@@ -48,6 +48,7 @@ struct ProxyFlags {
   std::string experimental_leasing_prefix;
   // keel's additions.
   std::string log_format = "json";
+  int64_t range_cache_max_bytes = 64 << 20;
 };
 
 // Adds the flags of `grpc-proxy start` to `cmd`, bound to `*flags`, with
@@ -88,6 +89,8 @@ struct ProxyConfig {
   std::string ns;
   std::string resolver_prefix;  // "" = no registration
   int64_t resolver_ttl = 0;
+  // Byte budget of the range cache; 0 turns the cache off.
+  int64_t range_cache_max_bytes = 0;
   common::LogOptions log;
 };
 

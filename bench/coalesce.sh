@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Coalescing and cache benchmark (issue 5): `etcd grpc-proxy start` vs
+# `keel grpc-proxy start` (and etcd directly, for reference) in front of the
+# same etcd member, in the same run.
+#
+#   bench/coalesce.sh [--quick] [--out FILE] [KEEL_BIN_DIR]
+#
+# Loads:
+#  watch-N-cC  N watchers on one key over C connections (one stream per
+#              connection), then puts one at a time: put -> seen by the last
+#              watcher (p50/p99), the member's watcher count, and the proxy's
+#              RSS growth per watcher (each proxy is restarted per load).
+#  lease-N     N leases kept alive over N/10 streams (a keep-alive every 2 s
+#              per lease, TTL 6 s): reply latency, the member's open
+#              keep-alive streams.
+#  range-*     one key read by 64 clients, serializable (etcd's proxy serves
+#              it from its cache) and linearizable; req/s and proxy CPU.
+# KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default <checkout>/build/bin.
+# Writes bench/results/coalesce-<date>.md.
+set -uo pipefail
+
+SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$SRC_DIR/bench/lib.sh"
+
+QUICK=0
+OUT=
+BIN_DIR=${KEEL_BIN_DIR:-$SRC_DIR/build/bin}
+while (($#)); do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --out) OUT=$2; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) BIN_DIR=$1 ;;
+  esac
+  shift
+done
+
+if ((QUICK)); then
+  WATCHERS=(1000); CONNS=(1 100); LEASES=(1000); PUTS=20; LEASE_T=6; T=2; LIMIT=600
+else
+  WATCHERS=(1000 10000); CONNS=(1 100 1000); LEASES=(1000 10000); PUTS=50; LEASE_T=10; T=5
+  LIMIT=2400
+fi
+KEEL="$BIN_DIR/keel"
+[[ -x "$KEEL" ]] || { echo "coalesce.sh: no keel binary at $KEEL (pass its directory)" >&2; exit 2; }
+BENCH=$(find_keel_bench "$BIN_DIR") || { echo "coalesce.sh: keel-bench not found (build it or set KEEL_BENCH)" >&2; exit 2; }
+
+bench_init
+bench_watchdog "$LIMIT"
+mkdir -p "$SRC_DIR/bench/results"
+OUT=${OUT:-$SRC_DIR/bench/results/coalesce-$(date -u +%Y-%m-%d-%H%M).md}
+RES="$WORK/results.jsonl"
+: >"$RES"
+
+read -r P_ETCD P_PEER P_EPX P_KPX < <(free_ports 4)
+start_etcd etcd "$P_ETCD" "$P_PEER" "" ""
+wait_etcd "127.0.0.1:$P_ETCD" || exit 1
+ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$P_ETCD" put bench-range-key \
+  "$(printf 'v%.0s' $(seq 1 256))" >/dev/null
+METRICS="http://127.0.0.1:$P_ETCD/metrics"
+
+PID_epx=""
+PID_kpx=""
+# start_proxy TARGET: (re)starts that proxy and sets PORT to where to send load.
+start_proxy() {
+  case $1 in
+    etcd-px)
+      stop epx
+      start epx etcd grpc-proxy start --listen-addr "127.0.0.1:$P_EPX" \
+        --endpoints "127.0.0.1:$P_ETCD"
+      PORT=$P_EPX ;;
+    keel-px)
+      stop kpx
+      start kpx "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KPX" \
+        --endpoints "127.0.0.1:$P_ETCD"
+      PORT=$P_KPX ;;
+    direct) PORT=$P_ETCD ;;
+  esac
+  wait_etcd "127.0.0.1:$PORT" >/dev/null
+}
+proxy_pid() { case $1 in etcd-px) pid_of epx ;; keel-px) pid_of kpx ;; *) echo "" ;; esac; }
+
+# run TARGET LOAD COUNT -- keel-bench args...: one load against a freshly
+# started proxy; records the report, the proxy's idle and peak RSS and CPU.
+run() {
+  local target=$1 load=$2 count=$3; shift 4
+  local port pid idle="" peak="" c0="" c1="" out rc
+  start_proxy "$target" || { echo "   $target: proxy did not start" >&2; return 0; }
+  port=$PORT
+  pid=$(proxy_pid "$target")
+  if [[ -n "$pid" ]]; then idle=$(rss_kb "$pid"); c0=$(cpu_ticks "$pid"); fi
+  (
+    local p=0 r
+    while [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; do
+      r=$(rss_kb "$pid" 2>/dev/null || echo 0)
+      ((r > p)) && p=$r && echo "$p" >"$WORK/peak"
+      sleep 0.1
+    done
+  ) &
+  local sampler=$!
+  echo 0 >"$WORK/peak"
+  out=$(timeout 600 "$BENCH" --endpoints "127.0.0.1:$port" --json --no-progress "$@" \
+          2>"$WORK/bench.err")
+  rc=$?
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  if [[ -n "$pid" ]]; then peak=$(cat "$WORK/peak"); c1=$(cpu_ticks "$pid"); fi
+  if ((rc != 0)) || ! jq -e . >/dev/null 2>&1 <<<"$out"; then
+    echo "   $target / $load: keel-bench failed (exit $rc): $(head -c 300 "$WORK/bench.err")" >&2
+    return 0
+  fi
+  printf '%s' "$out" >"$WORK/report.json"
+  "$PY" - "$target" "$load" "$count" "${idle:-}" "${peak:-}" "${c0:-}" "${c1:-}" "$CLK_TCK" \
+    "$WORK/report.json" >>"$RES" <<'PYEOF'
+import json, sys
+target, load, count, idle, peak, c0, c1, clk, report = sys.argv[1:]
+n = lambda x: float(x) if x else None
+print(json.dumps({"target": target, "load": load, "count": int(count),
+                  "idle_kb": n(idle), "peak_kb": n(peak),
+                  "cpu_s": None if not c0 else (float(c1) - float(c0)) / float(clk),
+                  "report": json.load(open(report))}))
+PYEOF
+  printf '   %-8s %-16s done\n' "$target" "$load"
+}
+
+TARGETS=(direct etcd-px keel-px)
+START=$SECONDS
+for n in "${WATCHERS[@]}"; do
+  for c in "${CONNS[@]}"; do
+    for t in "${TARGETS[@]}"; do
+      run "$t" "watch-$n-c$c" "$n" -- --conns "$c" watch-latency --streams "$c" \
+        --watch-per-stream $((n / c)) --put-total "$PUTS" --event-timeout 10s \
+        --metrics-url "$METRICS"
+    done
+  done
+done
+for n in "${LEASES[@]}"; do
+  for t in "${TARGETS[@]}"; do
+    run "$t" "lease-$n" "$n" -- --conns 10 --clients 64 --duration "${LEASE_T}s" \
+      lease-keepalive --leases "$n" --streams $((n / 10)) --ttl 6 --interval 2s \
+      --metrics-url "$METRICS"
+  done
+done
+for cell in range-s1-c64 range-l1-c64 range-s1-c256; do
+  cons=${cell#range-}; cons=${cons:0:1}; clients=${cell##*-c}
+  for t in "${TARGETS[@]}"; do
+    run "$t" "$cell" 0 -- --conns 1 --clients "$clients" --duration "${T}s" \
+      range bench-range-key --consistency "$cons"
+  done
+done
+ELAPSED=$((SECONDS - START))
+
+"$PY" - "$RES" "$OUT" "$ELAPSED" "$(etcd --version | head -1)" <<'PYEOF'
+import json, sys
+res, out, elapsed, etcd_version = sys.argv[1:]
+rows = [json.loads(l) for l in open(res) if l.strip()]
+get = {(r["target"], r["load"]): r for r in rows}
+loads = list(dict.fromkeys(r["load"] for r in rows))
+f = lambda v, fmt="{:,.0f}": "—" if v is None else fmt.format(v)
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+L = ["# Coalescing and cache: etcd grpc-proxy vs keel grpc-proxy", "",
+     "bench/coalesce.sh, {} s, {}; one etcd member; each proxy restarted per load.".format(
+         elapsed, etcd_version), ""]
+L += ["## Watch fan-out: N watchers on one key over C connections, put → seen by the last watcher", "",
+      "| load | target | p50 ms | p99 ms | puts | errors | member watchers | proxy RSS growth KB/watcher |",
+      "|---|---|---|---|---|---|---|---|"]
+for load in loads:
+    if not load.startswith("watch"): continue
+    for t in ("direct", "etcd-px", "keel-px"):
+        r = get.get((t, load))
+        if r is None: continue
+        j = r["report"]; fan = j.get("fanout") or {}; pc = fan.get("percentiles") or {}
+        growth = None
+        if r["peak_kb"] is not None and r["idle_kb"] is not None and r["count"]:
+            growth = (r["peak_kb"] - r["idle_kb"]) / r["count"]
+        L.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(load, t,
+            f(pc.get("p50", 0) * 1e3, "{:.2f}"), f(pc.get("p99", 0) * 1e3, "{:.2f}"),
+            f(fan.get("requests")), f(fan.get("error_count")),
+            f((j.get("server") or {}).get("watchers")), f(growth, "{:.2f}")))
+L += ["", "## Lease keep-alives: N leases over N/10 streams, one keep-alive per lease every 2 s", "",
+      "| load | target | replies | p50 ms | p99 ms | errors | member keep-alive streams | proxy CPU s |",
+      "|---|---|---|---|---|---|---|---|"]
+for load in loads:
+    if not load.startswith("lease"): continue
+    for t in ("direct", "etcd-px", "keel-px"):
+        r = get.get((t, load))
+        if r is None: continue
+        j = r["report"]; pc = j.get("percentiles") or {}
+        L.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(load, t, f(j.get("requests")),
+            f(pc.get("p50", 0) * 1e3, "{:.2f}"), f(pc.get("p99", 0) * 1e3, "{:.2f}"),
+            f(j.get("error_count")), f((j.get("server") or {}).get("keepalive_streams")),
+            f(r["cpu_s"], "{:.2f}")))
+L += ["", "## One key read by many clients (etcd's proxy caches serializable reads)", "",
+      "| load | direct req/s | etcd-px req/s | keel-px req/s | keel ÷ etcd-px | keel ÷ direct | etcd-px µs CPU/req | keel-px µs CPU/req |",
+      "|---|---|---|---|---|---|---|---|"]
+for load in loads:
+    if not load.startswith("range"): continue
+    rps = {t: (get.get((t, load)) or {}).get("report", {}).get("rps") for t in ("direct", "etcd-px", "keel-px")}
+    def cpu(t):
+        r = get.get((t, load))
+        if r is None or r["cpu_s"] is None or not r["report"].get("requests"): return None
+        return r["cpu_s"] * 1e6 / r["report"]["requests"]
+    L.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(load, f(rps["direct"]),
+        f(rps["etcd-px"]), f(rps["keel-px"]), f(ratio(rps["keel-px"], rps["etcd-px"]), "{:.2f}×"),
+        f(ratio(rps["keel-px"], rps["direct"]), "{:.2f}×"), f(cpu("etcd-px"), "{:.0f}"),
+        f(cpu("keel-px"), "{:.0f}")))
+L.append("")
+open(out, "w").write("\n".join(L) + "\n")
+print("\n".join(L))
+print("wrote", out)
+PYEOF
