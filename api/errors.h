@@ -75,4 +75,16 @@ absl::Status EtcdStatus(EtcdError error);
 // anything else (e.g. a message etcd does not put in its table).
 std::optional<EtcdError> ParseEtcdError(const absl::Status& status);
 
+// etcd's mvcc errors that reach clients only as a Watch response's
+// cancel_reason (mvcc/watcher.go ErrEmptyWatcherRange, ErrWatcherDuplicateID),
+// never as a gRPC status.
+inline constexpr std::string_view kWatchRangeEmptyReason = "mvcc: watcher range is empty";
+// The prefix gRPC-Go prints before a PermissionDenied error's message; etcd
+// 3.4.23 uses "<prefix><etcd's message>" as a refused watch create's
+// cancel_reason.
+inline constexpr std::string_view kGrpcPermissionDeniedPrefix =
+    "rpc error: code = PermissionDenied desc = ";
+inline constexpr std::string_view kWatchDuplicateIdReason =
+    "mvcc: duplicate watch ID provided on the WatchStream";
+
 }  // namespace keel::api

@@ -19,6 +19,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "api/server/front.h"
+#include "cache/caching_backend.h"
+#include "coalesce/lease_coalescing_backend.h"
+#include "coalesce/watch_coalescing_backend.h"
 #include "common/logging.h"
 #include "common/tcp_listen.h"
 #include "grpc/grpc.h"
@@ -106,9 +109,18 @@ absl::Status ProxyServer::Start() {
     remote.max_send_bytes = static_cast<int>(config_.max_send_bytes);
     remote.max_recv_bytes = static_cast<int>(config_.max_recv_bytes);
     remote_ = std::make_unique<RemoteBackend>(std::move(remote));
-    api::Backend* inner = remote_.get();
+    lease_coalescing_ = std::make_unique<coalesce::LeaseCoalescingBackend>(*remote_, &metrics_);
+    watch_coalescing_ =
+        std::make_unique<coalesce::WatchCoalescingBackend>(*lease_coalescing_, &metrics_);
+    api::Backend* inner = watch_coalescing_.get();
+    if (config_.range_cache_max_bytes > 0) {
+      cache::CacheOptions cache_options;
+      cache_options.max_bytes = static_cast<uint64_t>(config_.range_cache_max_bytes);
+      cache_ = std::make_unique<cache::CachingBackend>(*inner, cache_options, &metrics_);
+      inner = cache_.get();
+    }
     if (!config_.ns.empty()) {
-      namespace_ = std::make_unique<ns::NamespaceBackend>(*remote_, config_.ns);
+      namespace_ = std::make_unique<ns::NamespaceBackend>(*inner, config_.ns);
       inner = namespace_.get();
     }
     const std::string hostname = Hostname();
@@ -221,6 +233,9 @@ void ProxyServer::Stop(absl::Duration grace) {
   front_.reset();
   cluster_view_.reset();
   namespace_.reset();
+  cache_.reset();
+  watch_coalescing_.reset();
+  lease_coalescing_.reset();
   remote_.reset();
 }
 

@@ -30,7 +30,9 @@ class HealthChecker;
 class Registration;
 
 // The running grpc-proxy: the Backend chain
-//   Front -> ClusterViewBackend -> [NamespaceBackend if --namespace] -> RemoteBackend
+//   Front -> ClusterViewBackend -> [NamespaceBackend if --namespace]
+//         -> [CachingBackend unless --range-cache-max-bytes=0]
+//         -> WatchCoalescingBackend -> LeaseCoalescingBackend -> RemoteBackend
 // behind a grpc::Server on --listen-addr, resolver registration and
 // /health, /metrics, /backend/metrics, /version over HTTP/1.1.
 //
@@ -85,6 +87,9 @@ class ProxyServer {
   const ProxyConfig config_;
   common::MetricsRegistry metrics_;
   std::unique_ptr<RemoteBackend> remote_;
+  std::unique_ptr<api::Backend> lease_coalescing_;
+  std::unique_ptr<api::Backend> watch_coalescing_;
+  std::unique_ptr<api::Backend> cache_;      // null with --range-cache-max-bytes=0
   std::unique_ptr<api::Backend> namespace_;  // null without --namespace
   std::unique_ptr<ClusterViewBackend> cluster_view_;
   std::unique_ptr<api::server::Front> front_;

@@ -145,5 +145,31 @@ TEST(RevisionProbeTest, CompletionsAfterTheProbeIsDestroyedAreSafe) {
   EXPECT_EQ((*second.value)->revision(), 6);
 }
 
+// After Close(): the callers waiting for the next probe get CANCELLED at
+// once, the completing probe sends no further Range, and a new Fetch sends
+// nothing either.
+TEST(RevisionProbeTest, CloseSendsNoNewRangeAndCancelsWaiters) {
+  testutil::FakeBackend fake;
+  RevisionProbe probe(fake);
+  Result first;
+  probe.Fetch(CallContext{}, "k", "", first.Callback());
+  ASSERT_TRUE(fake.WaitForUnaryCalls(1, kWait));
+  Result waiting;
+  probe.Fetch(CallContext{}, "k", "", waiting.Callback());
+  probe.Close();
+  ASSERT_TRUE(waiting.value.has_value());
+  EXPECT_EQ(waiting.value->status().code(), absl::StatusCode::kCancelled);
+  Result late;
+  probe.Fetch(CallContext{}, "k", "", late.Callback());
+  ASSERT_TRUE(late.value.has_value());
+  EXPECT_EQ(late.value->status().code(), absl::StatusCode::kCancelled);
+  // The probe already sent completes normally and sends nothing more.
+  fake.Reply(0, AtRevision(9));
+  ASSERT_TRUE(first.value.has_value());
+  ASSERT_TRUE(first.value->ok());
+  EXPECT_EQ((*first.value)->revision(), 9);
+  EXPECT_EQ(fake.unary_count(), 1u);
+}
+
 }  // namespace
 }  // namespace keel::api
