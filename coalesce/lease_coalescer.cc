@@ -131,7 +131,7 @@ std::vector<Action> LeaseCoalescer::OnUpstreamLost(UpstreamId upstream) {
   return actions;
 }
 
-size_t LeaseCoalescer::PendingForTest(ClientId client) const {
+size_t LeaseCoalescer::Pending(ClientId client) const {
   auto c = clients_.find(client);
   return c == clients_.end() ? 0 : c->second.total_pending;
 }

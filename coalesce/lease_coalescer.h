@@ -12,8 +12,9 @@
 //    server answers unknown leases (etcd's proxy answers -1);
 //  - a half-closed client gets its replies and then an OK finish (#9751).
 //
-// Intended glue (coalesce/coalescing_backend, a ForwardingBackend; not part of
-// this core): one LeaseCoalescer under one absl::Mutex. Every input is
+// The glue (coalesce/lease_coalescing_backend.h, a ForwardingBackend; not part of
+// this core): one LeaseCoalescer per upstream stream (with and without
+// require_leader), all under one absl::Mutex. Every input is
 // "lock, call the core, unlock, execute the returned actions in order":
 //  - LeaseKeepAlive(ctx, observer) gives the client a fresh ClientId, calls
 //    AddClient and returns a BidiStream whose Write(req) calls
@@ -25,18 +26,21 @@
 //    client's queue is bounded by its own outstanding requests.
 //  - FinishClient{client}: once that client's queued replies are delivered,
 //    observer->OnDone(OK); the core has already forgotten the client.
-//  - OpenUpstream{upstream}: inner.LeaseKeepAlive(CallContext{}, upstream
-//    observer) (no token: etcd does not check auth on keep-alives), remember
-//    the handle under `upstream`, call ReadNext(), then OnUpstreamOpened(
-//    upstream). Backoff after repeated failures is the glue's (it may call
-//    OnUpstreamOpened later); the core has no clock.
+//  - OpenUpstream{upstream}: inner.LeaseKeepAlive(ctx, upstream observer)
+//    with only the core's require_leader set in ctx (no token: etcd does not
+//    check auth on keep-alives), remember the handle under `upstream`, call
+//    ReadNext(), then OnUpstreamOpened(upstream). Backoff after repeated
+//    failures is the glue's (it may call OnUpstreamOpened later); the core
+//    has no clock.
 //  - SendUpstream{upstream, lease_id}: Write({ID: lease_id}) on that stream if
 //    it is still the current one, else drop it (the core already re-sent it).
 //  - Upstream observer: OnResponse -> OnUpstreamResponse(upstream, resp) and
 //    ReadNext(); OnDone(any status) -> OnUpstreamLost(upstream).
-//  - A client's require_leader (and any error the glue decides to give a
-//    client, e.g. giving up on an unreachable upstream) is the glue's: it
-//    finishes that stream with the error itself and calls RemoveClient.
+//  - Errors a client gets (require-leader clients when their upstream ends
+//    with `etcdserver: no leader`, a client whose backlog overflows) are the
+//    glue's: it finishes that stream with the error itself and calls
+//    RemoveClient. The glue keeps one core per upstream stream identity
+//    (with and without require_leader).
 
 #include <cstddef>
 #include <cstdint>
@@ -141,7 +145,8 @@ class LeaseCoalescer {
   // Registered clients (half-closed ones included until finished).
   size_t client_count() const { return clients_.size(); }
   // Requests of `client` still waiting for a reply (0 for unknown clients).
-  size_t PendingForTest(ClientId client) const;
+  // The glue bounds a client's backlog with it.
+  size_t Pending(ClientId client) const;
   // Leases with a request in flight on the current upstream stream.
   size_t InFlightForTest() const;
 

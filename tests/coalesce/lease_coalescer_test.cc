@@ -89,7 +89,7 @@ TEST(LeaseCoalescer, FirstRequestOpensUpstreamSendsAndReplies) {
   EXPECT_EQ(reply.response.header().cluster_id(), 11u);
   EXPECT_EQ(reply.response.header().member_id(), 22u);
   EXPECT_EQ(reply.response.header().raft_term(), 3u);
-  EXPECT_EQ(core.PendingForTest(1), 0u);
+  EXPECT_EQ(core.Pending(1), 0u);
   EXPECT_EQ(core.InFlightForTest(), 0u);
 }
 
@@ -133,7 +133,7 @@ TEST_F(LeaseCoalescerTest, EveryRequestOnOneStreamGetsItsOwnReply) {
   int sends = 0;
   for (int i = 0; i < 5; ++i) sends += SplitActions(core_.OnClientRequest(1, 8)).sends.size();
   EXPECT_EQ(sends, 1);
-  EXPECT_EQ(core_.PendingForTest(1), 5u);
+  EXPECT_EQ(core_.Pending(1), 5u);
   Split s = SplitActions(core_.OnUpstreamResponse(1, Upstream(8, 6)));
   ASSERT_EQ(s.replies.size(), 5u);
   for (const Reply& r : s.replies) {
@@ -141,7 +141,7 @@ TEST_F(LeaseCoalescerTest, EveryRequestOnOneStreamGetsItsOwnReply) {
     EXPECT_EQ(r.response.id(), 8);
     EXPECT_EQ(r.response.ttl(), 6);
   }
-  EXPECT_EQ(core_.PendingForTest(1), 0u);
+  EXPECT_EQ(core_.Pending(1), 0u);
 }
 
 // Scenario 35: the lease is refreshed only because a client asked; a request
@@ -218,7 +218,7 @@ TEST_F(LeaseCoalescerTest, LostUpstreamReopensAndResendsPendingLeases) {
   s = SplitActions(core_.OnUpstreamResponse(2, Upstream(22, 7)));
   ASSERT_EQ(s.replies.size(), 1u);
   EXPECT_EQ(s.replies[0].client, 2u);
-  for (ClientId c = 1; c <= 3; ++c) EXPECT_EQ(core_.PendingForTest(c), 0u);
+  for (ClientId c = 1; c <= 3; ++c) EXPECT_EQ(core_.Pending(c), 0u);
 }
 
 // A stream lost with nothing pending is not reopened until a client asks;
@@ -285,7 +285,7 @@ TEST_F(LeaseCoalescerTest, GoneClientIsDroppedOthersUnaffected) {
   core_.OnClientRequest(2, 51);
   core_.OnClientRequest(1, 52);
   core_.RemoveClient(1);
-  EXPECT_EQ(core_.PendingForTest(1), 0u);
+  EXPECT_EQ(core_.Pending(1), 0u);
   EXPECT_TRUE(core_.OnClientRequest(1, 51).empty());
   EXPECT_TRUE(core_.OnClientHalfClose(1).empty());
 
@@ -341,8 +341,8 @@ TEST_F(LeaseCoalescerTest, InterleavedLeasesAnswerOnlyTheirOwnRequests) {
   EXPECT_EQ(s.replies[1].client, 1u);
   EXPECT_EQ(s.replies[2].client, 2u);
   for (const Reply& r : s.replies) EXPECT_EQ(r.response.id(), 71);
-  EXPECT_EQ(core_.PendingForTest(1), 0u);
-  EXPECT_EQ(core_.PendingForTest(2), 1u);
+  EXPECT_EQ(core_.Pending(1), 0u);
+  EXPECT_EQ(core_.Pending(2), 1u);
 
   s = SplitActions(core_.OnUpstreamResponse(1, Upstream(73, 4, 9)));
   ASSERT_EQ(s.replies.size(), 1u);
@@ -543,7 +543,7 @@ class Simulation {
     for (const auto& [id, c] : clients_) {
       if (!Live(c)) continue;
       EXPECT_FALSE(c.half_closed) << "half-closed client " << id << " never finished";
-      EXPECT_EQ(core_.PendingForTest(id), 0u);
+      EXPECT_EQ(core_.Pending(id), 0u);
     }
     EXPECT_LE(upstream_answered_, client_requests_);
   }
