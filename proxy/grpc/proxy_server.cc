@@ -102,6 +102,15 @@ absl::Status ProxyServer::Start() {
         MakeServerCredentials(server_tls);
     if (!server_creds.ok()) return server_creds.status();
 
+    if (!server_tls_on) {
+      // Bound before the chain exists: a port in use fails at once, before
+      // any layer has started talking to etcd.
+      absl::StatusOr<int> fd = common::ListenTcp(config_.listen);
+      if (!fd.ok()) return fd.status();
+      listen_fd_ = *fd;
+      port_ = common::BoundPort(listen_fd_);
+    }
+
     common::AddProcessMetrics(metrics_);
     RemoteOptions remote;
     remote.endpoints = config_.endpoints;
@@ -149,11 +158,6 @@ absl::Status ProxyServer::Start() {
     int tls_port = 0;
     if (server_tls_on) {
       builder.AddListeningPort(config_.listen.ToString(), *server_creds, &tls_port);
-    } else {
-      absl::StatusOr<int> fd = common::ListenTcp(config_.listen);
-      if (!fd.ok()) return fd.status();
-      listen_fd_ = *fd;
-      port_ = common::BoundPort(listen_fd_);
     }
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr || (server_tls_on && tls_port == 0)) {
