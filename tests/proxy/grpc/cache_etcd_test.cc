@@ -31,6 +31,7 @@
 #include "common/metrics.h"
 #include "gtest/gtest.h"
 #include "proxy/grpc/remote_backend.h"
+#include "tests/testutil/await.h"
 #include "tests/testutil/certs.h"
 #include "tests/testutil/etcd_cluster.h"
 #include "tests/testutil/process.h"
@@ -52,23 +53,7 @@ using ::keel::testutil::TestPki;
 constexpr absl::Duration kWait = absl::Seconds(60);
 const std::string kNul(1, '\0');
 
-// Runs one unary Backend call and waits for its completion.
-template <class Response, class Start>
-absl::StatusOr<Response> Await(Start start) {
-  struct Result {
-    absl::Notification done;
-    absl::StatusOr<Response> value = absl::UnknownError("unset");
-  };
-  auto result = std::make_shared<Result>();
-  start([result](absl::StatusOr<Response> r) {
-    result->value = std::move(r);
-    result->done.Notify();
-  });
-  if (!result->done.WaitForNotificationWithTimeout(kWait)) {
-    return absl::DeadlineExceededError("test: call did not complete");
-  }
-  return result->value;
-}
+using ::keel::testutil::Await;
 
 absl::StatusOr<etcdserverpb::PutResponse> Put(api::Backend& backend, const std::string& key,
                                               const std::string& value,

@@ -20,6 +20,7 @@
 #include "api/backend.h"
 #include "api/errors.h"
 #include "gtest/gtest.h"
+#include "tests/testutil/await.h"
 #include "tests/testutil/etcd_cluster.h"
 #include "tests/testutil/process.h"
 
@@ -34,23 +35,7 @@ using ::keel::testutil::EtcdCluster;
 // Generous: the box is a loaded 2-core VM.
 constexpr absl::Duration kWait = absl::Seconds(60);
 
-// Runs one unary Backend call and waits for its completion.
-template <class Response, class Start>
-absl::StatusOr<Response> Await(Start start) {
-  struct Result {
-    absl::Notification done;
-    absl::StatusOr<Response> value = absl::UnknownError("unset");
-  };
-  auto result = std::make_shared<Result>();
-  start([result](absl::StatusOr<Response> r) {
-    result->value = std::move(r);
-    result->done.Notify();
-  });
-  if (!result->done.WaitForNotificationWithTimeout(kWait)) {
-    return absl::DeadlineExceededError("test: call did not complete");
-  }
-  return result->value;
-}
+using ::keel::testutil::Await;
 
 // Records what a stream delivers. Thread-safe.
 template <class Response>

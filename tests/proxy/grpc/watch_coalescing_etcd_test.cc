@@ -27,6 +27,7 @@
 #include "common/metrics.h"
 #include "gtest/gtest.h"
 #include "proxy/grpc/remote_backend.h"
+#include "tests/testutil/await.h"
 #include "tests/testutil/etcd_cluster.h"
 #include "tests/testutil/process.h"
 
@@ -43,22 +44,7 @@ using ::keel::testutil::WaitFor;
 constexpr absl::Duration kWait = absl::Seconds(60);
 constexpr auto kPoll = std::chrono::seconds(60);
 
-template <class Response, class Start>
-absl::StatusOr<Response> Await(Start start) {
-  struct Result {
-    absl::Notification done;
-    absl::StatusOr<Response> value = absl::UnknownError("unset");
-  };
-  auto result = std::make_shared<Result>();
-  start([result](absl::StatusOr<Response> r) {
-    result->value = std::move(r);
-    result->done.Notify();
-  });
-  if (!result->done.WaitForNotificationWithTimeout(kWait)) {
-    return absl::DeadlineExceededError("test: call did not complete");
-  }
-  return result->value;
-}
+using ::keel::testutil::Await;
 
 // A client Watch stream that reads continuously and records everything.
 class Stream final : public api::StreamObserver<WatchResponse> {
