@@ -22,6 +22,7 @@
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "spdlog/sinks/ostream_sink.h"
+#include "tests/testutil/text.h"
 #include "tests/testutil/fake_backend.h"
 
 namespace keel::cache {
@@ -821,11 +822,7 @@ TEST_F(CachingBackendTest, LogsOncePerTransition) {
   cache_.reset();
   common::SetLogSinkForTest(nullptr);
   const std::string log = out.str();
-  auto count = [&](const std::string& needle) {
-    size_t n = 0;
-    for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
-    return n;
-  };
+  auto count = [&](std::string_view needle) { return testutil::CountOf(log, needle); };
   EXPECT_EQ(count("range cache not serving"), 2u) << log;
   EXPECT_EQ(count("range cache serving"), 1u) << log;
   EXPECT_NE(log.find("permission denied"), std::string::npos) << log;

@@ -26,6 +26,7 @@
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "spdlog/sinks/ostream_sink.h"
+#include "tests/testutil/text.h"
 #include "tests/testutil/fake_backend.h"
 #include "tests/testutil/process.h"
 
@@ -681,12 +682,6 @@ TEST(LeaseCoalescingBackendUpstreamLifetime, UpstreamIsFreedOnlyAfterItsOnDoneRe
   EXPECT_TRUE(testutil::WaitFor(destroyed, std::chrono::seconds(30)));
 }
 
-size_t Occurrences(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
 // One warning per failure streak (not per retry), info when it recovers.
 TEST_F(LeaseCoalescingBackendTest, UpstreamFailureStreakLogsOneWarningAndRecovery) {
   std::ostringstream out;
@@ -722,8 +717,8 @@ TEST_F(LeaseCoalescingBackendTest, UpstreamFailureStreakLogsOneWarningAndRecover
   common::SetLogSinkForTest(nullptr);
 
   const std::string log = out.str();
-  EXPECT_EQ(Occurrences(log, failed), 2u) << log;
-  EXPECT_EQ(Occurrences(log, recovered), 2u) << log;
+  EXPECT_EQ(testutil::CountOf(log, failed), 2u) << log;
+  EXPECT_EQ(testutil::CountOf(log, recovered), 2u) << log;
   EXPECT_NE(log.find("connection refused"), std::string::npos) << log;
   EXPECT_NE(log.find("connection reset"), std::string::npos) << log;
   EXPECT_NE(log.find("\"level\":\"warn\""), std::string::npos) << log;
@@ -760,8 +755,8 @@ TEST_F(LeaseCoalescingBackendTest, NoLeaderWarningIsLoggedOncePerOutage) {
   common::SetLogSinkForTest(nullptr);
 
   const std::string log = out.str();
-  EXPECT_EQ(Occurrences(log, no_leader), 1u) << log;
-  EXPECT_EQ(Occurrences(log, recovered), 1u) << log;
+  EXPECT_EQ(testutil::CountOf(log, no_leader), 1u) << log;
+  EXPECT_EQ(testutil::CountOf(log, recovered), 1u) << log;
 }
 
 TEST_F(LeaseCoalescingBackendTest, DestructionCancelsUpstreamAndWaitsForItsOnDone) {

@@ -14,6 +14,7 @@
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "spdlog/sinks/ostream_sink.h"
+#include "tests/testutil/text.h"
 #include "tests/testutil/fake_backend.h"
 #include "tests/testutil/process.h"
 
@@ -291,13 +292,7 @@ TEST_F(WatchCoalescingBackendTest, CreatedAloneDoesNotResetTheBackoff) {
   }
   common::SetLogSinkForTest(nullptr);
   const std::string text = log.str();
-  auto count = [&](const std::string& what) {
-    size_t n = 0;
-    for (size_t pos = text.find(what); pos != std::string::npos; pos = text.find(what, pos + 1)) {
-      ++n;
-    }
-    return n;
-  };
+  auto count = [&](std::string_view what) { return testutil::CountOf(text, what); };
   EXPECT_EQ(count("retrying with backoff"), 1u) << text;
   EXPECT_EQ(count("re-creating its watchers"), 0u) << text;
 }

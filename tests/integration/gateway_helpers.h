@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/testutil/text.h"
 #include "tests/testutil/process.h"
 #include "tests/testutil/socket_io.h"
 
@@ -55,15 +56,6 @@ class GatewayProcess {
   std::unique_ptr<Subprocess> process_;
 };
 
-// Counts non-overlapping occurrences of `needle` in `hay`.
-inline int CountOf(const std::string& hay, const std::string& needle) {
-  int n = 0;
-  for (size_t pos = hay.find(needle); pos != std::string::npos;
-       pos = hay.find(needle, pos + needle.size())) {
-    ++n;
-  }
-  return n;
-}
 
 // Waits until `sent` (bytes a sender thread has pushed so far) stops growing
 // for 25 consecutive polls, i.e. the sender is blocked: the way these tests

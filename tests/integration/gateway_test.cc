@@ -107,7 +107,7 @@ TEST_F(GatewayClusterTest, KilledMemberIsSkippedAndDeactivatedOnce) {
   // Every third connection would have gone to member 0 first: it was tried,
   // failed, and was marked down exactly once.
   const std::string log = gw.Log();
-  EXPECT_EQ(CountOf(log, "\"msg\":\"deactivated endpoint\""), 1) << log;
+  EXPECT_EQ(CountOf(log, "\"msg\":\"deactivated endpoint\""), 1u) << log;
   EXPECT_NE(log.find("\"address\":\"" + cluster_.ClientAddr(0) + "\""), std::string::npos) << log;
 }
 
@@ -227,7 +227,7 @@ TEST_F(GatewayTest, DeadEndpointIsSkippedForTheSameClient) {
     EXPECT_EQ(ReadN(fd, 4), "ping") << "connection " << i;
     close(fd);
   }
-  EXPECT_EQ(CountOf(gw.Log(), "\"msg\":\"deactivated endpoint\""), 1) << gw.Log();
+  EXPECT_EQ(CountOf(gw.Log(), "\"msg\":\"deactivated endpoint\""), 1u) << gw.Log();
   EXPECT_EQ(upstream.accepted(), 4);
 }
 
