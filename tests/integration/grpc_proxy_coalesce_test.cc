@@ -217,9 +217,14 @@ TEST_F(GrpcProxyCoalesceTest, KeepAliveStreamsShareOneUpstreamStream) {
 
 TEST_F(GrpcProxyCoalesceTest, CachedReadsSeeWritesMadeDirectlyToEtcd) {
   Put("cached", "old");
-  EXPECT_EQ(GetViaProxy("cached", /*serializable=*/true), "old");
-  EXPECT_EQ(GetViaProxy("cached", /*serializable=*/true), "old");
-  EXPECT_GE(Metric(proxy_->port(), "etcd_grpc_proxy_cache_hits_total").value_or(0), 1);
+  // The first reads may be forwarded until the cache's freshness lease is
+  // confirmed (cache/README.md); then they are hits, with the same answer.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        EXPECT_EQ(GetViaProxy("cached", /*serializable=*/true), "old");
+        return Metric(proxy_->port(), "etcd_grpc_proxy_cache_hits_total").value_or(0) >= 1;
+      },
+      seconds(30)));
 
   // A write that never passed through the proxy: a linearizable read
   // through it must see it at once (etcd's proxy would serve "old" from its
