@@ -755,6 +755,17 @@ api::Done<Response> FlushOnSuccess(std::shared_ptr<StateT> state, api::Done<Resp
 
 }  // namespace
 
+void CachingBackend::NoteWriteAcknowledged(int64_t revision) {
+  absl::MutexLock lock(&state_->mu);
+  state_->acknowledged = std::max(state_->acknowledged, revision);
+}
+
+void CachingBackend::FlushForAuthChange() {
+  absl::MutexLock lock(&state_->mu);
+  state_->cache.Flush();
+  state_->UpdateGauges();
+}
+
 #define KEEL_CACHE_WRITE(method, Request, Response)                              \
   void CachingBackend::method(const api::CallContext& ctx, Request request,      \
                               api::Done<Response> done) {                        \

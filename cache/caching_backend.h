@@ -152,6 +152,15 @@ class CachingBackend final : public api::ForwardingBackend {
   void Resign(const api::CallContext& ctx, ::v3electionpb::ResignRequest request,
               api::Done<::v3electionpb::ResignResponse> done) override;
 
+  // For writes and auth changes that reached etcd without passing through
+  // this decorator (the proxy's frame relay sends them straight on): what
+  // the overrides below do on success, to be called before the client sees
+  // the answer. NoteWriteAcknowledged(revision) as after a successful write
+  // whose response header had `revision`; FlushForAuthChange() as after a
+  // successful Auth* change. Thread-safe.
+  void NoteWriteAcknowledged(int64_t revision);
+  void FlushForAuthChange();
+
   // Auth changes: forwarded unchanged; a success flushes the cache
   // (permissions changed, and no event reports it).
   void AuthEnable(const api::CallContext& ctx, ::etcdserverpb::AuthEnableRequest request,

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <utility>
@@ -30,8 +31,10 @@
 #include "grpcpp/server_posix.h"
 #include "namespace/namespace_backend.h"
 #include "proxy/grpc/cluster_view.h"
+#include "proxy/grpc/frame_relay.h"
 #include "proxy/grpc/health.h"
 #include "proxy/grpc/registration.h"
+#include "proxy/grpc/relay_routes.h"
 #include "proxy/grpc/remote_backend.h"
 #include "proxy/grpc/tls.h"
 
@@ -64,6 +67,13 @@ std::string Hostname() {
   char name[HOST_NAME_MAX + 1] = {};
   if (gethostname(name, sizeof(name) - 1) != 0) return "";
   return name;
+}
+
+// The frame relay is used unless the environment says KEEL_FRAME_RELAY=off
+// (for side-by-side measurements of the two paths).
+bool FrameRelayWanted() {
+  const char* value = std::getenv("KEEL_FRAME_RELAY");
+  return value == nullptr || std::string_view(value) != "off";
 }
 
 void CloseFd(int& fd) {
@@ -167,6 +177,31 @@ absl::Status ProxyServer::Start() {
     }
     if (server_tls_on) port_ = tls_port;
 
+    // The relay speaks plain HTTP/2 on both sides and does not decode
+    // responses, so TLS to etcd and a response size limit keep to gRPC.
+    if (!server_tls_on && !config_.endpoints_tls && config_.max_recv_bytes >= INT32_MAX &&
+        FrameRelayWanted()) {
+      relay_routes_ = std::make_unique<RelayRoutes>(
+          RelayRouteOptions{cache_ != nullptr, namespace_ != nullptr}, &metrics_);
+      FrameRelayOptions relay;
+      relay.routes = relay_routes_.get();
+      relay.upstream_endpoint = [this] { return remote_->CurrentEndpoint(); };
+      relay.serve_internal = [this](int fd) {
+        grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd);
+      };
+      if (auto* cache = static_cast<cache::CachingBackend*>(cache_.get())) {
+        relay.on_ok = [cache](OkHook hook, int64_t revision) {
+          if (hook == OkHook::kNoteWriteRevision) cache->NoteWriteAcknowledged(revision);
+          if (hook == OkHook::kFlushCache) cache->FlushForAuthChange();
+        };
+      }
+      relay.max_concurrent_streams = config_.max_concurrent_streams;
+      relay.max_send_bytes = static_cast<uint64_t>(config_.max_send_bytes);
+      relay.metrics = &metrics_;
+      relay_ = std::make_unique<FrameRelay>(std::move(relay));
+      if (absl::Status s = relay_->Start(); !s.ok()) return s;
+    }
+
     http_.Handle("/health",
                  [this](const common::HttpRequest& request) { return health_->Handle(request); });
     http_.Handle("/metrics", [this](const common::HttpRequest&) {
@@ -223,6 +258,8 @@ void ProxyServer::Stop(absl::Duration grace) {
   CloseFd(listen_fd_);
   CloseFd(wake_pipe_[0]);
   CloseFd(wake_pipe_[1]);
+  // Before the gRPC server: the relay's streams into it finish first.
+  if (relay_ != nullptr) relay_->Stop(grace);
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::milliseconds(absl::ToInt64Milliseconds(grace)));
@@ -232,6 +269,8 @@ void ProxyServer::Stop(absl::Duration grace) {
   // The layers go in the reverse order of their construction: each one's
   // inner Backend must outlive it.
   registration_.reset();
+  relay_.reset();
+  relay_routes_.reset();
   grpc_server_.reset();
   health_.reset();
   front_.reset();
@@ -331,7 +370,9 @@ void ProxyServer::AcceptLoop() {
         still.push_back(p);
         continue;
       }
-      if (preface_so_far) {
+      if (preface_so_far && relay_ != nullptr) {
+        relay_->Serve(p.fd);
+      } else if (preface_so_far) {
         grpc::AddInsecureChannelFromFd(grpc_server_.get(), p.fd);
       } else if (http_running_) {
         http_.ServeConnection(p.fd);

@@ -26,6 +26,8 @@ namespace keel::proxy::grpcproxy {
 
 class RemoteBackend;
 class ClusterViewBackend;
+class FrameRelay;
+class RelayRoutes;
 class HealthChecker;
 class Registration;
 
@@ -39,8 +41,12 @@ class Registration;
 // Listener. Without server TLS the proxy owns the listening socket and, as
 // etcd's cmux does, shares it between gRPC and HTTP/1.1: an accept thread
 // peeks at each connection's first bytes; the HTTP/2 preface ("PRI * ...")
-// goes to the gRPC server (grpc::AddInsecureChannelFromFd), anything else to
-// the HTTP server. With server TLS on, gRPC owns the port (TLS is terminated
+// goes to the frame relay (FrameRelay: methods no layer changes are relayed
+// straight to etcd, the rest reach the gRPC server of the chain over a
+// socketpair), anything else to the HTTP server. Without the relay (TLS to
+// etcd, a --max-recv-bytes below its default, or KEEL_FRAME_RELAY=off in
+// the environment) HTTP/2 connections go to the gRPC server directly
+// (grpc::AddInsecureChannelFromFd). With server TLS on, gRPC owns the port (TLS is terminated
 // by gRPC, so the bytes cannot be peeked) and HTTP is served only on
 // --metrics-addr; etcd documents HTTP on its TLS port as a known issue.
 // --metrics-addr always serves the same HTTP paths as the main port.
@@ -96,6 +102,8 @@ class ProxyServer {
   std::unique_ptr<HealthChecker> health_;
   std::unique_ptr<Registration> registration_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<RelayRoutes> relay_routes_;
+  std::unique_ptr<FrameRelay> relay_;  // null when not used (see the class comment)
   common::HttpServer http_;
   bool http_running_ = false;
   int listen_fd_ = -1;  // plaintext only: the shared listener

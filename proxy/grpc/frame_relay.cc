@@ -1,0 +1,1063 @@
+#include "proxy/grpc/frame_relay.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/tcp_listen.h"
+#include "common/url.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
+#include "grpcpp/support/status.h"
+
+namespace keel::proxy::grpcproxy {
+// Not anonymous: FrameRelay::Loop (external linkage) holds these types.
+namespace frame_relay_detail {
+
+using Clock = std::chrono::steady_clock;
+
+// Per-stream and per-connection receive windows. Bytes are held only until
+// they leave on the other side, so these bound the relay's memory per stream.
+constexpr int32_t kStreamWindow = 1 << 20;
+constexpr int32_t kConnectionWindow = 16 << 20;
+// A request is kept for a possible second attempt through the chain up to
+// this size (every unary etcd request but big puts).
+constexpr size_t kReplayLimit = 64 * 1024;
+constexpr size_t kReadChunk = 64 * 1024;
+// Output is gathered up to this much before one write(2).
+constexpr size_t kWriteBatch = 64 * 1024;
+// After a connection to etcd could not be made, pass-through methods run
+// through the chain for this long before the relay tries again.
+constexpr auto kUpstreamRetry = std::chrono::seconds(1);
+// The gRPC message prefix: 1 byte compressed flag, 4 bytes big-endian length.
+constexpr size_t kGrpcPrefix = 5;
+// Enough of a response's first bytes to hold its ResponseHeader (field 1,
+// four varints).
+constexpr size_t kHeadCapture = 64;
+constexpr int kGrpcUnavailable = 14;
+
+spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
+
+struct Header {
+  std::string name;
+  std::string value;
+};
+using Headers = std::vector<Header>;
+
+std::vector<nghttp2_nv> ToNv(const Headers& headers) {
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(headers.size());
+  for (const Header& h : headers) {
+    nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(h.name.data())),
+                  reinterpret_cast<uint8_t*>(const_cast<char*>(h.value.data())), h.name.size(),
+                  h.value.size(), NGHTTP2_NV_FLAG_NONE});
+  }
+  return nv;
+}
+
+const std::string* FindHeader(const Headers& headers, std::string_view name) {
+  for (const Header& h : headers) {
+    if (h.name == name) return &h.value;
+  }
+  return nullptr;
+}
+
+// Follows the gRPC length-prefixed messages of one direction of a stream.
+class MessageScanner {
+ public:
+  explicit MessageScanner(bool capture_head) : capture_head_(capture_head) {}
+
+  void Feed(const uint8_t* data, size_t len) {
+    while (len > 0) {
+      if (remaining_ == 0 && !in_body_) {
+        const size_t n = std::min(kGrpcPrefix - prefix_got_, len);
+        std::memcpy(prefix_ + prefix_got_, data, n);
+        prefix_got_ += n;
+        data += n;
+        len -= n;
+        if (prefix_got_ < kGrpcPrefix) return;
+        prefix_got_ = 0;
+        remaining_ = (uint64_t{prefix_[1]} << 24) | (uint64_t{prefix_[2]} << 16) |
+                     (uint64_t{prefix_[3]} << 8) | uint64_t{prefix_[4]};
+        if (messages_ == 0) {
+          first_length_ = static_cast<int64_t>(remaining_);
+          first_compressed_ = prefix_[0] != 0;
+        }
+        ++messages_;
+        in_body_ = remaining_ > 0;
+        continue;
+      }
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(remaining_, len));
+      if (capture_head_ && messages_ == 1 && head_.size() < kHeadCapture) {
+        head_.append(reinterpret_cast<const char*>(data),
+                     std::min(n, kHeadCapture - head_.size()));
+      }
+      remaining_ -= n;
+      data += n;
+      len -= n;
+      in_body_ = remaining_ > 0;
+    }
+  }
+
+  // The length of the first message; -1 until its prefix was seen.
+  int64_t first_length() const { return first_length_; }
+  bool first_compressed() const { return first_compressed_; }
+  // Messages whose prefix was seen.
+  uint64_t messages() const { return messages_; }
+  // The first bytes of the first message (when capturing).
+  const std::string& head() const { return head_; }
+
+ private:
+  bool capture_head_;
+  uint8_t prefix_[kGrpcPrefix] = {};
+  size_t prefix_got_ = 0;
+  uint64_t remaining_ = 0;
+  bool in_body_ = false;
+  uint64_t messages_ = 0;
+  int64_t first_length_ = -1;
+  bool first_compressed_ = false;
+  std::string head_;
+};
+
+// The revision of the ResponseHeader (field 1; revision is its field 3) at
+// the start of an etcd response message; 0 when it cannot be read.
+int64_t HeaderRevision(const std::string& head) {
+  using google::protobuf::internal::WireFormatLite;
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(head.data()),
+                                            static_cast<int>(head.size()));
+  uint32_t tag = in.ReadTag();
+  if (tag != WireFormatLite::MakeTag(1, WireFormatLite::WIRETYPE_LENGTH_DELIMITED)) return 0;
+  uint32_t length = 0;
+  if (!in.ReadVarint32(&length)) return 0;
+  in.PushLimit(static_cast<int>(length));
+  while ((tag = in.ReadTag()) != 0) {
+    if (WireFormatLite::GetTagWireType(tag) != WireFormatLite::WIRETYPE_VARINT) return 0;
+    uint64_t value = 0;
+    if (!in.ReadVarint64(&value)) return 0;
+    if (WireFormatLite::GetTagFieldNumber(tag) == 3) return static_cast<int64_t>(value);
+  }
+  return 0;
+}
+
+enum class ConnKind { kClient, kUpstream, kInternal };
+
+struct Conn;
+
+// One client stream and the stream it is relayed to.
+struct Stream {
+  Conn* client = nullptr;  // null once the client side is gone
+  int32_t client_id = 0;
+  Conn* peer = nullptr;  // upstream or internal; null until routed / after it ended
+  int32_t peer_id = -1;
+  const RelayRoute* route = nullptr;
+  Headers request_headers;
+  Headers response_headers;
+  Headers trailers;
+  bool routed = false;
+  bool to_upstream = false;
+  bool client_open = true;
+  bool peer_open = false;
+  bool response_submitted = false;
+  bool have_trailers = false;
+
+  // Client -> peer. `up` holds the bytes from absolute offset up_base on.
+  std::string up;
+  size_t up_base = 0;
+  size_t up_sent = 0;      // absolute: handed to the peer session
+  size_t up_consumed = 0;  // absolute: window given back to the client
+  bool up_eof = false;
+  bool replayable = true;  // up still holds every byte from offset 0
+  MessageScanner up_scan{false};
+  uint64_t received_counted = 0;
+
+  // Peer -> client.
+  std::string down;
+  size_t down_base = 0;
+  size_t down_sent = 0;
+  size_t down_consumed = 0;
+  bool down_eof = false;
+  MessageScanner down_scan{true};
+  uint64_t sent_counted = 0;
+
+  size_t up_total() const { return up_base + up.size(); }
+  size_t down_total() const { return down_base + down.size(); }
+};
+
+struct Conn {
+  ConnKind kind = ConnKind::kClient;
+  int fd = -1;
+  nghttp2_session* session = nullptr;
+  std::string out;
+  size_t out_off = 0;
+  bool connected = true;       // upstream: connect(2) finished
+  bool ever_connected = true;  // upstream: it was up at some point
+  bool polling_out = false;
+  bool dirty = false;
+  bool dead = false;
+  bool goaway = false;  // upstream: no new streams
+  absl::flat_hash_set<Stream*> streams;
+  Conn* internal = nullptr;  // client: its connection to the chain
+  Conn* owner = nullptr;     // internal: its client
+};
+
+}  // namespace frame_relay_detail
+
+using namespace frame_relay_detail;  // NOLINT: this file's own helpers
+
+struct FrameRelay::Loop {
+  explicit Loop(FrameRelayOptions o) : options(std::move(o)) {
+    if (options.metrics != nullptr) {
+      const std::string help = "Streams the frame relay passed, by where they went.";
+      to_etcd = options.metrics->GetCounter("keel_grpc_relay_streams_total", help,
+                                            {{"route", "etcd"}});
+      to_chain = options.metrics->GetCounter("keel_grpc_relay_streams_total", help,
+                                             {{"route", "chain"}});
+      replays = options.metrics->GetCounter(
+          "keel_grpc_relay_replays_total",
+          "Requests sent again through the chain after the connection to etcd broke.");
+    }
+  }
+
+  FrameRelayOptions options;
+  common::Counter* to_etcd = nullptr;
+  common::Counter* to_chain = nullptr;
+  common::Counter* replays = nullptr;
+  int epfd = -1;
+  int wakefd = -1;
+  std::thread thread;
+  std::mutex mu;
+  std::vector<int> incoming;     // guarded by mu
+  bool stop_requested = false;   // guarded by mu
+  Clock::time_point stop_deadline;  // guarded by mu
+  bool stopped = false;          // loop thread only
+  bool started = false;
+  bool shutting_down = false;  // loop thread only: no new connections, no replays
+
+  absl::flat_hash_set<Conn*> conns;
+  std::vector<Conn*> dirty;
+  std::vector<Conn*> dying;
+  Conn* upstream = nullptr;
+  Clock::time_point upstream_down_until = Clock::time_point::min();
+  nghttp2_session_callbacks* callbacks = nullptr;
+  nghttp2_option* option = nullptr;
+
+  void Run();
+  void AddClient(int fd);
+  Conn* NewConn(ConnKind kind, int fd, bool server);
+  void MarkDirty(Conn* c) {
+    if (!c->dirty && !c->dead) {
+      c->dirty = true;
+      dirty.push_back(c);
+    }
+  }
+  void Kill(Conn* c) {
+    if (!c->dead) {
+      c->dead = true;
+      dying.push_back(c);
+    }
+  }
+  void OnReadable(Conn* c);
+  void Flush(Conn* c);
+  void UpdatePoll(Conn* c, bool want_out);
+  void Settle();
+  void Destroy(Conn* c);
+  Conn* Upstream();
+  Conn* InternalFor(Conn* client);
+  void Route(Stream* s);
+  void Submit(Stream* s, Conn* peer);
+  void Replay(Stream* s);
+  void FailToClient(Stream* s, int grpc_code, std::string_view message);
+  void MaybeFree(Stream* s);
+  void PeerEnded(Stream* s, uint32_t error_code, bool replay_safe);
+  void Finished(Stream* s, const Headers& status_headers);
+
+  // nghttp2 callbacks; user_data is the Conn.
+  static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t flags,
+                      void* user_data);
+  static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
+  static int OnDataChunk(nghttp2_session*, uint8_t flags, int32_t stream_id, const uint8_t* data,
+                         size_t len, void* user_data);
+  static int OnStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
+                           void* user_data);
+  static ssize_t ReadUp(nghttp2_session*, int32_t stream_id, uint8_t* buf, size_t length,
+                        uint32_t* data_flags, nghttp2_data_source* source, void* user_data);
+  static ssize_t ReadDown(nghttp2_session*, int32_t stream_id, uint8_t* buf, size_t length,
+                          uint32_t* data_flags, nghttp2_data_source* source, void* user_data);
+
+};
+
+namespace {
+// The loop of the calling thread's callbacks (one relay per process is the
+// norm, but keep it per loop: set around every nghttp2 call).
+thread_local FrameRelay::Loop* current_loop = nullptr;
+}  // namespace
+
+FrameRelay::FrameRelay(FrameRelayOptions options)
+    : loop_(std::make_unique<Loop>(std::move(options))) {}
+
+FrameRelay::~FrameRelay() { Stop(absl::ZeroDuration()); }
+
+absl::Status FrameRelay::Start() {
+  Loop& l = *loop_;
+  l.epfd = epoll_create1(EPOLL_CLOEXEC);
+  l.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (l.epfd < 0 || l.wakefd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("grpc-proxy: frame relay: ", common::ErrnoText(errno)));
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = nullptr;  // the wake fd
+  epoll_ctl(l.epfd, EPOLL_CTL_ADD, l.wakefd, &ev);
+
+  nghttp2_session_callbacks_new(&l.callbacks);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(l.callbacks, &Loop::OnBeginHeaders);
+  nghttp2_session_callbacks_set_on_header_callback(l.callbacks, &Loop::OnHeader);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(l.callbacks, &Loop::OnFrameRecv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(l.callbacks, &Loop::OnDataChunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(l.callbacks, &Loop::OnStreamClose);
+  nghttp2_option_new(&l.option);
+  // Windows open only as bytes leave on the other side (end-to-end flow control).
+  nghttp2_option_set_no_auto_window_update(l.option, 1);
+  l.started = true;
+  l.thread = std::thread([&l] { l.Run(); });
+  return absl::OkStatus();
+}
+
+void FrameRelay::Serve(int fd) {
+  Loop& l = *loop_;
+  {
+    std::lock_guard<std::mutex> lock(l.mu);
+    if (!l.started || l.stop_requested) {
+      close(fd);
+      return;
+    }
+    l.incoming.push_back(fd);
+  }
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = write(l.wakefd, &one, sizeof(one));
+}
+
+void FrameRelay::Stop(absl::Duration grace) {
+  Loop& l = *loop_;
+  {
+    std::lock_guard<std::mutex> lock(l.mu);
+    if (!l.stop_requested) {
+      l.stop_requested = true;
+      l.stop_deadline =
+          Clock::now() + std::chrono::milliseconds(absl::ToInt64Milliseconds(grace));
+    }
+  }
+  if (l.thread.joinable()) {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = write(l.wakefd, &one, sizeof(one));
+    l.thread.join();
+  }
+  for (int fd : l.incoming) close(fd);
+  l.incoming.clear();
+  if (l.callbacks != nullptr) nghttp2_session_callbacks_del(l.callbacks);
+  l.callbacks = nullptr;
+  if (l.option != nullptr) nghttp2_option_del(l.option);
+  l.option = nullptr;
+  if (l.epfd >= 0) close(l.epfd);
+  if (l.wakefd >= 0) close(l.wakefd);
+  l.epfd = l.wakefd = -1;
+}
+
+void FrameRelay::Loop::Run() {
+  current_loop = this;
+  std::vector<epoll_event> events(256);
+  bool goaway_sent = false;
+  while (true) {
+    int timeout_ms = -1;
+    bool stopping = false;
+    Clock::time_point deadline;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopping = stop_requested;
+      deadline = stop_deadline;
+      for (int fd : incoming) AddClient(fd);
+      incoming.clear();
+    }
+    if (stopping) {
+      if (!goaway_sent) {
+        goaway_sent = true;
+        for (Conn* c : conns) {
+          if (c->kind != ConnKind::kClient) continue;
+          nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE,
+                                nghttp2_session_get_last_proc_stream_id(c->session),
+                                NGHTTP2_NO_ERROR, nullptr, 0);
+          MarkDirty(c);
+        }
+        Settle();
+      }
+      size_t open_streams = 0;
+      for (Conn* c : conns) {
+        if (c->kind == ConnKind::kClient) open_streams += c->streams.size();
+      }
+      if (open_streams == 0 || Clock::now() >= deadline) break;
+      timeout_ms = 20;
+    }
+    const int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()), timeout_ms);
+    if (n < 0 && errno != EINTR) {
+      KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: epoll_wait failed",
+                     {{"error", common::ErrnoText(errno)}});
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
+    }
+    for (int i = 0; i < n; ++i) {
+      Conn* c = static_cast<Conn*>(events[i].data.ptr);
+      if (c == nullptr) {
+        uint64_t value;
+        [[maybe_unused]] ssize_t r = read(wakefd, &value, sizeof(value));
+        continue;
+      }
+      if (c->dead) continue;
+      if ((events[i].events & EPOLLOUT) != 0) {
+        if (!c->connected) {
+          int err = 0;
+          socklen_t len = sizeof(err);
+          getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+          if (err != 0) {
+            Kill(c);
+            continue;
+          }
+          c->connected = true;
+          c->ever_connected = true;
+        }
+        MarkDirty(c);
+      }
+      if ((events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) OnReadable(c);
+    }
+    Settle();
+  }
+  // Close everything: the chain's gRPC server sees its connections end and
+  // cancels their calls; etcd sees the relayed streams end.
+  shutting_down = true;
+  std::vector<Conn*> all(conns.begin(), conns.end());
+  for (Conn* c : all) Kill(c);
+  Settle();
+  current_loop = nullptr;
+}
+
+void FrameRelay::Loop::Settle() {
+  while (!dirty.empty() || !dying.empty()) {
+    while (!dying.empty()) {
+      Conn* c = dying.back();
+      dying.pop_back();
+      Destroy(c);
+    }
+    std::vector<Conn*> batch;
+    batch.swap(dirty);
+    for (Conn* c : batch) {
+      c->dirty = false;
+      if (!c->dead) Flush(c);
+    }
+  }
+}
+
+Conn* FrameRelay::Loop::NewConn(ConnKind kind, int fd, bool server) {
+  auto* c = new Conn();
+  c->kind = kind;
+  c->fd = fd;
+  if (server) {
+    nghttp2_session_server_new2(&c->session, callbacks, c, option);
+  } else {
+    nghttp2_session_client_new2(&c->session, callbacks, c, option);
+  }
+  std::vector<nghttp2_settings_entry> settings = {
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)}};
+  if (server) {
+    if (options.max_concurrent_streams != UINT32_MAX) {
+      settings.push_back({NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams});
+    }
+  } else {
+    settings.push_back({NGHTTP2_SETTINGS_ENABLE_PUSH, 0});
+  }
+  nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
+  nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = c;
+  epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+  conns.insert(c);
+  MarkDirty(c);
+  return c;
+}
+
+void FrameRelay::Loop::AddClient(int fd) {
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  NewConn(ConnKind::kClient, fd, /*server=*/true);
+}
+
+void FrameRelay::Loop::UpdatePoll(Conn* c, bool want_out) {
+  if (want_out == c->polling_out) return;
+  c->polling_out = want_out;
+  epoll_event ev{};
+  ev.events = want_out ? (EPOLLIN | EPOLLOUT) : uint32_t{EPOLLIN};
+  ev.data.ptr = c;
+  epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+void FrameRelay::Loop::OnReadable(Conn* c) {
+  uint8_t buf[kReadChunk];
+  for (int round = 0; round < 16 && !c->dead; ++round) {
+    const ssize_t n = read(c->fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) Kill(c);
+      break;
+    }
+    if (n == 0) {
+      Kill(c);
+      break;
+    }
+    const ssize_t rv = nghttp2_session_mem_recv(c->session, buf, static_cast<size_t>(n));
+    if (rv < 0) {
+      Kill(c);
+      break;
+    }
+    MarkDirty(c);
+    if (static_cast<size_t>(n) < sizeof(buf)) break;
+  }
+}
+
+void FrameRelay::Loop::Flush(Conn* c) {
+  if (!c->connected) {
+    UpdatePoll(c, true);
+    return;
+  }
+  while (true) {
+    while (c->out.size() - c->out_off < kWriteBatch) {
+      const uint8_t* data = nullptr;
+      const ssize_t n = nghttp2_session_mem_send(c->session, &data);
+      if (n < 0) {
+        Kill(c);
+        return;
+      }
+      if (n == 0) break;
+      c->out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+    }
+    if (c->out.size() == c->out_off) break;
+    const ssize_t w = write(c->fd, c->out.data() + c->out_off, c->out.size() - c->out_off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        UpdatePoll(c, true);
+        return;
+      }
+      Kill(c);
+      return;
+    }
+    c->out_off += static_cast<size_t>(w);
+    if (c->out_off == c->out.size()) {
+      c->out.clear();
+      c->out_off = 0;
+    } else {
+      UpdatePoll(c, true);
+      return;
+    }
+  }
+  UpdatePoll(c, false);
+  if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session)) {
+    Kill(c);  // both sides said goodbye (GOAWAY and no streams left)
+  }
+}
+
+void FrameRelay::Loop::Destroy(Conn* c) {
+  conns.erase(c);
+  if (upstream == c) upstream = nullptr;
+  std::vector<Stream*> streams(c->streams.begin(), c->streams.end());
+  c->streams.clear();
+  if (c->kind == ConnKind::kClient) {
+    for (Stream* s : streams) {
+      s->client = nullptr;
+      s->client_open = false;
+      if (s->peer_open && s->peer != nullptr && !s->peer->dead) {
+        nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id,
+                                  NGHTTP2_CANCEL);
+        MarkDirty(s->peer);
+      }
+      MaybeFree(s);
+    }
+    if (c->internal != nullptr) {
+      c->internal->owner = nullptr;
+      Kill(c->internal);  // its gRPC server connection ends, cancelling its calls
+    }
+  } else {
+    if (c->kind == ConnKind::kInternal && c->owner != nullptr) c->owner->internal = nullptr;
+    if (c->kind == ConnKind::kUpstream && !c->ever_connected) {
+      upstream_down_until = Clock::now() + kUpstreamRetry;
+      KEEL_LOG_EVENT(Log(), spdlog::level::warn,
+                     "frame relay: cannot reach etcd, relaying through the chain for now", {});
+    }
+    for (Stream* s : streams) {
+      // Never connected: nothing reached etcd, so any request may go again.
+      PeerEnded(s, NGHTTP2_INTERNAL_ERROR, /*replay_safe=*/!c->ever_connected);
+    }
+  }
+  epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, nullptr);
+  close(c->fd);
+  nghttp2_session_del(c->session);
+  delete c;
+}
+
+Conn* FrameRelay::Loop::Upstream() {
+  if (upstream != nullptr && !upstream->dead && !upstream->goaway) return upstream;
+  upstream = nullptr;
+  if (shutting_down) return nullptr;
+  if (Clock::now() < upstream_down_until) return nullptr;
+  const std::string endpoint = options.upstream_endpoint ? options.upstream_endpoint() : "";
+  absl::StatusOr<common::HostPort> host_port = common::ParseHostPort(endpoint);
+  if (!host_port.ok()) return nullptr;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* result = nullptr;
+  if (getaddrinfo(host_port->host.c_str(), std::to_string(host_port->port).c_str(), &hints,
+                  &result) != 0 ||
+      result == nullptr) {
+    upstream_down_until = Clock::now() + kUpstreamRetry;
+    return nullptr;
+  }
+  const int fd = socket(result->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int rc = fd < 0 ? -1 : connect(fd, result->ai_addr, result->ai_addrlen);
+  const bool in_progress = rc < 0 && errno == EINPROGRESS;
+  freeaddrinfo(result);
+  if (fd < 0 || (rc < 0 && !in_progress)) {
+    if (fd >= 0) close(fd);
+    upstream_down_until = Clock::now() + kUpstreamRetry;
+    return nullptr;
+  }
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  Conn* c = NewConn(ConnKind::kUpstream, fd, /*server=*/false);
+  c->connected = !in_progress;
+  c->ever_connected = !in_progress;
+  upstream = c;
+  return c;
+}
+
+Conn* FrameRelay::Loop::InternalFor(Conn* client) {
+  if (client->internal != nullptr && !client->internal->dead) return client->internal;
+  if (shutting_down) return nullptr;
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0) {
+    return nullptr;
+  }
+  options.serve_internal(pair[1]);
+  Conn* c = NewConn(ConnKind::kInternal, pair[0], /*server=*/false);
+  c->owner = client;
+  client->internal = c;
+  return c;
+}
+
+void FrameRelay::Loop::Route(Stream* s) {
+  const std::string* path = FindHeader(s->request_headers, ":path");
+  s->route = path != nullptr ? options.routes->Find(*path) : nullptr;
+  bool to_upstream = s->route != nullptr && s->route->pass_through;
+  if (to_upstream) {
+    // A compressed request may get a compressed answer, whose header the
+    // OkHook could not read: leave those to the chain.
+    const std::string* encoding = FindHeader(s->request_headers, "grpc-encoding");
+    if (encoding != nullptr && *encoding != "identity") to_upstream = false;
+  }
+  if (to_upstream) {
+    // Wait for the first message's size: an oversize one goes through the
+    // chain, which answers with etcd's own error.
+    if (s->up_scan.first_length() < 0 && !s->up_eof) return;
+    if (s->up_scan.first_length() > static_cast<int64_t>(options.max_send_bytes)) {
+      to_upstream = false;
+    }
+  }
+  Conn* peer = to_upstream ? Upstream() : nullptr;
+  if (peer == nullptr) {
+    to_upstream = false;
+    peer = InternalFor(s->client);
+  }
+  s->routed = true;
+  s->to_upstream = to_upstream;
+  if (peer == nullptr) {
+    FailToClient(s, kGrpcUnavailable, "keel: cannot reach the proxy's backend chain");
+    return;
+  }
+  if (to_upstream) {
+    if (to_etcd != nullptr) to_etcd->Increment();
+    s->route->metrics->Started();
+  } else if (to_chain != nullptr) {
+    to_chain->Increment();
+  }
+  Submit(s, peer);
+}
+
+void FrameRelay::Loop::Submit(Stream* s, Conn* peer) {
+  std::vector<nghttp2_nv> nv = ToNv(s->request_headers);
+  nghttp2_data_provider provider{};
+  provider.source.ptr = s;
+  provider.read_callback = &Loop::ReadUp;
+  s->up_sent = s->up_base;
+  const int32_t id = nghttp2_submit_request(peer->session, nullptr, nv.data(), nv.size(),
+                                            &provider, s);
+  if (id < 0) {
+    FailToClient(s, kGrpcUnavailable, "keel: cannot open a stream to the backend");
+    return;
+  }
+  s->peer = peer;
+  s->peer_id = id;
+  s->peer_open = true;
+  peer->streams.insert(s);
+  MarkDirty(peer);
+}
+
+void FrameRelay::Loop::Replay(Stream* s) {
+  if (replays != nullptr) replays->Increment();
+  s->to_upstream = false;
+  // Whatever the broken attempt had begun to answer is dropped.
+  s->response_headers.clear();
+  s->trailers.clear();
+  s->have_trailers = false;
+  s->down.clear();
+  s->down_base = s->down_sent = s->down_consumed = 0;
+  s->down_eof = false;
+  s->down_scan = MessageScanner(true);
+  Conn* internal = s->client != nullptr ? InternalFor(s->client) : nullptr;
+  if (internal == nullptr) {
+    FailToClient(s, kGrpcUnavailable, "keel: cannot reach the proxy's backend chain");
+    return;
+  }
+  Submit(s, internal);
+}
+
+void FrameRelay::Loop::FailToClient(Stream* s, int grpc_code, std::string_view message) {
+  if (!s->client_open || s->client == nullptr) return;
+  if (s->response_submitted) {
+    nghttp2_submit_rst_stream(s->client->session, NGHTTP2_FLAG_NONE, s->client_id,
+                              NGHTTP2_INTERNAL_ERROR);
+  } else {
+    s->response_submitted = true;
+    const Headers headers = {{":status", "200"},
+                             {"content-type", "application/grpc"},
+                             {"grpc-status", std::to_string(grpc_code)},
+                             {"grpc-message", std::string(message)}};
+    std::vector<nghttp2_nv> nv = ToNv(headers);
+    nghttp2_submit_response(s->client->session, s->client_id, nv.data(), nv.size(), nullptr);
+    if (s->to_upstream) Finished(s, headers);
+  }
+  MarkDirty(s->client);
+}
+
+// The peer's stream ended without an answer to relay (reset, or its
+// connection died); `replay_safe` says etcd cannot have acted on it.
+void FrameRelay::Loop::PeerEnded(Stream* s, uint32_t error_code, bool replay_safe) {
+  s->peer_open = false;
+  s->peer = nullptr;
+  if (s->client_open && !s->response_submitted && s->to_upstream && s->replayable &&
+      (replay_safe || s->route->read_only)) {
+    Replay(s);
+    return;
+  }
+  if (s->client_open && s->client != nullptr) {
+    if (error_code == NGHTTP2_CANCEL || error_code == NGHTTP2_REFUSED_STREAM ||
+        !s->response_submitted) {
+      if (s->response_submitted) {
+        nghttp2_submit_rst_stream(s->client->session, NGHTTP2_FLAG_NONE, s->client_id,
+                                  error_code);
+        MarkDirty(s->client);
+      } else {
+        FailToClient(s, kGrpcUnavailable, "keel: the connection to etcd was lost");
+      }
+    } else {
+      nghttp2_submit_rst_stream(s->client->session, NGHTTP2_FLAG_NONE, s->client_id,
+                                error_code);
+      MarkDirty(s->client);
+    }
+  }
+  MaybeFree(s);
+}
+
+void FrameRelay::Loop::Finished(Stream* s, const Headers& status_headers) {
+  if (!s->to_upstream || s->route == nullptr) return;
+  int code = 2;  // UNKNOWN without a grpc-status
+  if (const std::string* status = FindHeader(status_headers, "grpc-status")) {
+    if (!absl::SimpleAtoi(*status, &code) || code < 0 || code > 16) code = 2;
+  }
+  if (code == 0 && s->route->on_ok != OkHook::kNone && options.on_ok) {
+    options.on_ok(s->route->on_ok, HeaderRevision(s->down_scan.head()));
+  }
+  s->route->metrics->Handled(static_cast<grpc::StatusCode>(code));
+}
+
+void FrameRelay::Loop::MaybeFree(Stream* s) {
+  if (s->client_open || s->peer_open) return;
+  delete s;
+}
+
+// ----- nghttp2 callbacks -----
+
+int FrameRelay::Loop::OnBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame,
+                                     void* user_data) {
+  auto* c = static_cast<Conn*>(user_data);
+  if (c->kind != ConnKind::kClient || frame->hd.type != NGHTTP2_HEADERS ||
+      frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+    return 0;
+  }
+  auto* s = new Stream();
+  s->client = c;
+  s->client_id = frame->hd.stream_id;
+  c->streams.insert(s);
+  nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
+  return 0;
+}
+
+int FrameRelay::Loop::OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
+                               const uint8_t* name, size_t namelen, const uint8_t* value,
+                               size_t valuelen, uint8_t, void* user_data) {
+  auto* c = static_cast<Conn*>(user_data);
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (s == nullptr) return 0;
+  Header h{std::string(reinterpret_cast<const char*>(name), namelen),
+           std::string(reinterpret_cast<const char*>(value), valuelen)};
+  if (c->kind == ConnKind::kClient) {
+    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) s->request_headers.push_back(std::move(h));
+  } else if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+    s->response_headers.push_back(std::move(h));
+  } else if (frame->headers.cat == NGHTTP2_HCAT_HEADERS) {
+    s->trailers.push_back(std::move(h));
+  }
+  return 0;
+}
+
+int FrameRelay::Loop::OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
+                                  void* user_data) {
+  auto* c = static_cast<Conn*>(user_data);
+  Loop* l = current_loop;
+  if (frame->hd.type == NGHTTP2_GOAWAY) {
+    if (c->kind == ConnKind::kUpstream) c->goaway = true;
+    return 0;
+  }
+  if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (s == nullptr) return 0;
+  const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  if (c->kind == ConnKind::kClient) {
+    if (end_stream) s->up_eof = true;
+    if (!s->routed) {
+      if (frame->hd.type == NGHTTP2_HEADERS || end_stream) l->Route(s);
+    } else if (end_stream && s->peer_open) {
+      nghttp2_session_resume_data(s->peer->session, s->peer_id);
+      l->MarkDirty(s->peer);
+    }
+    return 0;
+  }
+  // From the peer.
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+    if (!s->client_open || s->client == nullptr || s->response_submitted) return 0;
+    s->response_submitted = true;
+    std::vector<nghttp2_nv> nv = ToNv(s->response_headers);
+    if (end_stream) {  // trailers-only
+      s->down_eof = true;
+      l->Finished(s, s->response_headers);
+      nghttp2_submit_response(s->client->session, s->client_id, nv.data(), nv.size(), nullptr);
+    } else {
+      nghttp2_data_provider provider{};
+      provider.source.ptr = s;
+      provider.read_callback = &Loop::ReadDown;
+      nghttp2_submit_response(s->client->session, s->client_id, nv.data(), nv.size(), &provider);
+    }
+    l->MarkDirty(s->client);
+    return 0;
+  }
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_HEADERS) {
+    s->have_trailers = true;
+  }
+  if (end_stream) {
+    s->down_eof = true;
+    l->Finished(s, s->have_trailers ? s->trailers : Headers{});
+    if (s->client_open && s->client != nullptr) {
+      nghttp2_session_resume_data(s->client->session, s->client_id);
+      l->MarkDirty(s->client);
+    }
+  }
+  return 0;
+}
+
+int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                                  const uint8_t* data, size_t len, void* user_data) {
+  auto* c = static_cast<Conn*>(user_data);
+  Loop* l = current_loop;
+  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (s == nullptr) {
+    nghttp2_session_consume(session, stream_id, len);
+    return 0;
+  }
+  if (c->kind == ConnKind::kClient) {
+    s->up.append(reinterpret_cast<const char*>(data), len);
+    s->up_scan.Feed(data, len);
+    if (s->replayable && s->up_total() > kReplayLimit) s->replayable = false;
+    if (s->to_upstream) {
+      for (; s->received_counted < s->up_scan.messages(); ++s->received_counted) {
+        s->route->metrics->Received();
+      }
+    }
+    if (!s->routed) {
+      l->Route(s);
+    } else if (s->peer_open) {
+      nghttp2_session_resume_data(s->peer->session, s->peer_id);
+      l->MarkDirty(s->peer);
+    } else {
+      // Nobody will send these on: give the window back at once.
+      nghttp2_session_consume(session, stream_id, len);
+      s->up_consumed += len;
+    }
+    return 0;
+  }
+  s->down.append(reinterpret_cast<const char*>(data), len);
+  s->down_scan.Feed(data, len);
+  if (s->to_upstream) {
+    for (; s->sent_counted < s->down_scan.messages(); ++s->sent_counted) {
+      s->route->metrics->Sent();
+    }
+  }
+  if (s->client_open && s->client != nullptr) {
+    nghttp2_session_resume_data(s->client->session, s->client_id);
+    l->MarkDirty(s->client);
+  } else {
+    nghttp2_session_consume(session, stream_id, len);
+    s->down_consumed += len;
+  }
+  return 0;
+}
+
+int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
+                                    uint32_t error_code, void* user_data) {
+  auto* c = static_cast<Conn*>(user_data);
+  Loop* l = current_loop;
+  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (s == nullptr) return 0;
+  if (c->kind == ConnKind::kClient) {
+    if (s->client != c) return 0;
+    c->streams.erase(s);
+    s->client_open = false;
+    s->client = nullptr;
+    // Bytes the client sent that will not leave now: give their window back.
+    if (s->up_total() > s->up_consumed) {
+      nghttp2_session_consume_connection(session, s->up_total() - s->up_consumed);
+      s->up_consumed = s->up_total();
+    }
+    if (s->peer_open && s->peer != nullptr) {
+      nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id, NGHTTP2_CANCEL);
+      l->MarkDirty(s->peer);
+    }
+    l->MaybeFree(s);
+    return 0;
+  }
+  if (s->peer != c || s->peer_id != stream_id) return 0;  // an earlier attempt's stream
+  c->streams.erase(s);
+  if (s->down_total() > s->down_consumed) {
+    nghttp2_session_consume_connection(session, s->down_total() - s->down_consumed);
+    s->down_consumed = s->down_total();
+  }
+  if (error_code == NGHTTP2_NO_ERROR && s->down_eof) {
+    s->peer_open = false;
+    s->peer = nullptr;
+    l->MaybeFree(s);
+    return 0;
+  }
+  // Reset before a complete answer. REFUSED_STREAM (and streams beyond a
+  // GOAWAY's last id) were never processed by etcd.
+  l->PeerEnded(s, error_code == NGHTTP2_NO_ERROR ? uint32_t{NGHTTP2_INTERNAL_ERROR} : error_code,
+               /*replay_safe=*/error_code == NGHTTP2_REFUSED_STREAM);
+  return 0;
+}
+
+ssize_t FrameRelay::Loop::ReadUp(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
+                                 uint32_t* data_flags, nghttp2_data_source* source, void*) {
+  auto* s = static_cast<Stream*>(source->ptr);
+  Loop* l = current_loop;
+  const size_t n = std::min(length, s->up_total() - s->up_sent);
+  if (n > 0) {
+    std::memcpy(buf, s->up.data() + (s->up_sent - s->up_base), n);
+    s->up_sent += n;
+    if (s->up_sent > s->up_consumed) {
+      if (s->client_open && s->client != nullptr) {
+        nghttp2_session_consume(s->client->session, s->client_id, s->up_sent - s->up_consumed);
+        l->MarkDirty(s->client);
+      }
+      s->up_consumed = s->up_sent;
+    }
+    if (!s->replayable && s->up_sent - s->up_base >= kReplayLimit) {
+      s->up.erase(0, s->up_sent - s->up_base);
+      s->up_base = s->up_sent;
+    }
+  }
+  if (s->up_sent == s->up_total()) {
+    if (s->up_eof) {
+      *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    } else if (n == 0) {
+      return NGHTTP2_ERR_DEFERRED;
+    }
+  }
+  return static_cast<ssize_t>(n);
+}
+
+ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* buf, size_t length,
+                                   uint32_t* data_flags, nghttp2_data_source* source, void*) {
+  auto* s = static_cast<Stream*>(source->ptr);
+  Loop* l = current_loop;
+  const size_t n = std::min(length, s->down_total() - s->down_sent);
+  if (n > 0) {
+    std::memcpy(buf, s->down.data() + (s->down_sent - s->down_base), n);
+    s->down_sent += n;
+    if (s->down_sent > s->down_consumed) {
+      if (s->peer_open && s->peer != nullptr) {
+        nghttp2_session_consume(s->peer->session, s->peer_id, s->down_sent - s->down_consumed);
+        l->MarkDirty(s->peer);
+      }
+      s->down_consumed = s->down_sent;
+    }
+    if (s->down_sent - s->down_base >= kReplayLimit) {
+      s->down.erase(0, s->down_sent - s->down_base);
+      s->down_base = s->down_sent;
+    }
+  }
+  if (s->down_sent == s->down_total()) {
+    if (s->down_eof) {
+      *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+      if (s->have_trailers) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        std::vector<nghttp2_nv> nv = ToNv(s->trailers);
+        nghttp2_submit_trailer(session, s->client_id, nv.data(), nv.size());
+      }
+    } else if (n == 0) {
+      return NGHTTP2_ERR_DEFERRED;
+    }
+  }
+  return static_cast<ssize_t>(n);
+}
+
+}  // namespace keel::proxy::grpcproxy

@@ -1,0 +1,82 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "proxy/grpc/relay_routes.h"
+
+namespace keel::proxy::grpcproxy {
+
+struct FrameRelayOptions {
+  // How each method is treated; must outlive the relay.
+  const RelayRoutes* routes = nullptr;
+  // "host:port" of the etcd endpoint to relay to (the remote backend's
+  // current one); asked each time a connection is opened.
+  std::function<std::string()> upstream_endpoint;
+  // Hands one end of a new socketpair to the chain's gRPC server
+  // (grpc::AddInsecureChannelFromFd); takes ownership of `fd`.
+  std::function<void(int fd)> serve_internal;
+  // Runs on the relay thread when etcd answered OK to a method with an
+  // OkHook, before the client sees the answer. `revision` is the response
+  // header's revision (0 when it has none).
+  std::function<void(OkHook hook, int64_t revision)> on_ok;
+  // Advertised to clients (SETTINGS_MAX_CONCURRENT_STREAMS).
+  uint32_t max_concurrent_streams = UINT32_MAX;
+  // A request whose first message is larger runs through the chain, which
+  // answers with etcd's own error.
+  uint64_t max_send_bytes = 0;
+  common::MetricsRegistry* metrics = nullptr;
+};
+
+// The grpc-proxy's HTTP/2 front for plaintext clients: it serves each client
+// connection with nghttp2 and relays every stream, frame by frame, either
+// straight to etcd over a shared HTTP/2 connection (methods no layer of the
+// chain changes; see RelayRoutes) or to the chain's gRPC server over a
+// socketpair, one per client connection. Messages are never decoded on the
+// way, except the 5-byte gRPC prefix (sizes, counts) and the response
+// header's revision for OkHook methods. So a passed-through call costs no
+// gRPC server call and no gRPC client call: that is the whole point.
+//
+// Failure: while etcd cannot be reached, pass-through methods run through the
+// chain (whose remote backend fails over). A request whose connection to etcd
+// broke before an answer is sent again through the chain when that is safe
+// (the connection never came up, or the method is read-only); otherwise the
+// client gets UNAVAILABLE, as from the remote backend.
+//
+// Flow control is end to end: a client's window is opened only as its bytes
+// leave for etcd, and etcd's only as they leave for the client.
+//
+// One thread runs an epoll loop over every connection (loop-confined state);
+// Serve() and Stop() may be called from any thread.
+class FrameRelay {
+ public:
+  explicit FrameRelay(FrameRelayOptions options);
+  ~FrameRelay();  // Stop()s
+  FrameRelay(const FrameRelay&) = delete;
+  FrameRelay& operator=(const FrameRelay&) = delete;
+
+  // Starts the loop thread. Unavailable when epoll or eventfd fail.
+  absl::Status Start();
+
+  // Takes ownership of a connected client socket whose first bytes are the
+  // HTTP/2 preface (still unread). Closes it if the relay is stopped.
+  void Serve(int fd);
+
+  // Sends GOAWAY to every client, lets open streams finish for up to `grace`,
+  // then closes every connection and joins the thread. Idempotent.
+  void Stop(absl::Duration grace);
+
+  // The loop's state (frame_relay.cc); named here only so that the file's
+  // nghttp2 callbacks can reach it.
+  struct Loop;
+
+ private:
+  std::unique_ptr<Loop> loop_;
+};
+
+}  // namespace keel::proxy::grpcproxy
