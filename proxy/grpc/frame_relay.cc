@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -60,28 +61,62 @@ constexpr int kGrpcUnavailable = 14;
 
 spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
 
-struct Header {
-  std::string name;
-  std::string value;
-};
-using Headers = std::vector<Header>;
+// A header block as nghttp2 received it: its name and value buffers are
+// referenced, not copied, and handed back to nghttp2 as they are.
+class Headers {
+ public:
+  Headers() = default;
+  Headers(const Headers&) = delete;
+  Headers& operator=(const Headers&) = delete;
+  ~Headers() { Clear(); }
 
-std::vector<nghttp2_nv> ToNv(const Headers& headers) {
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(headers.size());
-  for (const Header& h : headers) {
-    nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(h.name.data())),
-                  reinterpret_cast<uint8_t*>(const_cast<char*>(h.value.data())), h.name.size(),
-                  h.value.size(), NGHTTP2_NV_FLAG_NONE});
+  void Add(nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
+    nghttp2_rcbuf_incref(name);
+    nghttp2_rcbuf_incref(value);
+    bufs_.push_back(name);
+    bufs_.push_back(value);
+    const nghttp2_vec n = nghttp2_rcbuf_get_buf(name);
+    const nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
+    nv_.push_back({n.base, v.base, n.len, v.len, NGHTTP2_NV_FLAG_NONE});
   }
-  return nv;
+  void Clear() {
+    for (nghttp2_rcbuf* b : bufs_) nghttp2_rcbuf_decref(b);
+    bufs_.clear();
+    nv_.clear();
+  }
+  // The value of the first field called `name`, if any.
+  std::optional<std::string_view> Find(std::string_view name) const {
+    for (const nghttp2_nv& nv : nv_) {
+      if (std::string_view(reinterpret_cast<const char*>(nv.name), nv.namelen) == name) {
+        return std::string_view(reinterpret_cast<const char*>(nv.value), nv.valuelen);
+      }
+    }
+    return std::nullopt;
+  }
+  const nghttp2_nv* data() const { return nv_.data(); }
+  size_t size() const { return nv_.size(); }
+
+ private:
+  std::vector<nghttp2_rcbuf*> bufs_;
+  std::vector<nghttp2_nv> nv_;
+};
+
+nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
+  return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+          reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
+          NGHTTP2_NV_FLAG_NONE};
 }
 
-const std::string* FindHeader(const Headers& headers, std::string_view name) {
-  for (const Header& h : headers) {
-    if (h.name == name) return &h.value;
+// The gRPC status code in a trailer block; UNKNOWN (2) without a valid one.
+int GrpcStatusOf(const Headers& headers) {
+  int code = 2;
+  std::optional<std::string_view> status = headers.Find("grpc-status");
+  if (!status.has_value() ||
+      !absl::SimpleAtoi(absl::string_view(status->data(), status->size()), &code) || code < 0 ||
+      code > 16) {
+    return 2;
   }
-  return nullptr;
+  return code;
 }
 
 // Follows the gRPC length-prefixed messages of one direction of a stream.
@@ -291,13 +326,12 @@ struct FrameRelay::Loop {
   void FailToClient(Stream* s, int grpc_code, std::string_view message);
   void MaybeFree(Stream* s);
   void PeerEnded(Stream* s, uint32_t error_code, bool replay_safe);
-  void Finished(Stream* s, const Headers& status_headers);
+  void Finished(Stream* s, int grpc_code);
 
   // nghttp2 callbacks; user_data is the Conn.
   static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
-  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
-                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t flags,
-                      void* user_data);
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, nghttp2_rcbuf* name,
+                      nghttp2_rcbuf* value, uint8_t flags, void* user_data);
   static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
   static int OnDataChunk(nghttp2_session*, uint8_t flags, int32_t stream_id, const uint8_t* data,
                          size_t len, void* user_data);
@@ -336,7 +370,7 @@ absl::Status FrameRelay::Start() {
 
   nghttp2_session_callbacks_new(&l.callbacks);
   nghttp2_session_callbacks_set_on_begin_headers_callback(l.callbacks, &Loop::OnBeginHeaders);
-  nghttp2_session_callbacks_set_on_header_callback(l.callbacks, &Loop::OnHeader);
+  nghttp2_session_callbacks_set_on_header_callback2(l.callbacks, &Loop::OnHeader);
   nghttp2_session_callbacks_set_on_frame_recv_callback(l.callbacks, &Loop::OnFrameRecv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(l.callbacks, &Loop::OnDataChunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(l.callbacks, &Loop::OnStreamClose);
@@ -677,14 +711,14 @@ Conn* FrameRelay::Loop::InternalFor(Conn* client) {
 }
 
 void FrameRelay::Loop::Route(Stream* s) {
-  const std::string* path = FindHeader(s->request_headers, ":path");
-  s->route = path != nullptr ? options.routes->Find(*path) : nullptr;
+  std::optional<std::string_view> path = s->request_headers.Find(":path");
+  s->route = path.has_value() ? options.routes->Find(*path) : nullptr;
   bool to_upstream = s->route != nullptr && s->route->pass_through;
   if (to_upstream) {
     // A compressed request may get a compressed answer, whose header the
     // OkHook could not read: leave those to the chain.
-    const std::string* encoding = FindHeader(s->request_headers, "grpc-encoding");
-    if (encoding != nullptr && *encoding != "identity") to_upstream = false;
+    std::optional<std::string_view> encoding = s->request_headers.Find("grpc-encoding");
+    if (encoding.has_value() && *encoding != "identity") to_upstream = false;
   }
   if (to_upstream) {
     // Wait for the first message's size: an oversize one goes through the
@@ -715,13 +749,12 @@ void FrameRelay::Loop::Route(Stream* s) {
 }
 
 void FrameRelay::Loop::Submit(Stream* s, Conn* peer) {
-  std::vector<nghttp2_nv> nv = ToNv(s->request_headers);
   nghttp2_data_provider provider{};
   provider.source.ptr = s;
   provider.read_callback = &Loop::ReadUp;
   s->up_sent = s->up_base;
-  const int32_t id = nghttp2_submit_request(peer->session, nullptr, nv.data(), nv.size(),
-                                            &provider, s);
+  const int32_t id = nghttp2_submit_request(peer->session, nullptr, s->request_headers.data(),
+                                            s->request_headers.size(), &provider, s);
   if (id < 0) {
     FailToClient(s, kGrpcUnavailable, "keel: cannot open a stream to the backend");
     return;
@@ -737,8 +770,8 @@ void FrameRelay::Loop::Replay(Stream* s) {
   if (replays != nullptr) replays->Increment();
   s->to_upstream = false;
   // Whatever the broken attempt had begun to answer is dropped.
-  s->response_headers.clear();
-  s->trailers.clear();
+  s->response_headers.Clear();
+  s->trailers.Clear();
   s->have_trailers = false;
   s->down.clear();
   s->down_base = s->down_sent = s->down_consumed = 0;
@@ -759,13 +792,11 @@ void FrameRelay::Loop::FailToClient(Stream* s, int grpc_code, std::string_view m
                               NGHTTP2_INTERNAL_ERROR);
   } else {
     s->response_submitted = true;
-    const Headers headers = {{":status", "200"},
-                             {"content-type", "application/grpc"},
-                             {"grpc-status", std::to_string(grpc_code)},
-                             {"grpc-message", std::string(message)}};
-    std::vector<nghttp2_nv> nv = ToNv(headers);
-    nghttp2_submit_response(s->client->session, s->client_id, nv.data(), nv.size(), nullptr);
-    if (s->to_upstream) Finished(s, headers);
+    const std::string code = std::to_string(grpc_code);
+    const nghttp2_nv nv[] = {MakeNv(":status", "200"), MakeNv("content-type", "application/grpc"),
+                             MakeNv("grpc-status", code), MakeNv("grpc-message", message)};
+    if (s->to_upstream) Finished(s, grpc_code);
+    nghttp2_submit_response(s->client->session, s->client_id, nv, 4, nullptr);
   }
   MarkDirty(s->client);
 }
@@ -799,12 +830,8 @@ void FrameRelay::Loop::PeerEnded(Stream* s, uint32_t error_code, bool replay_saf
   MaybeFree(s);
 }
 
-void FrameRelay::Loop::Finished(Stream* s, const Headers& status_headers) {
+void FrameRelay::Loop::Finished(Stream* s, int code) {
   if (!s->to_upstream || s->route == nullptr) return;
-  int code = 2;  // UNKNOWN without a grpc-status
-  if (const std::string* status = FindHeader(status_headers, "grpc-status")) {
-    if (!absl::SimpleAtoi(*status, &code) || code < 0 || code > 16) code = 2;
-  }
   if (code == 0 && s->route->on_ok != OkHook::kNone && options.on_ok) {
     options.on_ok(s->route->on_ok, HeaderRevision(s->down_scan.head()));
   }
@@ -834,20 +861,18 @@ int FrameRelay::Loop::OnBeginHeaders(nghttp2_session* session, const nghttp2_fra
 }
 
 int FrameRelay::Loop::OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
-                               const uint8_t* name, size_t namelen, const uint8_t* value,
-                               size_t valuelen, uint8_t, void* user_data) {
+                               nghttp2_rcbuf* name, nghttp2_rcbuf* value, uint8_t,
+                               void* user_data) {
   auto* c = static_cast<Conn*>(user_data);
   if (frame->hd.type != NGHTTP2_HEADERS) return 0;
   auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
   if (s == nullptr) return 0;
-  Header h{std::string(reinterpret_cast<const char*>(name), namelen),
-           std::string(reinterpret_cast<const char*>(value), valuelen)};
   if (c->kind == ConnKind::kClient) {
-    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) s->request_headers.push_back(std::move(h));
+    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) s->request_headers.Add(name, value);
   } else if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
-    s->response_headers.push_back(std::move(h));
+    s->response_headers.Add(name, value);
   } else if (frame->headers.cat == NGHTTP2_HCAT_HEADERS) {
-    s->trailers.push_back(std::move(h));
+    s->trailers.Add(name, value);
   }
   return 0;
 }
@@ -878,16 +903,17 @@ int FrameRelay::Loop::OnFrameRecv(nghttp2_session* session, const nghttp2_frame*
   if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
     if (!s->client_open || s->client == nullptr || s->response_submitted) return 0;
     s->response_submitted = true;
-    std::vector<nghttp2_nv> nv = ToNv(s->response_headers);
     if (end_stream) {  // trailers-only
       s->down_eof = true;
-      l->Finished(s, s->response_headers);
-      nghttp2_submit_response(s->client->session, s->client_id, nv.data(), nv.size(), nullptr);
+      l->Finished(s, GrpcStatusOf(s->response_headers));
+      nghttp2_submit_response(s->client->session, s->client_id, s->response_headers.data(),
+                              s->response_headers.size(), nullptr);
     } else {
       nghttp2_data_provider provider{};
       provider.source.ptr = s;
       provider.read_callback = &Loop::ReadDown;
-      nghttp2_submit_response(s->client->session, s->client_id, nv.data(), nv.size(), &provider);
+      nghttp2_submit_response(s->client->session, s->client_id, s->response_headers.data(),
+                              s->response_headers.size(), &provider);
     }
     l->MarkDirty(s->client);
     return 0;
@@ -897,7 +923,7 @@ int FrameRelay::Loop::OnFrameRecv(nghttp2_session* session, const nghttp2_frame*
   }
   if (end_stream) {
     s->down_eof = true;
-    l->Finished(s, s->have_trailers ? s->trailers : Headers{});
+    l->Finished(s, s->have_trailers ? GrpcStatusOf(s->trailers) : 2);
     if (s->client_open && s->client != nullptr) {
       nghttp2_session_resume_data(s->client->session, s->client_id);
       l->MarkDirty(s->client);
@@ -1050,8 +1076,7 @@ ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* b
       *data_flags |= NGHTTP2_DATA_FLAG_EOF;
       if (s->have_trailers) {
         *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-        std::vector<nghttp2_nv> nv = ToNv(s->trailers);
-        nghttp2_submit_trailer(session, s->client_id, nv.data(), nv.size());
+        nghttp2_submit_trailer(session, s->client_id, s->trailers.data(), s->trailers.size());
       }
     } else if (n == 0) {
       return NGHTTP2_ERR_DEFERRED;

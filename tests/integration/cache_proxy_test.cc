@@ -44,20 +44,6 @@ std::string LastErrorLine(const CommandResult& r) {
   return err.substr(err.rfind('\n') + 1);
 }
 
-// A counter's or gauge's value in a Prometheus text page; nullopt if absent.
-std::optional<double> MetricValue(const std::string& page, const std::string& name) {
-  const std::string needle = "\n" + name + " ";
-  size_t at = page.find(needle);
-  if (at == std::string::npos) return std::nullopt;
-  return std::stod(page.substr(at + needle.size()));
-}
-
-std::optional<double> ProxyMetric(const GrpcProxyProcess& proxy, const std::string& name) {
-  std::optional<HttpResult> r = HttpCall(proxy.port(), "GET", "/metrics");
-  if (!r.has_value() || r->status != 200) return std::nullopt;
-  return MetricValue("\n" + r->body, name);
-}
-
 class CacheProxyTest : public ::testing::Test {
  protected:
   void SetUp() override {

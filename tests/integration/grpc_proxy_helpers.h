@@ -7,10 +7,12 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "tests/integration/gateway_helpers.h"
 #include "tests/testutil/process.h"
 
 namespace keel::testutil {
@@ -51,5 +53,21 @@ class GrpcProxyProcess {
   int port_ = 0;
   std::unique_ptr<Subprocess> process_;
 };
+
+// A counter's or gauge's value in a Prometheus text page (the series written
+// exactly as `name`, labels included); nullopt if absent.
+inline std::optional<double> MetricValue(const std::string& page, const std::string& name) {
+  const std::string needle = "\n" + name + " ";
+  const size_t at = ("\n" + page).find(needle);
+  if (at == std::string::npos) return std::nullopt;
+  return std::stod(("\n" + page).substr(at + needle.size()));
+}
+
+// MetricValue from the proxy's /metrics on its listen port.
+inline std::optional<double> ProxyMetric(const GrpcProxyProcess& proxy, const std::string& name) {
+  std::optional<HttpResult> r = HttpCall(proxy.port(), "GET", "/metrics");
+  if (!r.has_value() || r->status != 200) return std::nullopt;
+  return MetricValue(r->body, name);
+}
 
 }  // namespace keel::testutil
