@@ -760,6 +760,24 @@ void CachingBackend::NoteWriteAcknowledged(int64_t revision) {
   state_->acknowledged = std::max(state_->acknowledged, revision);
 }
 
+std::optional<RangeResponse> CachingBackend::TryServeSerializable(const RangeRequest& request) {
+  if (!request.serializable() || !RangeCache::Cacheable(request)) return std::nullopt;
+  std::optional<RangeResponse> hit;
+  {
+    // Serve()'s rules for a token-less serializable read, without the fill.
+    absl::MutexLock lock(&state_->mu);
+    const absl::Time now = absl::Now();
+    state_->last_read = now;
+    if (state_->ProbeDue(now)) state_->kick = true;
+    RangeCache& cache = state_->cache;
+    if (cache.live() && cache.applied_revision() >= state_->acknowledged && state_->Fresh(now)) {
+      hit = cache.Lookup("", request);
+    }
+  }
+  if (hit.has_value()) Increment(state_->hits);
+  return hit;
+}
+
 void CachingBackend::FlushForAuthChange() {
   absl::MutexLock lock(&state_->mu);
   state_->cache.Flush();

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "absl/time/time.h"
@@ -160,6 +161,14 @@ class CachingBackend final : public api::ForwardingBackend {
   // successful Auth* change. Thread-safe.
   void NoteWriteAcknowledged(int64_t revision);
   void FlushForAuthChange();
+
+  // A serializable, token-less, non-hasleader Range answered at once when
+  // the rules above allow a hit (counted as a hit); nullopt otherwise (the
+  // caller then sends the Range through Range(), where it is counted).
+  // Never blocks on the network: for callers that cannot wait (the frame
+  // relay's loop). Thread-safe.
+  std::optional<::etcdserverpb::RangeResponse> TryServeSerializable(
+      const ::etcdserverpb::RangeRequest& request);
 
   // Auth changes: forwarded unchanged; a success flushes the cache
   // (permissions changed, and no event reports it).

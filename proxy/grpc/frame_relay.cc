@@ -216,6 +216,7 @@ struct Stream {
   bool peer_open = false;
   bool response_submitted = false;
   bool have_trailers = false;
+  bool local_ok = false;  // answered by the relay: trailers are grpc-status 0
 
   // Client -> peer. `up` holds the bytes from absolute offset up_base on.
   std::string up;
@@ -251,7 +252,8 @@ struct Conn {
   bool polling_out = false;
   bool dirty = false;
   bool dead = false;
-  bool goaway = false;  // upstream: no new streams
+  bool goaway = false;  // upstream or internal: no new streams
+  std::string endpoint;  // upstream: "host:port"
   absl::flat_hash_set<Stream*> streams;
   Conn* internal = nullptr;  // client: its connection to the chain
   Conn* owner = nullptr;     // internal: its client
@@ -269,6 +271,8 @@ struct FrameRelay::Loop {
                                             {{"route", "etcd"}});
       to_chain = options.metrics->GetCounter("keel_grpc_relay_streams_total", help,
                                              {{"route", "chain"}});
+      from_cache = options.metrics->GetCounter("keel_grpc_relay_streams_total", help,
+                                               {{"route", "cache"}});
       replays = options.metrics->GetCounter(
           "keel_grpc_relay_replays_total",
           "Requests sent again through the chain after the connection to etcd broke.");
@@ -279,6 +283,7 @@ struct FrameRelay::Loop {
   common::Counter* to_etcd = nullptr;
   common::Counter* to_chain = nullptr;
   common::Counter* replays = nullptr;
+  common::Counter* from_cache = nullptr;
   int epfd = -1;
   int wakefd = -1;
   std::thread thread;
@@ -293,6 +298,9 @@ struct FrameRelay::Loop {
   absl::flat_hash_set<Conn*> conns;
   std::vector<Conn*> dirty;
   std::vector<Conn*> dying;
+  // Destroyed connections, freed once Settle() is done (the dirty list and
+  // this round's events may still name them).
+  std::vector<Conn*> graveyard;
   Conn* upstream = nullptr;
   Clock::time_point upstream_down_until = Clock::time_point::min();
   nghttp2_session_callbacks* callbacks = nullptr;
@@ -321,6 +329,7 @@ struct FrameRelay::Loop {
   Conn* Upstream();
   Conn* InternalFor(Conn* client);
   void Route(Stream* s);
+  bool AnswerFromCache(Stream* s);
   void Submit(Stream* s, Conn* peer);
   void Replay(Stream* s);
   void FailToClient(Stream* s, int grpc_code, std::string_view message);
@@ -402,8 +411,8 @@ void FrameRelay::Stop(absl::Duration grace) {
     std::lock_guard<std::mutex> lock(l.mu);
     if (!l.stop_requested) {
       l.stop_requested = true;
-      l.stop_deadline =
-          Clock::now() + std::chrono::milliseconds(absl::ToInt64Milliseconds(grace));
+      l.stop_deadline = Clock::now() + std::chrono::milliseconds(absl::ToInt64Milliseconds(
+                                           std::min(grace, absl::Hours(1))));
     }
   }
   if (l.thread.joinable()) {
@@ -512,6 +521,8 @@ void FrameRelay::Loop::Settle() {
       if (!c->dead) Flush(c);
     }
   }
+  for (Conn* c : graveyard) delete c;
+  graveyard.clear();
 }
 
 Conn* FrameRelay::Loop::NewConn(ConnKind kind, int fd, bool server) {
@@ -598,7 +609,8 @@ void FrameRelay::Loop::Flush(Conn* c) {
       c->out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
     }
     if (c->out.size() == c->out_off) break;
-    const ssize_t w = write(c->fd, c->out.data() + c->out_off, c->out.size() - c->out_off);
+    const ssize_t w =
+        send(c->fd, c->out.data() + c->out_off, c->out.size() - c->out_off, MSG_NOSIGNAL);
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
@@ -613,6 +625,10 @@ void FrameRelay::Loop::Flush(Conn* c) {
       c->out.clear();
       c->out_off = 0;
     } else {
+      if (c->out_off >= kWriteBatch) {  // keep the unsent tail only
+        c->out.erase(0, c->out_off);
+        c->out_off = 0;
+      }
       UpdatePoll(c, true);
       return;
     }
@@ -639,12 +655,19 @@ void FrameRelay::Loop::Destroy(Conn* c) {
       }
       MaybeFree(s);
     }
-    if (c->internal != nullptr) {
-      c->internal->owner = nullptr;
-      Kill(c->internal);  // its gRPC server connection ends, cancelling its calls
+    // Its connections to the chain end (the gRPC server cancels their calls),
+    // including any it had before the current one.
+    for (Conn* other : conns) {
+      if (other->kind == ConnKind::kInternal && other->owner == c) {
+        other->owner = nullptr;
+        Kill(other);
+      }
     }
+    c->internal = nullptr;
   } else {
-    if (c->kind == ConnKind::kInternal && c->owner != nullptr) c->owner->internal = nullptr;
+    if (c->kind == ConnKind::kInternal && c->owner != nullptr && c->owner->internal == c) {
+      c->owner->internal = nullptr;
+    }
     if (c->kind == ConnKind::kUpstream && !c->ever_connected) {
       upstream_down_until = Clock::now() + kUpstreamRetry;
       KEEL_LOG_EVENT(Log(), spdlog::level::warn,
@@ -658,15 +681,22 @@ void FrameRelay::Loop::Destroy(Conn* c) {
   epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, nullptr);
   close(c->fd);
   nghttp2_session_del(c->session);
-  delete c;
+  c->session = nullptr;
+  graveyard.push_back(c);
 }
 
 Conn* FrameRelay::Loop::Upstream() {
-  if (upstream != nullptr && !upstream->dead && !upstream->goaway) return upstream;
+  const std::string endpoint = options.upstream_endpoint ? options.upstream_endpoint() : "";
+  if (upstream != nullptr && !upstream->dead && !upstream->goaway &&
+      nghttp2_session_check_request_allowed(upstream->session) != 0) {
+    if (upstream->endpoint == endpoint) return upstream;
+    // The remote backend moved on (failover): so does the relay; the old
+    // connection finishes its streams.
+    upstream->goaway = true;
+  }
   upstream = nullptr;
   if (shutting_down) return nullptr;
   if (Clock::now() < upstream_down_until) return nullptr;
-  const std::string endpoint = options.upstream_endpoint ? options.upstream_endpoint() : "";
   absl::StatusOr<common::HostPort> host_port = common::ParseHostPort(endpoint);
   if (!host_port.ok()) return nullptr;
   addrinfo hints{};
@@ -692,12 +722,17 @@ Conn* FrameRelay::Loop::Upstream() {
   Conn* c = NewConn(ConnKind::kUpstream, fd, /*server=*/false);
   c->connected = !in_progress;
   c->ever_connected = !in_progress;
+  c->endpoint = endpoint;
   upstream = c;
   return c;
 }
 
 Conn* FrameRelay::Loop::InternalFor(Conn* client) {
-  if (client->internal != nullptr && !client->internal->dead) return client->internal;
+  Conn* current = client->internal;
+  if (current != nullptr && !current->dead && !current->goaway &&
+      nghttp2_session_check_request_allowed(current->session) != 0) {
+    return current;
+  }
   if (shutting_down) return nullptr;
   int pair[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0) {
@@ -713,6 +748,13 @@ Conn* FrameRelay::Loop::InternalFor(Conn* client) {
 void FrameRelay::Loop::Route(Stream* s) {
   std::optional<std::string_view> path = s->request_headers.Find(":path");
   s->route = path.has_value() ? options.routes->Find(*path) : nullptr;
+  if (s->route != nullptr && s->route->cache_read && options.serve_cached_range &&
+      !s->request_headers.Find("token").has_value() &&
+      !s->request_headers.Find("hasleader").has_value()) {
+    // The whole (small) request first.
+    if (!s->up_eof && s->up_total() <= kReplayLimit) return;
+    if (s->up_eof && AnswerFromCache(s)) return;
+  }
   bool to_upstream = s->route != nullptr && s->route->pass_through;
   if (to_upstream) {
     // A compressed request may get a compressed answer, whose header the
@@ -742,10 +784,50 @@ void FrameRelay::Loop::Route(Stream* s) {
   if (to_upstream) {
     if (to_etcd != nullptr) to_etcd->Increment();
     s->route->metrics->Started();
+    for (; s->received_counted < s->up_scan.messages(); ++s->received_counted) {
+      s->route->metrics->Received();
+    }
   } else if (to_chain != nullptr) {
     to_chain->Increment();
   }
   Submit(s, peer);
+}
+
+// Answers a unary cache_read call from the cache when it can.
+bool FrameRelay::Loop::AnswerFromCache(Stream* s) {
+  const int64_t length = s->up_scan.first_length();
+  if (s->up_scan.messages() != 1 || s->up_scan.first_compressed() || s->up_base != 0 ||
+      s->up.size() != kGrpcPrefix + static_cast<uint64_t>(length)) {
+    return false;
+  }
+  std::optional<std::string> body = options.serve_cached_range(
+      std::string_view(s->up.data() + kGrpcPrefix, static_cast<size_t>(length)));
+  if (!body.has_value()) return false;
+  s->routed = true;
+  s->local_ok = true;
+  s->response_submitted = true;
+  s->down_eof = true;
+  const uint32_t n = static_cast<uint32_t>(body->size());
+  const char prefix[kGrpcPrefix] = {0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
+                                    static_cast<char>(n >> 8), static_cast<char>(n)};
+  s->down.assign(prefix, kGrpcPrefix);
+  s->down.append(*body);
+  // The request will not leave: its window goes back now.
+  nghttp2_session_consume(s->client->session, s->client_id, s->up_total() - s->up_consumed);
+  s->up_consumed = s->up_total();
+  api::server::MethodMetrics& metrics = *s->route->metrics;
+  metrics.Started();
+  metrics.Received();
+  metrics.Sent();
+  metrics.Handled(grpc::StatusCode::OK);
+  if (from_cache != nullptr) from_cache->Increment();
+  const nghttp2_nv nv[] = {MakeNv(":status", "200"), MakeNv("content-type", "application/grpc")};
+  nghttp2_data_provider provider{};
+  provider.source.ptr = s;
+  provider.read_callback = &Loop::ReadDown;
+  nghttp2_submit_response(s->client->session, s->client_id, nv, 2, &provider);
+  MarkDirty(s->client);
+  return true;
 }
 
 void FrameRelay::Loop::Submit(Stream* s, Conn* peer) {
@@ -806,8 +888,8 @@ void FrameRelay::Loop::FailToClient(Stream* s, int grpc_code, std::string_view m
 void FrameRelay::Loop::PeerEnded(Stream* s, uint32_t error_code, bool replay_safe) {
   s->peer_open = false;
   s->peer = nullptr;
-  if (s->client_open && !s->response_submitted && s->to_upstream && s->replayable &&
-      (replay_safe || s->route->read_only)) {
+  if (s->client_open && !s->response_submitted && s->replayable &&
+      (replay_safe || (s->to_upstream && s->route->read_only))) {
     Replay(s);
     return;
   }
@@ -882,7 +964,7 @@ int FrameRelay::Loop::OnFrameRecv(nghttp2_session* session, const nghttp2_frame*
   auto* c = static_cast<Conn*>(user_data);
   Loop* l = current_loop;
   if (frame->hd.type == NGHTTP2_GOAWAY) {
-    if (c->kind == ConnKind::kUpstream) c->goaway = true;
+    if (c->kind != ConnKind::kClient) c->goaway = true;
     return 0;
   }
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
@@ -942,6 +1024,11 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
     return 0;
   }
   if (c->kind == ConnKind::kClient) {
+    if (s->routed && !s->peer_open) {
+      // Answered or failed already: nobody will send these on.
+      nghttp2_session_consume(session, stream_id, len);
+      return 0;
+    }
     s->up.append(reinterpret_cast<const char*>(data), len);
     s->up_scan.Feed(data, len);
     if (s->replayable && s->up_total() > kReplayLimit) s->replayable = false;
@@ -955,11 +1042,16 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
     } else if (s->peer_open) {
       nghttp2_session_resume_data(s->peer->session, s->peer_id);
       l->MarkDirty(s->peer);
-    } else {
-      // Nobody will send these on: give the window back at once.
-      nghttp2_session_consume(session, stream_id, len);
-      s->up_consumed += len;
     }
+    return 0;
+  }
+  // From the peer. Its connection window is shared by every client's streams
+  // (the connection to etcd): it is given back on receipt, so that one slow
+  // client cannot stall the others; the stream window, given back as bytes
+  // leave for the client, still bounds what is held per stream.
+  nghttp2_session_consume_connection(session, len);
+  if (s->peer != c || s->peer_id != stream_id || !s->client_open || s->client == nullptr) {
+    nghttp2_session_consume_stream(session, stream_id, len);
     return 0;
   }
   s->down.append(reinterpret_cast<const char*>(data), len);
@@ -969,13 +1061,8 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
       s->route->metrics->Sent();
     }
   }
-  if (s->client_open && s->client != nullptr) {
-    nghttp2_session_resume_data(s->client->session, s->client_id);
-    l->MarkDirty(s->client);
-  } else {
-    nghttp2_session_consume(session, stream_id, len);
-    s->down_consumed += len;
-  }
+  nghttp2_session_resume_data(s->client->session, s->client_id);
+  l->MarkDirty(s->client);
   return 0;
 }
 
@@ -1004,10 +1091,7 @@ int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
   }
   if (s->peer != c || s->peer_id != stream_id) return 0;  // an earlier attempt's stream
   c->streams.erase(s);
-  if (s->down_total() > s->down_consumed) {
-    nghttp2_session_consume_connection(session, s->down_total() - s->down_consumed);
-    s->down_consumed = s->down_total();
-  }
+  s->down_consumed = s->down_total();  // the connection window was given back on receipt
   if (error_code == NGHTTP2_NO_ERROR && s->down_eof) {
     s->peer_open = false;
     s->peer = nullptr;
@@ -1061,7 +1145,8 @@ ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* b
     s->down_sent += n;
     if (s->down_sent > s->down_consumed) {
       if (s->peer_open && s->peer != nullptr) {
-        nghttp2_session_consume(s->peer->session, s->peer_id, s->down_sent - s->down_consumed);
+        nghttp2_session_consume_stream(s->peer->session, s->peer_id,
+                                       s->down_sent - s->down_consumed);
         l->MarkDirty(s->peer);
       }
       s->down_consumed = s->down_sent;
@@ -1077,6 +1162,10 @@ ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* b
       if (s->have_trailers) {
         *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         nghttp2_submit_trailer(session, s->client_id, s->trailers.data(), s->trailers.size());
+      } else if (s->local_ok) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        const nghttp2_nv ok[] = {MakeNv("grpc-status", "0")};
+        nghttp2_submit_trailer(session, s->client_id, ok, 1);
       }
     } else if (n == 0) {
       return NGHTTP2_ERR_DEFERRED;

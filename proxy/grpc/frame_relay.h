@@ -3,7 +3,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -25,6 +27,11 @@ struct FrameRelayOptions {
   // OkHook, before the client sees the answer. `revision` is the response
   // header's revision (0 when it has none).
   std::function<void(OkHook hook, int64_t revision)> on_ok;
+  // For RelayRoute::cache_read methods (Range with the cache on): given the
+  // request message of a token-less, non-hasleader call, the serialized
+  // response when the cache can answer at once, nullopt to send the call
+  // through the chain. Runs on the relay thread; must not block.
+  std::function<std::optional<std::string>(std::string_view request)> serve_cached_range;
   // Advertised to clients (SETTINGS_MAX_CONCURRENT_STREAMS).
   uint32_t max_concurrent_streams = UINT32_MAX;
   // A request whose first message is larger runs through the chain, which
@@ -39,7 +46,8 @@ struct FrameRelayOptions {
 // chain changes; see RelayRoutes) or to the chain's gRPC server over a
 // socketpair, one per client connection. Messages are never decoded on the
 // way, except the 5-byte gRPC prefix (sizes, counts) and the response
-// header's revision for OkHook methods. So a passed-through call costs no
+// header's revision for OkHook methods; a serializable Range the cache can
+// answer is answered by the relay itself. So a passed-through call costs no
 // gRPC server call and no gRPC client call: that is the whole point.
 //
 // Failure: while etcd cannot be reached, pass-through methods run through the

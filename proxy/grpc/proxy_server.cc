@@ -194,6 +194,16 @@ absl::Status ProxyServer::Start() {
           if (hook == OkHook::kNoteWriteRevision) cache->NoteWriteAcknowledged(revision);
           if (hook == OkHook::kFlushCache) cache->FlushForAuthChange();
         };
+        relay.serve_cached_range =
+            [cache](std::string_view message) -> std::optional<std::string> {
+          ::etcdserverpb::RangeRequest request;
+          if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
+            return std::nullopt;  // the chain's gRPC server answers a bad message
+          }
+          std::optional<::etcdserverpb::RangeResponse> hit = cache->TryServeSerializable(request);
+          if (!hit.has_value()) return std::nullopt;
+          return hit->SerializeAsString();
+        };
       }
       relay.max_concurrent_streams = config_.max_concurrent_streams;
       relay.max_send_bytes = static_cast<uint64_t>(config_.max_send_bytes);

@@ -62,6 +62,8 @@ RelayRoutes::RelayRoutes(const RelayRouteOptions& options, common::MetricsRegist
     route.read_only = ReadOnlyMethods().contains(method);
     if (note_write.contains(method)) route.on_ok = OkHook::kNoteWriteRevision;
     if (flush_cache.contains(method)) route.on_ok = OkHook::kFlushCache;
+    // Not under a namespace: the cache holds prefixed keys below it.
+    route.cache_read = options.cache && !options.namespaced && method == "Range";
     route.metrics = &metrics_.back();
     routes_.emplace("/" + std::string(service) + "/" + std::string(method), route);
   };

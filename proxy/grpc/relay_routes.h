@@ -31,6 +31,9 @@ struct RelayRoute {
   // retries the same ones).
   bool read_only = false;
   OkHook on_ok = OkHook::kNone;
+  // Range with the cache on: a token-less serializable read may be answered
+  // by the relay itself from the cache (FrameRelayOptions::serve_cached_range).
+  bool cache_read = false;
   // The go-grpc-prometheus counters of the method, shared with the front.
   api::server::MethodMetrics* metrics = nullptr;
 };

@@ -114,6 +114,26 @@ TEST_F(FrameRelayTest, SerializableReadsSeePassedThroughWrites) {
   EXPECT_GE(Metric(*proxy, kToEtcd), rounds);
 }
 
+// With --namespace the relay never answers from the cache itself (the cache
+// holds prefixed keys below the namespace layer): a key that looks like a
+// cached, prefixed key is still read inside the namespace.
+TEST_F(FrameRelayTest, NamespacedReadsNeverHitTheRawCache) {
+  auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0), "--namespace=ns/"});
+  const std::string p = proxy->addr();
+  ASSERT_EQ(EtcdCluster::Etcdctl(p, {"put", "k", "v"}).out, "OK\n");
+  // Warm the cache with ns/k (through the namespace) for a while.
+  const auto until = std::chrono::steady_clock::now() + seconds(2);
+  while (std::chrono::steady_clock::now() < until) {
+    ASSERT_EQ(EtcdCluster::Etcdctl(p, {"get", "k", "--consistency=s", "--print-value-only"}).out,
+              "v\n");
+  }
+  // "ns/k" inside the namespace is etcd's "ns/ns/k": absent.
+  CommandResult r = EtcdCluster::Etcdctl(p, {"get", "ns/k", "--consistency=s"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(Metric(*proxy, "keel_grpc_relay_streams_total{route=\"cache\"}"), 0);
+}
+
 // A value near etcd's request limit crosses the relay both ways (many DATA
 // frames, windows opened as bytes leave) and comes back byte for byte.
 TEST_F(FrameRelayTest, LargeValuesCrossBothWindows) {

@@ -37,6 +37,8 @@ TEST(RelayRoutesTest, WithoutLayersOnlyCoalescingAndTheClusterViewUseTheChain) {
 TEST(RelayRoutesTest, CacheKeepsRangeAndHooksWritesAndAuthChanges) {
   RelayRoutes routes({/*cache=*/true, /*namespaced=*/false}, nullptr);
   EXPECT_FALSE(Route(routes, "/etcdserverpb.KV/Range").pass_through);
+  EXPECT_TRUE(Route(routes, "/etcdserverpb.KV/Range").cache_read);
+  EXPECT_FALSE(Route(routes, "/etcdserverpb.KV/Txn").cache_read);
   for (const char* path : {"/etcdserverpb.KV/Put", "/etcdserverpb.KV/DeleteRange",
                            "/etcdserverpb.KV/Txn", "/etcdserverpb.KV/Compact",
                            "/etcdserverpb.Lease/LeaseRevoke", "/v3lockpb.Lock/Lock",
@@ -71,6 +73,15 @@ TEST(RelayRoutesTest, NamespaceKeepsEveryKeyedMethodInTheChain) {
                            "/etcdserverpb.Auth/UserAdd"}) {
     EXPECT_TRUE(Route(routes, path).pass_through) << path;
   }
+}
+
+// The cache sits below the namespace layer and holds prefixed keys: the
+// relay must not answer a client's raw key from it.
+TEST(RelayRoutesTest, NoCacheReadsUnderANamespace) {
+  RelayRoutes routes({/*cache=*/true, /*namespaced=*/true}, nullptr);
+  EXPECT_FALSE(Route(routes, "/etcdserverpb.KV/Range").cache_read);
+  EXPECT_FALSE(Route(routes, "/etcdserverpb.KV/Range").pass_through);
+  EXPECT_FALSE(Route(routes, "/etcdserverpb.KV/Put").pass_through);
 }
 
 TEST(RelayRoutesTest, OnlyReadOnlyMethodsMayBeSentTwice) {
