@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -894,19 +893,15 @@ void FrameRelay::Loop::PeerEnded(Stream* s, uint32_t error_code, bool replay_saf
     return;
   }
   if (s->client_open && s->client != nullptr) {
-    if (error_code == NGHTTP2_CANCEL || error_code == NGHTTP2_REFUSED_STREAM ||
-        !s->response_submitted) {
-      if (s->response_submitted) {
-        nghttp2_submit_rst_stream(s->client->session, NGHTTP2_FLAG_NONE, s->client_id,
-                                  error_code);
-        MarkDirty(s->client);
-      } else {
-        FailToClient(s, kGrpcUnavailable, "keel: the connection to etcd was lost");
-      }
-    } else {
+    if (s->response_submitted) {
+      // Part of the answer is out: the client sees the same reset.
       nghttp2_submit_rst_stream(s->client->session, NGHTTP2_FLAG_NONE, s->client_id,
                                 error_code);
       MarkDirty(s->client);
+    } else {
+      FailToClient(s, kGrpcUnavailable,
+                   s->to_upstream ? "keel: the connection to etcd was lost"
+                                  : "keel: the connection to the proxy's backend chain was lost");
     }
   }
   MaybeFree(s);
