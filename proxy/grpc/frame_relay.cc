@@ -17,6 +17,7 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -25,12 +26,14 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "api/server/grpc_status.h"
 #include "common/logging.h"
 #include "common/tcp_listen.h"
 #include "common/url.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/status.h"
+#include "proxy/grpc/local_call.h"
 
 namespace keel::proxy::grpcproxy {
 // Not anonymous: FrameRelay::Loop (external linkage) holds these types.
@@ -57,6 +60,15 @@ constexpr size_t kGrpcPrefix = 5;
 // four varints).
 constexpr size_t kHeadCapture = 64;
 constexpr int kGrpcUnavailable = 14;
+constexpr int kGrpcResourceExhausted = 8;
+constexpr int kGrpcInternal = 13;
+// A local stream's responses are asked for (LocalCall::ReadNext) while less
+// than this is waiting to leave for its client; beyond it the coalescer's
+// own per-client queue holds them (and resyncs a client that stays behind).
+constexpr size_t kLocalBacklog = 64 * 1024;
+// At shutdown, how long the relay waits for its local streams' backends to
+// confirm their end.
+constexpr auto kLocalDrain = std::chrono::seconds(10);
 
 spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
 
@@ -100,10 +112,49 @@ class Headers {
   std::vector<nghttp2_nv> nv_;
 };
 
+// A grpc-message value: gRPC's percent-encoding of bytes outside 0x20-0x7E
+// and of '%' itself.
+std::string PercentEncoded(std::string_view message) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(message.size());
+  for (const char ch : message) {
+    const auto b = static_cast<unsigned char>(ch);
+    if (b < 0x20 || b > 0x7E || b == '%') {
+      out.push_back('%');
+      out.push_back(kHex[b >> 4]);
+      out.push_back(kHex[b & 0xF]);
+    } else {
+      out.push_back(ch);
+    }
+  }
+  return out;
+}
+
 nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
   return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
           reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
           NGHTTP2_NV_FLAG_NONE};
+}
+
+// A grpc-timeout header's value ("<up to 8 digits><unit>", unit one of
+// H M S m u n) as a duration; nullopt when it is malformed.
+std::optional<Clock::duration> GrpcTimeout(std::string_view value) {
+  if (value.size() < 2 || value.size() > 9) return std::nullopt;
+  int64_t amount = 0;
+  if (!absl::SimpleAtoi(absl::string_view(value.data(), value.size() - 1), &amount) ||
+      amount < 0) {
+    return std::nullopt;
+  }
+  switch (value.back()) {
+    case 'H': return std::chrono::hours(amount);
+    case 'M': return std::chrono::minutes(amount);
+    case 'S': return std::chrono::seconds(amount);
+    case 'm': return std::chrono::milliseconds(amount);
+    case 'u': return std::chrono::microseconds(amount);
+    case 'n': return std::chrono::nanoseconds(amount);
+    default: return std::nullopt;
+  }
 }
 
 // The gRPC status code in a trailer block; UNKNOWN (2) without a valid one.
@@ -215,7 +266,17 @@ struct Stream {
   bool peer_open = false;
   bool response_submitted = false;
   bool have_trailers = false;
-  bool local_ok = false;  // answered by the relay: trailers are grpc-status 0
+  // Answered by the relay itself (a cache hit, a local stream): the trailers
+  // it ends with; code -1 until it has one.
+  int local_code = -1;
+  std::string local_message;
+  // A local stream: its backend stream, until that stream's end was taken
+  // from the mailbox.
+  std::unique_ptr<LocalCall> local;
+  // A local stream's ReadNext is owed once its client takes what is waiting.
+  bool local_wants_read = false;
+  // A local stream's deadline (the client's grpc-timeout); max() without one.
+  Clock::time_point deadline = Clock::time_point::max();
 
   // Client -> peer. `up` holds the bytes from absolute offset up_base on.
   std::string up;
@@ -272,6 +333,8 @@ struct FrameRelay::Loop {
                                              {{"route", "chain"}});
       from_cache = options.metrics->GetCounter("keel_grpc_relay_streams_total", help,
                                                {{"route", "cache"}});
+      served_local = options.metrics->GetCounter("keel_grpc_relay_streams_total", help,
+                                                 {{"route", "local"}});
       replays = options.metrics->GetCounter(
           "keel_grpc_relay_replays_total",
           "Requests sent again through the chain after the connection to etcd broke.");
@@ -283,6 +346,7 @@ struct FrameRelay::Loop {
   common::Counter* to_chain = nullptr;
   common::Counter* replays = nullptr;
   common::Counter* from_cache = nullptr;
+  common::Counter* served_local = nullptr;
   int epfd = -1;
   int wakefd = -1;
   std::thread thread;
@@ -304,6 +368,13 @@ struct FrameRelay::Loop {
   Clock::time_point upstream_down_until = Clock::time_point::min();
   nghttp2_session_callbacks* callbacks = nullptr;
   nghttp2_option* option = nullptr;
+  // Local streams' backend events; shared with their calls, which may post
+  // after the loop is gone (it is closed then).
+  std::shared_ptr<LocalMailbox> mailbox;
+  // Local streams whose backend end has not been taken yet.
+  size_t local_calls = 0;
+  // Local streams with a deadline, soonest first.
+  std::set<std::pair<Clock::time_point, Stream*>> deadlines;
 
   void Run();
   void AddClient(int fd);
@@ -335,6 +406,15 @@ struct FrameRelay::Loop {
   void MaybeFree(Stream* s);
   void PeerEnded(Stream* s, uint32_t error_code, bool replay_safe);
   void Finished(Stream* s, int grpc_code);
+  void StartLocal(Stream* s);
+  void FeedLocal(Stream* s);
+  void TakeLocalEvents();
+  void LocalResponse(Stream* s, std::string message);
+  void LocalDone(Stream* s, const absl::Status& status);
+  void FailLocal(Stream* s, int grpc_code, std::string message);
+  void EndWithStatus(Stream* s, int grpc_code, std::string message);
+  void WaitForLocalCalls();
+  void ExpireDeadlines();
 
   // nghttp2 callbacks; user_data is the Conn.
   static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
@@ -385,6 +465,11 @@ absl::Status FrameRelay::Start() {
   nghttp2_option_new(&l.option);
   // Windows open only as bytes leave on the other side (end-to-end flow control).
   nghttp2_option_set_no_auto_window_update(l.option, 1);
+  const int wakefd = l.wakefd;
+  l.mailbox = std::make_shared<LocalMailbox>([wakefd] {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
+  });
   l.started = true;
   l.thread = std::thread([&l] { l.Run(); });
   return absl::OkStatus();
@@ -419,6 +504,8 @@ void FrameRelay::Stop(absl::Duration grace) {
     [[maybe_unused]] ssize_t n = write(l.wakefd, &one, sizeof(one));
     l.thread.join();
   }
+  // No wake-up may reach the event fd once it is closed.
+  if (l.mailbox != nullptr) l.mailbox->Close();
   for (int fd : l.incoming) close(fd);
   l.incoming.clear();
   if (l.callbacks != nullptr) nghttp2_session_callbacks_del(l.callbacks);
@@ -432,6 +519,7 @@ void FrameRelay::Stop(absl::Duration grace) {
 
 void FrameRelay::Loop::Run() {
   current_loop = this;
+  mailbox->SetReaderThread();
   std::vector<epoll_event> events(256);
   bool goaway_sent = false;
   while (true) {
@@ -464,6 +552,12 @@ void FrameRelay::Loop::Run() {
       if (open_streams == 0 || Clock::now() >= deadline) break;
       timeout_ms = 20;
     }
+    if (!deadlines.empty()) {
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(deadlines.begin()->first -
+                                                                     Clock::now());
+      const int until_deadline = static_cast<int>(std::clamp<int64_t>(wait.count(), 0, 60000));
+      timeout_ms = timeout_ms < 0 ? until_deadline : std::min(timeout_ms, until_deadline);
+    }
     const int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()), timeout_ms);
     if (n < 0 && errno != EINTR) {
       KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: epoll_wait failed",
@@ -495,7 +589,13 @@ void FrameRelay::Loop::Run() {
       }
       if ((events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) OnReadable(c);
     }
-    Settle();
+    ExpireDeadlines();
+    // Writing out may ask local streams for more (ReadNext), and their
+    // answers may come inline: until both are quiet.
+    do {
+      TakeLocalEvents();
+      Settle();
+    } while (!mailbox->Empty());
   }
   // Close everything: the chain's gRPC server sees its connections end and
   // cancels their calls; etcd sees the relayed streams end.
@@ -503,6 +603,7 @@ void FrameRelay::Loop::Run() {
   std::vector<Conn*> all(conns.begin(), conns.end());
   for (Conn* c : all) Kill(c);
   Settle();
+  WaitForLocalCalls();
   current_loop = nullptr;
 }
 
@@ -647,6 +748,7 @@ void FrameRelay::Loop::Destroy(Conn* c) {
     for (Stream* s : streams) {
       s->client = nullptr;
       s->client_open = false;
+      if (s->local != nullptr) s->local->Cancel();
       if (s->peer_open && s->peer != nullptr && !s->peer->dead) {
         nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id,
                                   NGHTTP2_CANCEL);
@@ -747,6 +849,12 @@ Conn* FrameRelay::Loop::InternalFor(Conn* client) {
 void FrameRelay::Loop::Route(Stream* s) {
   std::optional<std::string_view> path = s->request_headers.Find(":path");
   s->route = path.has_value() ? options.routes->Find(*path) : nullptr;
+  // A compressed stream is left to the chain's gRPC server.
+  if (s->route != nullptr && s->route->local && options.chain != nullptr &&
+      s->request_headers.Find("grpc-encoding").value_or("identity") == "identity") {
+    StartLocal(s);
+    return;
+  }
   if (s->route != nullptr && s->route->cache_read && options.serve_cached_range &&
       !s->request_headers.Find("token").has_value() &&
       !s->request_headers.Find("hasleader").has_value()) {
@@ -803,7 +911,7 @@ bool FrameRelay::Loop::AnswerFromCache(Stream* s) {
       std::string_view(s->up.data() + kGrpcPrefix, static_cast<size_t>(length)));
   if (!body.has_value()) return false;
   s->routed = true;
-  s->local_ok = true;
+  s->local_code = 0;
   s->response_submitted = true;
   s->down_eof = true;
   const uint32_t n = static_cast<uint32_t>(body->size());
@@ -916,8 +1024,192 @@ void FrameRelay::Loop::Finished(Stream* s, int code) {
 }
 
 void FrameRelay::Loop::MaybeFree(Stream* s) {
-  if (s->client_open || s->peer_open) return;
+  if (s->client_open || s->peer_open || s->local != nullptr) return;
+  if (s->deadline != Clock::time_point::max()) deadlines.erase({s->deadline, s});
   delete s;
+}
+
+// ----- local streams (Watch, LeaseKeepAlive) -----
+
+void FrameRelay::Loop::StartLocal(Stream* s) {
+  s->routed = true;
+  api::CallContext ctx;
+  if (std::optional<std::string_view> token = s->request_headers.Find("token")) {
+    ctx.token = std::string(*token);
+  }
+  ctx.require_leader = s->request_headers.Find("hasleader").value_or("") == "true";
+  if (std::optional<std::string_view> timeout = s->request_headers.Find("grpc-timeout")) {
+    // A malformed one is ignored, as gRPC's server does.
+    if (std::optional<Clock::duration> d = GrpcTimeout(*timeout)) {
+      const auto limit = std::chrono::hours(24 * 365);
+      s->deadline = Clock::now() + std::min<Clock::duration>(*d, limit);
+      ctx.deadline = absl::Now() + absl::FromChrono(std::min<Clock::duration>(*d, limit));
+      deadlines.emplace(s->deadline, s);
+    }
+  }
+  s->route->metrics->Started();
+  if (served_local != nullptr) served_local->Increment();
+  ++local_calls;
+  s->local = OpenLocalCall(*s->request_headers.Find(":path"), *options.chain, ctx, mailbox);
+  s->local->tag = s;
+  FeedLocal(s);
+  if (s->up_eof && s->local != nullptr) s->local->WritesDone();
+}
+
+// Writes every complete request message the client sent to the backend
+// stream. The window goes back on receipt: a message's size is checked from
+// its prefix, so what is held stays bounded by the request limit.
+void FrameRelay::Loop::FeedLocal(Stream* s) {
+  if (s->client_open && s->client != nullptr && s->up.size() > s->up_consumed) {
+    nghttp2_session_consume(s->client->session, s->client_id, s->up.size() - s->up_consumed);
+    MarkDirty(s->client);
+  }
+  size_t offset = 0;
+  while (s->local != nullptr && s->local_code < 0 && s->up.size() - offset >= kGrpcPrefix) {
+    const auto* p = reinterpret_cast<const uint8_t*>(s->up.data() + offset);
+    const uint64_t length = (uint64_t{p[1]} << 24) | (uint64_t{p[2]} << 16) |
+                            (uint64_t{p[3]} << 8) | uint64_t{p[4]};
+    if (length > options.max_request_bytes) {
+      // gRPC's own words for its receive limit.
+      FailLocal(s, kGrpcResourceExhausted,
+                absl::StrCat("grpc: received message larger than max (", length, " vs. ",
+                             options.max_request_bytes, ")"));
+      break;
+    }
+    if (s->up.size() - offset - kGrpcPrefix < length) break;
+    const std::string_view message(s->up.data() + offset + kGrpcPrefix, length);
+    if (p[0] != 0 || !s->local->Write(message)) {
+      FailLocal(s, kGrpcInternal,
+                p[0] != 0 ? "keel: a compressed message without grpc-encoding"
+                          : "keel: the request message could not be decoded");
+      break;
+    }
+    s->route->metrics->Received();
+    offset += kGrpcPrefix + length;
+  }
+  if (s->local == nullptr || s->local_code >= 0) offset = s->up.size();
+  s->up.erase(0, offset);
+  s->up_consumed = s->up.size();
+}
+
+void FrameRelay::Loop::TakeLocalEvents() {
+  while (true) {
+    std::vector<LocalEvent> events = mailbox->Take();
+    if (events.empty()) return;
+    for (LocalEvent& event : events) {
+      auto* s = static_cast<Stream*>(event.call->tag);
+      if (event.done.has_value()) {
+        LocalDone(s, *event.done);
+      } else {
+        LocalResponse(s, std::move(event.message));
+      }
+    }
+  }
+}
+
+void FrameRelay::Loop::LocalResponse(Stream* s, std::string message) {
+  // The client is gone (its stream was cancelled, the end follows) or was
+  // already given a status: nobody takes this.
+  if (!s->client_open || s->client == nullptr || s->down_eof) return;
+  s->route->metrics->Sent();
+  if (s->down.empty()) {
+    s->down = std::move(message);
+  } else {
+    s->down.append(message);
+  }
+  if (!s->response_submitted) {
+    s->response_submitted = true;
+    const nghttp2_nv nv[] = {MakeNv(":status", "200"), MakeNv("content-type", "application/grpc")};
+    nghttp2_data_provider provider{};
+    provider.source.ptr = s;
+    provider.read_callback = &Loop::ReadDown;
+    nghttp2_submit_response(s->client->session, s->client_id, nv, 2, &provider);
+  } else {
+    nghttp2_session_resume_data(s->client->session, s->client_id);
+  }
+  MarkDirty(s->client);
+  if (s->down_total() - s->down_sent < kLocalBacklog) {
+    s->local->ReadNext();
+  } else {
+    s->local_wants_read = true;  // ReadDown asks once the client took some
+  }
+}
+
+void FrameRelay::Loop::LocalDone(Stream* s, const absl::Status& status) {
+  --local_calls;
+  s->local.reset();  // its end was taken: the backend is done with it
+  if (s->local_code < 0) {  // not failed by the relay already
+    const int code = static_cast<int>(api::server::ToGrpcStatus(status).error_code());
+    s->route->metrics->Handled(static_cast<grpc::StatusCode>(code));
+    EndWithStatus(s, code, std::string(status.message()));
+  }
+  MaybeFree(s);
+}
+
+// The relay ends a local stream itself (a bad request): the client gets
+// `grpc_code`, the backend stream is cancelled and its end is then ignored.
+void FrameRelay::Loop::FailLocal(Stream* s, int grpc_code, std::string message) {
+  s->route->metrics->Handled(static_cast<grpc::StatusCode>(grpc_code));
+  EndWithStatus(s, grpc_code, std::move(message));
+  s->local->Cancel();
+}
+
+// Ends a stream the relay answers itself: after what is still waiting to
+// leave, trailers with the status (or a trailers-only response when nothing
+// was sent).
+void FrameRelay::Loop::EndWithStatus(Stream* s, int grpc_code, std::string message) {
+  s->local_code = grpc_code;
+  s->local_message = std::move(message);
+  if (!s->client_open || s->client == nullptr || s->down_eof) return;
+  s->down_eof = true;
+  if (s->response_submitted) {
+    nghttp2_session_resume_data(s->client->session, s->client_id);
+  } else {
+    s->response_submitted = true;
+    const std::string code = std::to_string(grpc_code);
+    const std::string encoded = PercentEncoded(s->local_message);
+    const nghttp2_nv nv[] = {MakeNv(":status", "200"), MakeNv("content-type", "application/grpc"),
+                             MakeNv("grpc-status", code), MakeNv("grpc-message", encoded)};
+    nghttp2_submit_response(s->client->session, s->client_id, nv, encoded.empty() ? 3 : 4,
+                            nullptr);
+  }
+  MarkDirty(s->client);
+}
+
+// A local stream past its deadline ends with DEADLINE_EXCEEDED (the client's
+// gRPC says so too), and its backend stream is cancelled.
+void FrameRelay::Loop::ExpireDeadlines() {
+  const Clock::time_point now = Clock::now();
+  while (!deadlines.empty() && deadlines.begin()->first <= now) {
+    Stream* s = deadlines.begin()->second;
+    deadlines.erase(deadlines.begin());
+    s->deadline = Clock::time_point::max();
+    if (s->local != nullptr && s->local_code < 0) {
+      FailLocal(s, static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED), "Deadline Exceeded");
+    }
+  }
+}
+
+// At shutdown every local stream was cancelled (its client connection
+// closed); their backends confirm through the mailbox, after which no call
+// of theirs touches the relay. A backend that never confirms is left behind,
+// posting into a closed mailbox.
+void FrameRelay::Loop::WaitForLocalCalls() {
+  const Clock::time_point give_up = Clock::now() + kLocalDrain;
+  TakeLocalEvents();
+  while (local_calls > 0 && Clock::now() < give_up) {
+    epoll_event event;
+    if (epoll_wait(epfd, &event, 1, 50) > 0 && event.data.ptr == nullptr) {
+      uint64_t value;
+      [[maybe_unused]] ssize_t r = read(wakefd, &value, sizeof(value));
+    }
+    TakeLocalEvents();
+  }
+  if (local_calls > 0) {
+    KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: streams did not end at shutdown",
+                   {{"streams", std::to_string(local_calls)}});
+  }
+  mailbox->Close();
 }
 
 // ----- nghttp2 callbacks -----
@@ -973,6 +1265,8 @@ int FrameRelay::Loop::OnFrameRecv(nghttp2_session* session, const nghttp2_frame*
     } else if (end_stream && s->peer_open) {
       nghttp2_session_resume_data(s->peer->session, s->peer_id);
       l->MarkDirty(s->peer);
+    } else if (end_stream && s->local != nullptr) {
+      s->local->WritesDone();  // responses go on, as from etcd itself
     }
     return 0;
   }
@@ -1019,6 +1313,11 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
     return 0;
   }
   if (c->kind == ConnKind::kClient) {
+    if (s->local != nullptr) {
+      s->up.append(reinterpret_cast<const char*>(data), len);
+      l->FeedLocal(s);
+      return 0;
+    }
     if (s->routed && !s->peer_open) {
       // Answered or failed already: nobody will send these on.
       nghttp2_session_consume(session, stream_id, len);
@@ -1081,6 +1380,8 @@ int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
       nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id, NGHTTP2_CANCEL);
       l->MarkDirty(s->peer);
     }
+    // Its end comes through the mailbox, which then frees the stream.
+    if (s->local != nullptr) s->local->Cancel();
     l->MaybeFree(s);
     return 0;
   }
@@ -1146,9 +1447,17 @@ ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* b
       }
       s->down_consumed = s->down_sent;
     }
-    if (s->down_sent - s->down_base >= kReplayLimit) {
+    if (s->down_sent == s->down_total()) {
+      s->down.clear();
+      s->down_base = s->down_sent;
+    } else if (s->down_sent - s->down_base >= kReplayLimit) {
       s->down.erase(0, s->down_sent - s->down_base);
       s->down_base = s->down_sent;
+    }
+    if (s->local_wants_read && s->local != nullptr &&
+        s->down_total() - s->down_sent < kLocalBacklog) {
+      s->local_wants_read = false;
+      s->local->ReadNext();  // its answer, even inline, only reaches the mailbox
     }
   }
   if (s->down_sent == s->down_total()) {
@@ -1157,10 +1466,12 @@ ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* b
       if (s->have_trailers) {
         *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         nghttp2_submit_trailer(session, s->client_id, s->trailers.data(), s->trailers.size());
-      } else if (s->local_ok) {
+      } else if (s->local_code >= 0) {
         *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-        const nghttp2_nv ok[] = {MakeNv("grpc-status", "0")};
-        nghttp2_submit_trailer(session, s->client_id, ok, 1);
+        const std::string code = std::to_string(s->local_code);
+        const std::string message = PercentEncoded(s->local_message);
+        const nghttp2_nv status[] = {MakeNv("grpc-status", code), MakeNv("grpc-message", message)};
+        nghttp2_submit_trailer(session, s->client_id, status, message.empty() ? 1 : 2);
       }
     } else if (n == 0) {
       return NGHTTP2_ERR_DEFERRED;

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "api/backend.h"
 #include "common/metrics.h"
 #include "proxy/grpc/relay_routes.h"
 
@@ -32,6 +33,14 @@ struct FrameRelayOptions {
   // response when the cache can answer at once, nullopt to send the call
   // through the chain. Runs on the relay thread; must not block.
   std::function<std::optional<std::string>(std::string_view request)> serve_cached_range;
+  // The Backend chain, as the front sees it. When set, RelayRoute::local
+  // streams (Watch, LeaseKeepAlive) are served by the relay itself against it
+  // (local_call.h): no gRPC server call, and a fan-out of events to many
+  // watchers is gathered into few writes. Must outlive the relay.
+  api::Backend* chain = nullptr;
+  // A request message of a local stream larger than this ends the call with
+  // RESOURCE_EXHAUSTED, as the chain's gRPC server's receive limit does.
+  uint64_t max_request_bytes = UINT64_MAX;
   // Advertised to clients (SETTINGS_MAX_CONCURRENT_STREAMS).
   uint32_t max_concurrent_streams = UINT32_MAX;
   // A request whose first message is larger runs through the chain, which
@@ -49,6 +58,10 @@ struct FrameRelayOptions {
 // header's revision for OkHook methods; a serializable Range the cache can
 // answer is answered by the relay itself. So a passed-through call costs no
 // gRPC server call and no gRPC client call: that is the whole point.
+// Watch and LeaseKeepAlive streams are served by the relay itself against
+// the chain's Backend (FrameRelayOptions::chain): their messages are decoded
+// and encoded here, and the coalescers' fan-out reaches the relay's thread
+// through one mailbox (one wake-up for many events).
 //
 // Failure: while etcd cannot be reached, pass-through methods run through the
 // chain (whose remote backend fails over). A request whose connection to etcd

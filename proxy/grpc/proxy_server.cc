@@ -205,6 +205,9 @@ absl::Status ProxyServer::Start() {
           return hit->SerializeAsString();
         };
       }
+      relay.chain = cluster_view_.get();
+      relay.max_request_bytes =
+          static_cast<uint64_t>(config_.max_send_bytes + kRequestOverheadBytes);
       relay.max_concurrent_streams = config_.max_concurrent_streams;
       relay.max_send_bytes = static_cast<uint64_t>(config_.max_send_bytes);
       relay.metrics = &metrics_;

@@ -4,6 +4,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "api/backend.h"
+#include "proxy/grpc/local_call.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -65,7 +66,9 @@ RelayRoutes::RelayRoutes(const RelayRouteOptions& options, common::MetricsRegist
     // Not under a namespace: the cache holds prefixed keys below it.
     route.cache_read = options.cache && !options.namespaced && method == "Range";
     route.metrics = &metrics_.back();
-    routes_.emplace("/" + std::string(service) + "/" + std::string(method), route);
+    std::string path = "/" + std::string(service) + "/" + std::string(method);
+    route.local = IsLocalCallPath(path);
+    routes_.emplace(std::move(path), route);
   };
 #define KEEL_RELAY_ROUTE(service, method, Request, Response) \
   add(k##service, #method, RpcType::kUnary);

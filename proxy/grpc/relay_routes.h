@@ -34,6 +34,10 @@ struct RelayRoute {
   // Range with the cache on: a token-less serializable read may be answered
   // by the relay itself from the cache (FrameRelayOptions::serve_cached_range).
   bool cache_read = false;
+  // Watch and LeaseKeepAlive: served by the relay itself against the Backend
+  // chain (local_call.h) when it has one, instead of through the chain's gRPC
+  // server.
+  bool local = false;
   // The go-grpc-prometheus counters of the method, shared with the front.
   api::server::MethodMetrics* metrics = nullptr;
 };

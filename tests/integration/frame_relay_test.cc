@@ -3,7 +3,9 @@
 // go straight to etcd and still behave exactly as through the chain; writes
 // that skip the cache still reach its read-your-writes rule; large messages
 // cross both flow-control windows; an etcd restart or a dead first endpoint
-// is invisible to clients.
+// is invisible to clients. Watch streams served by the relay itself keep
+// etcd's stream semantics (half-close, cancel, deadlines, bad messages) and
+// a reader that stalls holds back nobody and loses nothing.
 
 #include <chrono>
 #include <cstdio>
@@ -17,7 +19,9 @@
 #include "api/etcdserverpb/rpc.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/impl/codegen/rpc_method.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/sync_stream.h"
 #include "gtest/gtest.h"
 #include "tests/integration/grpc_proxy_helpers.h"
 #include "tests/testutil/etcd_cluster.h"
@@ -30,9 +34,41 @@ using std::chrono::seconds;
 
 constexpr char kToEtcd[] = "keel_grpc_relay_streams_total{route=\"etcd\"}";
 constexpr char kToChain[] = "keel_grpc_relay_streams_total{route=\"chain\"}";
+constexpr char kLocal[] = "keel_grpc_relay_streams_total{route=\"local\"}";
+
+constexpr char kClientWatchers[] = "keel_watch_client_watchers";
 
 double Metric(const GrpcProxyProcess& proxy, const std::string& name) {
   return ProxyMetric(proxy, name).value_or(-1);
+}
+
+// Polls `name` until it equals `value` (10 s at most); returns the last value.
+double AwaitMetric(const GrpcProxyProcess& proxy, const std::string& name, double value) {
+  double last = -1;
+  for (int i = 0; i < 200; ++i) {
+    last = Metric(proxy, name);
+    if (last == value) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return last;
+}
+
+int64_t PutKey(etcdserverpb::KV::Stub& kv, const std::string& key, const std::string& value) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  etcdserverpb::PutRequest req;
+  req.set_key(key);
+  req.set_value(value);
+  etcdserverpb::PutResponse resp;
+  grpc::Status s = kv.Put(&ctx, req, &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return resp.header().revision();
+}
+
+etcdserverpb::WatchRequest CreateWatch(const std::string& key) {
+  etcdserverpb::WatchRequest req;
+  req.mutable_create_request()->set_key(key);
+  return req;
 }
 
 class FrameRelayTest : public ::testing::Test {
@@ -51,7 +87,8 @@ class FrameRelayTest : public ::testing::Test {
 };
 
 // Put, lease grant and status go straight to etcd (and are counted under
-// etcd's proxy metric names); a watch runs through the chain (coalescing).
+// etcd's proxy metric names); a watch is served by the relay itself against
+// the chain (coalescing); member list runs through the chain's gRPC server.
 TEST_F(FrameRelayTest, PassThroughAndChainRoutes) {
   auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0)});
   const std::string p = proxy->addr();
@@ -68,6 +105,10 @@ TEST_F(FrameRelayTest, PassThroughAndChainRoutes) {
             1);
 
   const double chain_before = Metric(*proxy, kToChain);
+  CommandResult members = EtcdCluster::Etcdctl(p, {"member", "list"});
+  EXPECT_NE(members.out.find(p), std::string::npos) << members.out << members.err;
+  EXPECT_GT(Metric(*proxy, kToChain), chain_before);
+
   Subprocess watch({"etcdctl", "--endpoints=" + p, "watch", "k"}, etcd_.dir().File("watch.log"),
                    {{"ETCDCTL_API", "3"}});
   // Puts until the watcher reports one (it may start after the first put).
@@ -77,7 +118,7 @@ TEST_F(FrameRelayTest, PassThroughAndChainRoutes) {
     seen = watch.WaitForLog("v2", std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(seen) << watch.Log();
-  EXPECT_GT(Metric(*proxy, kToChain), chain_before);
+  EXPECT_EQ(Metric(*proxy, kLocal), 1);
 }
 
 // With the cache on, puts go straight to etcd, yet a serializable read right
@@ -197,6 +238,136 @@ TEST_F(FrameRelayTest, DeadFirstEndpointIsInvisible) {
   }
   // Once the remote backend moved to the live endpoint, the relay followed.
   EXPECT_GT(Metric(*proxy, kToEtcd), 0) << proxy->Log();
+}
+
+// A watch stream the relay serves itself: the client half-closes after its
+// create and still gets events (as from etcd); cancelling it, or its deadline
+// passing, ends it and frees its watcher in the proxy.
+TEST_F(FrameRelayTest, LocalWatchKeepsEtcdStreamSemantics) {
+  // Without the cache, whose own watch would count among the client watchers.
+  auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0), "--range-cache-max-bytes=0"});
+  auto channel = grpc::CreateChannel(proxy->addr(), grpc::InsecureChannelCredentials());
+  auto watch = etcdserverpb::Watch::NewStub(channel);
+  auto etcd_kv = etcdserverpb::KV::NewStub(
+      grpc::CreateChannel(etcd_.ClientAddr(0), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext ctx;
+    auto stream = watch->Watch(&ctx);
+    ASSERT_TRUE(stream->Write(CreateWatch("hc")));
+    etcdserverpb::WatchResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+    EXPECT_TRUE(resp.created());
+    ASSERT_TRUE(stream->WritesDone());
+    const int64_t rev = PutKey(*etcd_kv, "hc", "after-half-close");
+    ASSERT_TRUE(stream->Read(&resp)) << proxy->Log();
+    ASSERT_EQ(resp.events_size(), 1);
+    EXPECT_EQ(resp.events(0).kv().value(), "after-half-close");
+    EXPECT_EQ(resp.events(0).kv().mod_revision(), rev);
+    EXPECT_EQ(Metric(*proxy, kClientWatchers), 1);
+    ctx.TryCancel();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_EQ(AwaitMetric(*proxy, kClientWatchers, 0), 0);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    auto stream = watch->Watch(&ctx);
+    ASSERT_TRUE(stream->Write(CreateWatch("dl")));
+    etcdserverpb::WatchResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+    EXPECT_TRUE(resp.created());
+    while (stream->Read(&resp)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  // The proxy ended its side at the deadline too.
+  EXPECT_EQ(AwaitMetric(*proxy, kClientWatchers, 0), 0);
+  EXPECT_EQ(Metric(*proxy, kLocal), 2);
+  EXPECT_EQ(Metric(*proxy, kToChain), 0);
+}
+
+// A message that is not a WatchRequest ends that stream with INTERNAL; the
+// connection and the proxy go on serving.
+TEST_F(FrameRelayTest, LocalWatchRejectsAnUndecodableMessage) {
+  auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0), "--range-cache-max-bytes=0"});
+  auto channel = grpc::CreateChannel(proxy->addr(), grpc::InsecureChannelCredentials());
+  {
+    grpc::ClientContext ctx;
+    // A PutRequest whose key bytes, read as WatchRequest's create_request,
+    // are not a valid message.
+    const grpc::internal::RpcMethod method("/etcdserverpb.Watch/Watch",
+                                           grpc::internal::RpcMethod::BIDI_STREAMING);
+    std::unique_ptr<grpc::ClientReaderWriter<etcdserverpb::PutRequest, etcdserverpb::WatchResponse>>
+        stream(grpc::internal::ClientReaderWriterFactory<
+               etcdserverpb::PutRequest, etcdserverpb::WatchResponse>::Create(channel.get(),
+                                                                            method, &ctx));
+    etcdserverpb::PutRequest junk;
+    junk.set_key(std::string("\xff\xff\xff\xff\xff", 5));
+    stream->Write(junk);
+    etcdserverpb::WatchResponse resp;
+    EXPECT_FALSE(stream->Read(&resp));
+    grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << status.error_message();
+    EXPECT_NE(status.error_message().find("could not be decoded"), std::string::npos)
+        << status.error_message();
+  }
+  grpc::ClientContext ctx;
+  auto stream = etcdserverpb::Watch::NewStub(channel)->Watch(&ctx);
+  ASSERT_TRUE(stream->Write(CreateWatch("after-junk")));
+  etcdserverpb::WatchResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_TRUE(resp.created());
+  ctx.TryCancel();
+  stream->Finish();
+  EXPECT_EQ(AwaitMetric(*proxy, kClientWatchers, 0), 0);
+}
+
+// One watcher stops reading while megabytes of events go by: a second watcher
+// on the same connection still gets every event, and the stalled one, once
+// it reads again, gets every event too, in order (resynced, nothing lost).
+TEST_F(FrameRelayTest, StalledWatchReaderHoldsBackNobodyAndLosesNothing) {
+  auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0)});
+  auto channel = grpc::CreateChannel(proxy->addr(), grpc::InsecureChannelCredentials());
+  auto watch = etcdserverpb::Watch::NewStub(channel);
+  auto etcd_kv = etcdserverpb::KV::NewStub(
+      grpc::CreateChannel(etcd_.ClientAddr(0), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext stalled_ctx;
+  grpc::ClientContext live_ctx;
+  auto stalled = watch->Watch(&stalled_ctx);
+  auto live = watch->Watch(&live_ctx);
+  etcdserverpb::WatchResponse resp;
+  ASSERT_TRUE(stalled->Write(CreateWatch("flood")));
+  ASSERT_TRUE(stalled->Read(&resp));
+  ASSERT_TRUE(live->Write(CreateWatch("flood")));
+  ASSERT_TRUE(live->Read(&resp));
+
+  constexpr int kPuts = 2500;
+  const std::string value(4096, 'f');
+  std::vector<int64_t> revisions;
+  std::thread writer([&] {
+    for (int i = 0; i < kPuts; ++i) revisions.push_back(PutKey(*etcd_kv, "flood", value));
+  });
+  // The live watcher keeps up while the other reads nothing.
+  std::vector<int64_t> live_seen;
+  while (static_cast<int>(live_seen.size()) < kPuts && live->Read(&resp)) {
+    for (const auto& e : resp.events()) live_seen.push_back(e.kv().mod_revision());
+  }
+  writer.join();
+  EXPECT_EQ(live_seen, revisions);
+  std::vector<int64_t> stalled_seen;
+  while (static_cast<int>(stalled_seen.size()) < kPuts && stalled->Read(&resp)) {
+    for (const auto& e : resp.events()) {
+      stalled_seen.push_back(e.kv().mod_revision());
+      EXPECT_EQ(e.kv().value().size(), value.size());
+    }
+  }
+  EXPECT_EQ(stalled_seen, revisions);
+  // It really fell behind the proxy's buffers: its watcher was resynced.
+  EXPECT_GE(Metric(*proxy, "keel_watch_resyncs_total"), 1);
+  stalled_ctx.TryCancel();
+  live_ctx.TryCancel();
+  stalled->Finish();
+  live->Finish();
 }
 
 }  // namespace

@@ -30,6 +30,13 @@ TEST(RelayRoutesTest, WithoutLayersOnlyCoalescingAndTheClusterViewUseTheChain) {
                            "/etcdserverpb.Cluster/MemberList"}) {
     EXPECT_FALSE(Route(routes, path).pass_through) << path;
   }
+  // The two coalesced streams are served by the relay itself; nothing else.
+  EXPECT_TRUE(Route(routes, "/etcdserverpb.Watch/Watch").local);
+  EXPECT_TRUE(Route(routes, "/etcdserverpb.Lease/LeaseKeepAlive").local);
+  for (const char* path : {"/etcdserverpb.Cluster/MemberList", "/etcdserverpb.KV/Range",
+                           "/etcdserverpb.Maintenance/Snapshot", "/v3electionpb.Election/Observe"}) {
+    EXPECT_FALSE(Route(routes, path).local) << path;
+  }
   EXPECT_EQ(routes.Find("/etcdserverpb.KV/NoSuchMethod"), nullptr);
   EXPECT_EQ(routes.Find("/grpc.health.v1.Health/Check"), nullptr);
 }

@@ -1,0 +1,99 @@
+#pragma once
+
+// The frame relay's own streaming calls: a Watch or LeaseKeepAlive stream
+// the relay serves against the Backend chain itself, without the chain's
+// gRPC server. Messages are decoded here; the relay does the HTTP/2 framing.
+// This is what makes a watch event fanned out to 1,000 client watchers cost
+// 1,000 small writes gathered on the relay's thread instead of 1,000 gRPC
+// server writes.
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "api/backend.h"
+
+namespace keel::proxy::grpcproxy {
+
+class LocalCall;
+
+// One thing a local call's backend stream did, for the relay's thread.
+struct LocalEvent {
+  LocalCall* call = nullptr;
+  // One response, serialized as a gRPC message (behind its 5-byte prefix),
+  // unless done.
+  std::string message;
+  // Set on the call's last event: how its backend stream ended.
+  std::optional<absl::Status> done;
+};
+
+// Where backend callbacks (any thread) leave LocalEvents for the relay's
+// thread. Posting to an empty mailbox from another thread calls `wake`, so
+// a fan-out of many events costs the relay one wake-up. `wake` runs under
+// the mailbox's lock: it must be short and must not post. Thread-safe.
+class LocalMailbox {
+ public:
+  explicit LocalMailbox(std::function<void()> wake) : wake_(std::move(wake)) {}
+  LocalMailbox(const LocalMailbox&) = delete;
+  LocalMailbox& operator=(const LocalMailbox&) = delete;
+
+  // The calling thread is the one that Take()s: its posts need no wake-up.
+  void SetReaderThread();
+  void Post(LocalEvent event);
+  // Every event posted so far, in order.
+  std::vector<LocalEvent> Take();
+  bool Empty();
+  // No more wake-ups (the relay's loop is gone): once it returns, `wake` is
+  // not running and never runs again; later posts are kept unread.
+  void Close();
+
+ private:
+  std::function<void()> wake_;
+  absl::Mutex mu_;
+  std::vector<LocalEvent> events_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread::id reader_ ABSL_GUARDED_BY(mu_);
+};
+
+// The relay's handle on one backend stream. Its events (responses, then one
+// `done`) arrive through the mailbox it was opened with; a response comes
+// only after a ReadNext() asked for it, so the relay bounds what it holds.
+// Relay-thread confined, but its events are posted from any thread; the
+// relay may call it from inside its own Take() processing.
+// Destroy it only after its `done` event has been taken (the backend may
+// still touch it until then).
+class LocalCall {
+ public:
+  virtual ~LocalCall() = default;
+  // Decodes one request message and writes it to the backend stream.
+  // Returns false, writing nothing, when it is not a valid message.
+  virtual bool Write(std::string_view message) = 0;
+  // The client half-closed: no more requests; responses go on.
+  virtual void WritesDone() = 0;
+  // Allows one more response event.
+  virtual void ReadNext() = 0;
+  // Ends the stream; the `done` event follows (CANCELLED or its own status).
+  virtual void Cancel() = 0;
+
+  // The relay's own per-call state; never touched here.
+  void* tag = nullptr;
+};
+
+// Whether `path` ("/etcdserverpb.Watch/Watch") is a call OpenLocalCall serves.
+bool IsLocalCallPath(std::string_view path);
+
+// Opens the backend stream of `path` on `backend` and asks for its first
+// response. Null when the path is not a local call (see IsLocalCallPath).
+// `backend` and `mailbox` must outlive the call's `done` event.
+std::unique_ptr<LocalCall> OpenLocalCall(std::string_view path, api::Backend& backend,
+                                         const api::CallContext& ctx,
+                                         std::shared_ptr<LocalMailbox> mailbox);
+
+}  // namespace keel::proxy::grpcproxy
