@@ -151,8 +151,10 @@ using Done = absl::AnyInvocable<void(absl::StatusOr<Response>) &&>;
 
 // Receives one stream's responses. Implemented by the caller of a streaming
 // Backend method. Calls for one stream never overlap and come in order, on
-// any thread; they must not block. OnDone is the last call, exactly once; the
-// observer must stay alive until it has returned.
+// any thread; they must not block. OnDone is the last call, exactly once.
+// A backend touches neither the observer nor the handle from the moment it
+// calls OnDone, so the caller may destroy both as soon as OnDone has begun
+// (the front and the frame relay do).
 template <class Response>
 class StreamObserver {
  public:
@@ -170,9 +172,10 @@ class StreamObserver {
 class ReadStream {
  public:
   virtual ~ReadStream() = default;
-  // Flow control: allows exactly one more OnResponse. Call once after the
-  // stream is opened and again after each response has been consumed, so a
-  // slow reader holds back its backend instead of queueing without bound.
+  // Flow control: allows exactly one more OnResponse (credits add up). Call
+  // once after the stream is opened and again after each response has been
+  // consumed, so a slow reader holds back its backend instead of queueing
+  // without bound. A no-op once the stream has ended.
   virtual void ReadNext() = 0;
   // Ends the stream early; OnDone follows with CANCELLED (or the status the
   // stream had already reached).

@@ -614,7 +614,10 @@ void WatchCoalescer::HandleEvents(GroupId id, const WatchResponse& resp,
       g.history.pop_front();
     }
   }
-  const auto receivers = g.receivers;
+  // A snapshot (Deliver may detach a slow receiver); a vector, not a copy of
+  // the set: one allocation per event instead of one per receiver.
+  const std::vector<std::pair<WatchClientId, int64_t>> receivers(g.receivers.begin(),
+                                                                 g.receivers.end());
   if (receivers.size() > 1) events_coalescing_total_ += receivers.size() - 1;
   for (const auto& [client, watch_id] : receivers) {
     auto cit = clients_.find(client);
@@ -698,9 +701,12 @@ void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const Watch
     if (first == 0) first = e.kv().mod_revision();
     if (e.type() == ::mvccpb::Event::PUT && w.no_put) continue;
     if (e.type() == ::mvccpb::Event::DELETE && w.no_delete) continue;
+    // Field by field: the upstream watcher always asks for prev_kv, and most
+    // clients do not, so it is not copied only to be cleared.
     ::mvccpb::Event* ne = out.add_events();
-    *ne = e;
-    if (!w.prev_kv) ne->clear_prev_kv();
+    ne->set_type(e.type());
+    if (e.has_kv()) *ne->mutable_kv() = e.kv();
+    if (w.prev_kv && e.has_prev_kv()) *ne->mutable_prev_kv() = e.prev_kv();
   }
   Client& c = clients_.at(client);
   if (out.events_size() > 0 && !c.out.empty() &&

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
-  libevent-dev libnghttp2-dev libssl-dev openssl libre2-dev libspdlog-dev libfmt-dev
+  libevent-dev libnghttp2-dev libgoogle-perftools-dev libssl-dev openssl libre2-dev libspdlog-dev libfmt-dev
   libleveldb-dev libsnappy-dev libgtest-dev libgmock-dev
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libc-ares-dev libabsl-dev
   etcd-server etcd-client python3 python3-etcd3

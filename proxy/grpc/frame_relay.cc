@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -69,6 +70,8 @@ constexpr size_t kLocalBacklog = 64 * 1024;
 // At shutdown, how long the relay waits for its local streams' backends to
 // confirm their end.
 constexpr auto kLocalDrain = std::chrono::seconds(10);
+// Mailbox batches taken per loop turn before the sockets are polled again.
+constexpr int kLocalRounds = 8;
 
 spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
 
@@ -137,24 +140,29 @@ nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
           NGHTTP2_NV_FLAG_NONE};
 }
 
-// A grpc-timeout header's value ("<up to 8 digits><unit>", unit one of
-// H M S m u n) as a duration; nullopt when it is malformed.
+// A grpc-timeout header's value ("<1 to 8 digits><unit>", unit one of
+// H M S m u n) as a duration of at most a year (longer is no deadline in
+// practice, and 99999999H would overflow); nullopt when it is malformed.
 std::optional<Clock::duration> GrpcTimeout(std::string_view value) {
   if (value.size() < 2 || value.size() > 9) return std::nullopt;
   int64_t amount = 0;
-  if (!absl::SimpleAtoi(absl::string_view(value.data(), value.size() - 1), &amount) ||
-      amount < 0) {
-    return std::nullopt;
+  for (const char ch : value.substr(0, value.size() - 1)) {
+    if (ch < '0' || ch > '9') return std::nullopt;
+    amount = amount * 10 + (ch - '0');
   }
+  std::chrono::nanoseconds unit;
   switch (value.back()) {
-    case 'H': return std::chrono::hours(amount);
-    case 'M': return std::chrono::minutes(amount);
-    case 'S': return std::chrono::seconds(amount);
-    case 'm': return std::chrono::milliseconds(amount);
-    case 'u': return std::chrono::microseconds(amount);
-    case 'n': return std::chrono::nanoseconds(amount);
+    case 'H': unit = std::chrono::hours(1); break;
+    case 'M': unit = std::chrono::minutes(1); break;
+    case 'S': unit = std::chrono::seconds(1); break;
+    case 'm': unit = std::chrono::milliseconds(1); break;
+    case 'u': unit = std::chrono::microseconds(1); break;
+    case 'n': unit = std::chrono::nanoseconds(1); break;
     default: return std::nullopt;
   }
+  constexpr std::chrono::nanoseconds kYear = std::chrono::hours(24 * 365);
+  return std::chrono::duration_cast<Clock::duration>(amount > kYear / unit ? kYear
+                                                                           : unit * amount);
 }
 
 // The gRPC status code in a trailer block; UNKNOWN (2) without a valid one.
@@ -275,6 +283,9 @@ struct Stream {
   std::unique_ptr<LocalCall> local;
   // A local stream's ReadNext is owed once its client takes what is waiting.
   bool local_wants_read = false;
+  // Where each local response still waiting in `down` ends (absolute): it
+  // counts as sent once its last byte has left.
+  std::deque<size_t> local_ends;
   // A local stream's deadline (the client's grpc-timeout); max() without one.
   Clock::time_point deadline = Clock::time_point::max();
 
@@ -591,11 +602,19 @@ void FrameRelay::Loop::Run() {
     }
     ExpireDeadlines();
     // Writing out may ask local streams for more (ReadNext), and their
-    // answers may come inline: until both are quiet.
-    do {
+    // answers may come inline: a few rounds, then back to the sockets (a
+    // busy backend must not keep the loop from reading), with a wake-up
+    // for what is left.
+    for (int round = 0;; ++round) {
       TakeLocalEvents();
       Settle();
-    } while (!mailbox->Empty());
+      if (mailbox->Empty()) break;
+      if (round == kLocalRounds) {
+        const uint64_t one = 1;
+        [[maybe_unused]] ssize_t w = write(wakefd, &one, sizeof(one));
+        break;
+      }
+    }
   }
   // Close everything: the chain's gRPC server sees its connections end and
   // cancels their calls; etcd sees the relayed streams end.
@@ -1041,9 +1060,8 @@ void FrameRelay::Loop::StartLocal(Stream* s) {
   if (std::optional<std::string_view> timeout = s->request_headers.Find("grpc-timeout")) {
     // A malformed one is ignored, as gRPC's server does.
     if (std::optional<Clock::duration> d = GrpcTimeout(*timeout)) {
-      const auto limit = std::chrono::hours(24 * 365);
-      s->deadline = Clock::now() + std::min<Clock::duration>(*d, limit);
-      ctx.deadline = absl::Now() + absl::FromChrono(std::min<Clock::duration>(*d, limit));
+      s->deadline = Clock::now() + *d;
+      ctx.deadline = absl::Now() + absl::FromChrono(*d);
       deadlines.emplace(s->deadline, s);
     }
   }
@@ -1092,17 +1110,14 @@ void FrameRelay::Loop::FeedLocal(Stream* s) {
   s->up_consumed = s->up.size();
 }
 
+// Takes one batch: what was posted until now (more may come inline).
 void FrameRelay::Loop::TakeLocalEvents() {
-  while (true) {
-    std::vector<LocalEvent> events = mailbox->Take();
-    if (events.empty()) return;
-    for (LocalEvent& event : events) {
-      auto* s = static_cast<Stream*>(event.call->tag);
-      if (event.done.has_value()) {
-        LocalDone(s, *event.done);
-      } else {
-        LocalResponse(s, std::move(event.message));
-      }
+  for (LocalEvent& event : mailbox->Take()) {
+    auto* s = static_cast<Stream*>(event.call->tag);
+    if (event.done.has_value()) {
+      LocalDone(s, *event.done);
+    } else {
+      LocalResponse(s, std::move(event.message));
     }
   }
 }
@@ -1111,12 +1126,12 @@ void FrameRelay::Loop::LocalResponse(Stream* s, std::string message) {
   // The client is gone (its stream was cancelled, the end follows) or was
   // already given a status: nobody takes this.
   if (!s->client_open || s->client == nullptr || s->down_eof) return;
-  s->route->metrics->Sent();
   if (s->down.empty()) {
     s->down = std::move(message);
   } else {
     s->down.append(message);
   }
+  s->local_ends.push_back(s->down_total());
   if (!s->response_submitted) {
     s->response_submitted = true;
     const nghttp2_nv nv[] = {MakeNv(":status", "200"), MakeNv("content-type", "application/grpc")};
@@ -1184,7 +1199,8 @@ void FrameRelay::Loop::ExpireDeadlines() {
     Stream* s = deadlines.begin()->second;
     deadlines.erase(deadlines.begin());
     s->deadline = Clock::time_point::max();
-    if (s->local != nullptr && s->local_code < 0) {
+    // A client already gone was cancelled: its end reports that.
+    if (s->local != nullptr && s->local_code < 0 && s->client_open) {
       FailLocal(s, static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED), "Deadline Exceeded");
     }
   }
@@ -1453,6 +1469,10 @@ ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* b
     } else if (s->down_sent - s->down_base >= kReplayLimit) {
       s->down.erase(0, s->down_sent - s->down_base);
       s->down_base = s->down_sent;
+    }
+    for (; !s->local_ends.empty() && s->local_ends.front() <= s->down_sent;
+         s->local_ends.pop_front()) {
+      s->route->metrics->Sent();
     }
     if (s->local_wants_read && s->local != nullptr &&
         s->down_total() - s->down_sent < kLocalBacklog) {

@@ -1,5 +1,6 @@
 #include "proxy/grpc/local_call.h"
 
+#include <atomic>
 #include <cstdint>
 #include <utility>
 
@@ -34,23 +35,32 @@ class BidiLocalCall final : public LocalCall, public api::StreamObserver<Respons
   template <class Open>
   void Start(Open&& open) {
     stream_ = std::forward<Open>(open)(static_cast<api::StreamObserver<Response>*>(this));
-    stream_->ReadNext();
+    ReadNext();
   }
 
+  // Once the backend ended the stream (maybe inside Watch() itself), its
+  // handle is not called again: only the relay's own end remains.
   bool Write(std::string_view message) override {
     Request request;
     if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) return false;
-    stream_->Write(std::move(request));
+    if (!done_.load(std::memory_order_acquire)) stream_->Write(std::move(request));
     return true;
   }
-  void WritesDone() override { stream_->WritesDone(); }
-  void ReadNext() override { stream_->ReadNext(); }
-  void Cancel() override { stream_->Cancel(); }
+  void WritesDone() override {
+    if (!done_.load(std::memory_order_acquire)) stream_->WritesDone();
+  }
+  void ReadNext() override {
+    if (!done_.load(std::memory_order_acquire)) stream_->ReadNext();
+  }
+  void Cancel() override {
+    if (!done_.load(std::memory_order_acquire)) stream_->Cancel();
+  }
 
   void OnResponse(Response response) override {
     mailbox_->Post(LocalEvent{this, Framed(response), std::nullopt});
   }
   void OnDone(absl::Status status) override {
+    done_.store(true, std::memory_order_release);
     // The relay may destroy this call as soon as the event is posted.
     std::shared_ptr<LocalMailbox> mailbox = mailbox_;
     mailbox->Post(LocalEvent{this, std::string(), std::move(status)});
@@ -59,6 +69,7 @@ class BidiLocalCall final : public LocalCall, public api::StreamObserver<Respons
  private:
   std::shared_ptr<LocalMailbox> mailbox_;
   std::unique_ptr<api::BidiStream<Request>> stream_;
+  std::atomic<bool> done_{false};
 };
 
 }  // namespace
