@@ -617,14 +617,26 @@ void CachingBackend::Range(const api::CallContext& ctx, RangeRequest request,
     return;
   }
   bool live;
+  bool cached = false;
+  std::optional<FillId> fill;
   {
     absl::MutexLock lock(&state_->mu);
     live = state_->cache.live();
+    if (live) cached = state_->cache.Has(ctx.token, request);
+    if (live && !cached) fill = state_->cache.BeginFill(request);
   }
   if (!live) {
     // Nothing to serve: no probe, just the Range.
     Increment(state_->misses);
     inner().Range(ctx, std::move(request), std::move(done));
+    return;
+  }
+  if (!cached) {
+    // The probe could only lead to this same miss, one round trip later: the
+    // Range goes to etcd at once (its answer is linearizable by itself, and
+    // checks a token's permissions) and fills the cache.
+    Increment(state_->misses);
+    Forward(state_, ctx, std::move(request), fill, std::move(done));
     return;
   }
   // With a token the probe reads the client's own range with its token: a

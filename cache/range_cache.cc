@@ -152,6 +152,10 @@ std::optional<RangeResponse> RangeCache::Lookup(std::string_view identity,
   return response;
 }
 
+bool RangeCache::Has(std::string_view identity, const RangeRequest& request) const {
+  return live_ && Cacheable(request) && by_key_.contains(CacheKey(identity, Normalize(request)));
+}
+
 FillId RangeCache::BeginFill(const RangeRequest& request) {
   const FillId id = next_fill_++;
   fills_.emplace(

@@ -132,6 +132,10 @@ class RangeCache {
   std::optional<::etcdserverpb::RangeResponse> Lookup(std::string_view identity,
                                                       const ::etcdserverpb::RangeRequest& request);
 
+  // Whether Lookup could answer `request` as `identity` sees it (without
+  // marking anything used).
+  bool Has(std::string_view identity, const ::etcdserverpb::RangeRequest& request) const;
+
   // Registers a Range about to be forwarded upstream, before it is sent.
   // Every BeginFill must be followed by FinishFill or AbandonFill.
   FillId BeginFill(const ::etcdserverpb::RangeRequest& request);

@@ -440,36 +440,35 @@ TEST_F(CachingBackendTest, TxnPassesThroughAndCountsAsAWrite) {
 TEST_F(CachingBackendTest, TokenReadsAreCheckedAndKeyedPerIdentity) {
   Start();
   MakeLive(0, 10);
-  // root's first read: probe (with its token, over its range), then forwarded.
+  // root's first read: nothing cached for root, so no probe: forwarded with
+  // its token (etcd checks it) and kept under root's identity.
   Result<RangeResponse> first;
   cache_->Range(WithToken("root-token"), Get("/secret", true), first.Done());
-  size_t probe = RangeCall(0);
-  FakeBackend::UnaryCall call = fake_.Call(probe);
-  EXPECT_EQ(call.ctx.token, "root-token");
-  EXPECT_EQ(fake_.Request<RangeRequest>(probe).key(), "/secret");
-  EXPECT_TRUE(fake_.Request<RangeRequest>(probe).count_only());
-  fake_.Reply(probe, ProbeAnswer(10));
-  const size_t forwarded = RangeCall(1);
+  const size_t forwarded = RangeCall(0);
   EXPECT_EQ(fake_.Call(forwarded).ctx.token, "root-token");
+  EXPECT_FALSE(fake_.Request<RangeRequest>(forwarded).count_only());
   fake_.Reply(forwarded, Value(10, "/secret", "s3cr3t"));
   ASSERT_TRUE(first.Wait());
 
-  // root again: probe, then served from cache.
+  // root again: a probe with its token over its range (the permission
+  // check), then served from cache.
   Result<RangeResponse> again;
   cache_->Range(WithToken("root-token"), Get("/secret", true), again.Done());
-  fake_.Reply(RangeCall(2), ProbeAnswer(10));
+  const size_t probe = RangeCall(1);
+  EXPECT_EQ(fake_.Call(probe).ctx.token, "root-token");
+  EXPECT_EQ(fake_.Request<RangeRequest>(probe).key(), "/secret");
+  EXPECT_TRUE(fake_.Request<RangeRequest>(probe).count_only());
+  fake_.Reply(probe, ProbeAnswer(10));
   ASSERT_TRUE(again.Wait());
   EXPECT_EQ(again.value()->kvs(0).value(), "s3cr3t");
-  EXPECT_EQ(RangeCalls(), 3u);
+  EXPECT_EQ(RangeCalls(), 2u);
 
-  // alice is refused by the probe: her Range is forwarded and gets etcd's
+  // alice has no entry of her own: her Range goes to etcd and gets etcd's
   // own answer, never root's entry.
   Result<RangeResponse> alice;
   cache_->Range(WithToken("alice-token"), Get("/secret", true), alice.Done());
-  probe = RangeCall(3);
-  EXPECT_EQ(fake_.Call(probe).ctx.token, "alice-token");
-  fake_.Fail(probe, absl::PermissionDeniedError("etcdserver: permission denied"));
-  const size_t alice_range = RangeCall(4);
+  const size_t alice_range = RangeCall(2);
+  EXPECT_EQ(fake_.Call(alice_range).ctx.token, "alice-token");
   EXPECT_FALSE(fake_.Request<RangeRequest>(alice_range).count_only());
   fake_.Fail(alice_range, absl::PermissionDeniedError("etcdserver: permission denied"));
   ASSERT_TRUE(alice.Wait());
@@ -478,18 +477,46 @@ TEST_F(CachingBackendTest, TokenReadsAreCheckedAndKeyedPerIdentity) {
   // Another identity allowed to read still misses root's entry.
   Result<RangeResponse> bob;
   cache_->Range(WithToken("bob-token"), Get("/secret", true), bob.Done());
-  fake_.Reply(RangeCall(5), ProbeAnswer(10));
-  const size_t bob_range = RangeCall(6);
+  const size_t bob_range = RangeCall(3);
+  EXPECT_EQ(fake_.Call(bob_range).ctx.token, "bob-token");
   fake_.Reply(bob_range, Value(10, "/secret", "s3cr3t"));
   ASSERT_TRUE(bob.Wait());
   EXPECT_EQ(cache_->EntriesForTest(), 2u);  // root's and bob's
   // And a token-less client never sees a token's entry.
   Result<RangeResponse> anon;
   cache_->Range({}, Get("/secret", true), anon.Done());
-  const size_t anon_range = RangeCall(7);
+  const size_t anon_range = RangeCall(4);
   fake_.Fail(anon_range, absl::InvalidArgumentError("etcdserver: user name is empty"));
   ASSERT_TRUE(anon.Wait());
   EXPECT_EQ(anon.value().status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A linearizable read of a range the cache does not hold costs one round
+// trip, not a probe and then the same miss; its answer fills the cache, and
+// the next read is a probe and a hit.
+TEST_F(CachingBackendTest, LinearizableMissGoesStraightToEtcd) {
+  Start();
+  MakeLive(0, 10);
+  Result<RangeResponse> miss;
+  cache_->Range({}, Get("k", false), miss.Done());
+  const size_t forwarded = RangeCall(0);
+  EXPECT_FALSE(fake_.Request<RangeRequest>(forwarded).count_only());
+  EXPECT_FALSE(fake_.Request<RangeRequest>(forwarded).serializable());
+  fake_.Reply(forwarded, Value(10, "k", "v1"));
+  ASSERT_TRUE(miss.Wait());
+  EXPECT_EQ(miss.value()->kvs(0).value(), "v1");
+  EXPECT_EQ(RangeCalls(), 1u);
+  EXPECT_EQ(cache_->EntriesForTest(), 1u);
+
+  Result<RangeResponse> hit;
+  cache_->Range({}, Get("k", false), hit.Done());
+  const size_t probe = RangeCall(1);
+  EXPECT_TRUE(fake_.Request<RangeRequest>(probe).count_only());
+  fake_.Reply(probe, ProbeAnswer(10));
+  ASSERT_TRUE(hit.Wait());
+  EXPECT_EQ(hit.value()->kvs(0).value(), "v1");
+  EXPECT_EQ(RangeCalls(), 2u);
+  EXPECT_EQ(Counter("keel_cache_linearizable_hits_total"), 1u);
 }
 
 TEST_F(CachingBackendTest, SuccessfulAuthChangeFlushes) {
@@ -778,6 +805,7 @@ TEST_F(CachingBackendTest, BackoffRestartsOnlyAfterAWatchThatWorked) {
 TEST_F(CachingBackendTest, ObserverOutlivesItsOnDone) {
   Start();
   MakeLive(0, 10);
+  Fill("k", "v1", 10);  // cached, so the read probes and then waits
   Result<RangeResponse> waiting;
   int observers_inside_on_done = -1;
   cache_->Range({}, Get("k", false), [&](absl::StatusOr<RangeResponse> r) {
@@ -792,7 +820,7 @@ TEST_F(CachingBackendTest, ObserverOutlivesItsOnDone) {
     observers_inside_on_done = cache_->ObserversForTest();
     waiting.Done()(std::move(r));
   });
-  fake_.Reply(RangeCall(0), ProbeAnswer(50));
+  fake_.Reply(RangeCall(1), ProbeAnswer(50));
   fake_.SetAutoReply("Range", Value(50, "k", "v"));
   fake_.watch(0)->Finish(absl::UnavailableError("lost"));
   ASSERT_TRUE(waiting.Wait());
