@@ -72,6 +72,16 @@ constexpr size_t kLocalBacklog = 64 * 1024;
 constexpr auto kLocalDrain = std::chrono::seconds(10);
 // Mailbox batches taken per loop turn before the sockets are polled again.
 constexpr int kLocalRounds = 8;
+// The connection to etcd, as the remote backend's channels treat theirs
+// (remote_endpoints.cc): a connect that has not finished after the dial
+// timeout is given up; with streams open and nothing heard for the keepalive
+// time a PING goes out, and no answer within the keepalive timeout means the
+// member is gone. Either way the streams fail over through the chain.
+constexpr auto kConnectTimeout = std::chrono::seconds(5);
+constexpr auto kPingAfterSilence = std::chrono::seconds(10);
+constexpr auto kPingTimeout = std::chrono::seconds(10);
+// How often the loop wakes to check that while an upstream needs watching.
+constexpr int kLivenessTickMs = 500;
 
 spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
 
@@ -324,6 +334,11 @@ struct Conn {
   bool dirty = false;
   bool dead = false;
   bool goaway = false;  // upstream or internal: no new streams
+  // Upstream liveness: when connect(2) began, when bytes last arrived, and
+  // when the PING still unanswered was sent (max() when none is).
+  Clock::time_point connect_started;
+  Clock::time_point last_recv;
+  Clock::time_point ping_sent = Clock::time_point::max();
   std::string endpoint;  // upstream: "host:port"
   absl::flat_hash_set<Stream*> streams;
   Conn* internal = nullptr;  // client: its connection to the chain
@@ -384,6 +399,9 @@ struct FrameRelay::Loop {
   std::shared_ptr<LocalMailbox> mailbox;
   // Local streams whose backend end has not been taken yet.
   size_t local_calls = 0;
+  // A connection to etcd is connecting or has streams: the loop wakes every
+  // kLivenessTickMs to check on it (CheckUpstreamLiveness).
+  bool watch_upstream = false;
   // Local streams with a deadline, soonest first.
   std::set<std::pair<Clock::time_point, Stream*>> deadlines;
 
@@ -426,6 +444,7 @@ struct FrameRelay::Loop {
   void EndWithStatus(Stream* s, int grpc_code, std::string message);
   void WaitForLocalCalls();
   void ExpireDeadlines();
+  bool CheckUpstreamLiveness();
 
   // nghttp2 callbacks; user_data is the Conn.
   static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
@@ -563,6 +582,9 @@ void FrameRelay::Loop::Run() {
       if (open_streams == 0 || Clock::now() >= deadline) break;
       timeout_ms = 20;
     }
+    if (watch_upstream) {
+      timeout_ms = timeout_ms < 0 ? kLivenessTickMs : std::min(timeout_ms, kLivenessTickMs);
+    }
     if (!deadlines.empty()) {
       const auto wait = std::chrono::ceil<std::chrono::milliseconds>(deadlines.begin()->first -
                                                                      Clock::now());
@@ -595,12 +617,14 @@ void FrameRelay::Loop::Run() {
           }
           c->connected = true;
           c->ever_connected = true;
+          c->last_recv = Clock::now();
         }
         MarkDirty(c);
       }
       if ((events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) OnReadable(c);
     }
     ExpireDeadlines();
+    watch_upstream = CheckUpstreamLiveness();
     // Writing out may ask local streams for more (ReadNext), and their
     // answers may come inline: a few rounds, then back to the sockets (a
     // busy backend must not keep the loop from reading), with a wake-up
@@ -701,6 +725,7 @@ void FrameRelay::Loop::OnReadable(Conn* c) {
       Kill(c);
       break;
     }
+    if (c->kind == ConnKind::kUpstream) c->last_recv = Clock::now();
     const ssize_t rv = nghttp2_session_mem_recv(c->session, buf, static_cast<size_t>(n));
     if (rv < 0) {
       Kill(c);
@@ -842,6 +867,8 @@ Conn* FrameRelay::Loop::Upstream() {
   Conn* c = NewConn(ConnKind::kUpstream, fd, /*server=*/false);
   c->connected = !in_progress;
   c->ever_connected = !in_progress;
+  c->connect_started = c->last_recv = Clock::now();
+  watch_upstream = true;
   c->endpoint = endpoint;
   upstream = c;
   return c;
@@ -971,6 +998,7 @@ void FrameRelay::Loop::Submit(Stream* s, Conn* peer) {
   s->peer_id = id;
   s->peer_open = true;
   peer->streams.insert(s);
+  if (peer->kind == ConnKind::kUpstream) watch_upstream = true;
   MarkDirty(peer);
 }
 
@@ -1206,6 +1234,45 @@ void FrameRelay::Loop::ExpireDeadlines() {
   }
 }
 
+// Gives up connections to etcd that stopped answering (see kConnectTimeout);
+// true while one needs watching, so the loop wakes to check again. Dead
+// connections are destroyed by the Settle() that follows.
+bool FrameRelay::Loop::CheckUpstreamLiveness() {
+  const Clock::time_point now = Clock::now();
+  bool watching = false;
+  std::vector<Conn*> upstreams;
+  for (Conn* c : conns) {
+    if (c->kind == ConnKind::kUpstream && !c->dead) upstreams.push_back(c);
+  }
+  for (Conn* c : upstreams) {
+    if (!c->connected) {
+      if (now - c->connect_started < kConnectTimeout) {
+        watching = true;
+        continue;
+      }
+      KEEL_LOG_EVENT(Log(), spdlog::level::warn,
+                     "frame relay: connecting to etcd timed out, relaying through the chain",
+                     {{"endpoint", c->endpoint}});
+      Kill(c);  // never connected: its streams go again through the chain
+      continue;
+    }
+    if (c->streams.empty()) continue;
+    watching = true;
+    if (c->ping_sent != Clock::time_point::max()) {
+      if (now - c->ping_sent < kPingTimeout) continue;
+      KEEL_LOG_EVENT(Log(), spdlog::level::warn,
+                     "frame relay: etcd stopped answering, closing the connection",
+                     {{"endpoint", c->endpoint}});
+      Kill(c);
+    } else if (now - c->last_recv >= kPingAfterSilence) {
+      nghttp2_submit_ping(c->session, NGHTTP2_FLAG_NONE, nullptr);
+      c->ping_sent = now;
+      MarkDirty(c);
+    }
+  }
+  return watching;
+}
+
 // At shutdown every local stream was cancelled (its client connection
 // closed); their backends confirm through the mailbox, after which no call
 // of theirs touches the relay. A backend that never confirms is left behind,
@@ -1266,6 +1333,10 @@ int FrameRelay::Loop::OnFrameRecv(nghttp2_session* session, const nghttp2_frame*
                                   void* user_data) {
   auto* c = static_cast<Conn*>(user_data);
   Loop* l = current_loop;
+  if (frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK) != 0) {
+    c->ping_sent = Clock::time_point::max();
+    return 0;
+  }
   if (frame->hd.type == NGHTTP2_GOAWAY) {
     if (c->kind != ConnKind::kClient) c->goaway = true;
     return 0;

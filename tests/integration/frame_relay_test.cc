@@ -7,6 +7,12 @@
 // etcd's stream semantics (half-close, cancel, deadlines, bad messages) and
 // a reader that stalls holds back nobody and loses nothing.
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -238,6 +244,85 @@ TEST_F(FrameRelayTest, DeadFirstEndpointIsInvisible) {
   }
   // Once the remote backend moved to the live endpoint, the relay followed.
   EXPECT_GT(Metric(*proxy, kToEtcd), 0) << proxy->Log();
+}
+
+// A loopback "endpoint" that neither accepts nor refuses: a listener whose
+// accept queue is full, so the kernel drops further SYNs and a connect(2)
+// hangs, as to a member whose host is gone.
+class UnansweringEndpoint {
+ public:
+  UnansweringEndpoint() {
+    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(listener_, 0);
+    socklen_t len = sizeof(addr);
+    getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    // Backlog 0 still queues one or two connections: fill the queue.
+    for (int i = 0; i < 3; ++i) {
+      const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+      fillers_.push_back(fd);
+    }
+  }
+  ~UnansweringEndpoint() {
+    for (int fd : fillers_) close(fd);
+    close(listener_);
+  }
+  std::string addr() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int listener_ = -1;
+  int port_ = 0;
+  std::vector<int> fillers_;
+};
+
+// The first endpoint never answers a connect: the relay gives its connection
+// up after the dial timeout and the calls go again through the chain (whose
+// remote backend fails over), instead of waiting for the kernel's two-minute
+// connect timeout.
+TEST_F(FrameRelayTest, UnansweringFirstEndpointIsGivenUpAfterTheDialTimeout) {
+  UnansweringEndpoint hole;
+  auto proxy = StartProxy({"--endpoints=" + hole.addr() + "," + etcd_.ClientAddr(0),
+                           "--range-cache-max-bytes=0"});
+  for (int i = 0; i < 3; ++i) {
+    const std::string v = "v" + std::to_string(i);
+    CommandResult put = EtcdCluster::Etcdctl(
+        proxy->addr(), {"--command-timeout=30s", "put", "h", v}, seconds(60));
+    ASSERT_EQ(put.exit_code, 0) << put.err << proxy->Log();
+    CommandResult get = EtcdCluster::Etcdctl(
+        proxy->addr(), {"--command-timeout=30s", "get", "h", "--print-value-only"}, seconds(60));
+    EXPECT_EQ(get.out, v + "\n") << get.err;
+  }
+  EXPECT_NE(proxy->Log().find("connecting to etcd timed out"), std::string::npos)
+      << proxy->Log();
+}
+
+// The member the relay is connected to hangs (its process is frozen, its
+// sockets stay open): the relay's PING goes unanswered, it gives the
+// connection up and the read goes again through the chain, which fails over
+// to a live member. Without the PING the read would wait forever.
+TEST(FrameRelayClusterTest, HungMemberIsGivenUpAfterAnUnansweredPing) {
+  EtcdCluster::Options options;
+  options.members = 3;
+  EtcdCluster etcd(options);
+  std::string error;
+  ASSERT_TRUE(etcd.Start(&error)) << error;
+  GrpcProxyProcess proxy(etcd.dir(), {"--endpoints=" + etcd.ClientAddrs(),
+                                      "--range-cache-max-bytes=0"});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  ASSERT_EQ(EtcdCluster::Etcdctl(proxy.addr(), {"put", "p", "before"}).out, "OK\n");
+  etcd.Pause(0);
+  ASSERT_TRUE(etcd.WaitWritable(1)) << etcd.Log(1);
+  CommandResult get = EtcdCluster::Etcdctl(
+      proxy.addr(), {"--command-timeout=90s", "get", "p", "--print-value-only"}, seconds(120));
+  etcd.Resume(0);
+  EXPECT_EQ(get.exit_code, 0) << get.err << proxy.Log();
+  EXPECT_EQ(get.out, "before\n") << get.err;
+  EXPECT_NE(proxy.Log().find("etcd stopped answering"), std::string::npos) << proxy.Log();
 }
 
 // A watch stream the relay serves itself: the client half-closes after its

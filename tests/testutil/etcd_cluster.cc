@@ -76,6 +76,10 @@ bool EtcdCluster::Start(std::string* error) {
 
 void EtcdCluster::Stop(int i) { members_[i].process.reset(); }
 
+void EtcdCluster::Pause(int i) { members_[i].process->Signal(SIGSTOP); }
+
+void EtcdCluster::Resume(int i) { members_[i].process->Signal(SIGCONT); }
+
 void EtcdCluster::Restart(int i) {
   members_[i].process.reset();
   Launch(i, "existing");

@@ -40,6 +40,10 @@ class EtcdCluster {
   bool Start(std::string* error = nullptr);
   // SIGKILLs member i.
   void Stop(int i);
+  // Freezes member i (SIGSTOP): its sockets stay open, nothing answers, as
+  // with a member whose host hangs. Resume(i) (SIGCONT) thaws it.
+  void Pause(int i);
+  void Resume(int i);
   // Restarts a stopped member on its old ports and data dir; does not wait.
   void Restart(int i);
   // Waits until member i answers a serializable read (so it needs no quorum).
