@@ -7,12 +7,6 @@
 // etcd's stream semantics (half-close, cancel, deadlines, bad messages) and
 // a reader that stalls holds back nobody and loses nothing.
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -32,6 +26,7 @@
 #include "tests/integration/grpc_proxy_helpers.h"
 #include "tests/testutil/etcd_cluster.h"
 #include "tests/testutil/process.h"
+#include "tests/testutil/socket_io.h"
 
 namespace keel::testutil {
 namespace {
@@ -246,46 +241,12 @@ TEST_F(FrameRelayTest, DeadFirstEndpointIsInvisible) {
   EXPECT_GT(Metric(*proxy, kToEtcd), 0) << proxy->Log();
 }
 
-// A loopback "endpoint" that neither accepts nor refuses: a listener whose
-// accept queue is full, so the kernel drops further SYNs and a connect(2)
-// hangs, as to a member whose host is gone.
-class UnansweringEndpoint {
- public:
-  UnansweringEndpoint() {
-    listener_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    listen(listener_, 0);
-    socklen_t len = sizeof(addr);
-    getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    // Backlog 0 still queues one or two connections: fill the queue.
-    for (int i = 0; i < 3; ++i) {
-      const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-      connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-      fillers_.push_back(fd);
-    }
-  }
-  ~UnansweringEndpoint() {
-    for (int fd : fillers_) close(fd);
-    close(listener_);
-  }
-  std::string addr() const { return "127.0.0.1:" + std::to_string(port_); }
-
- private:
-  int listener_ = -1;
-  int port_ = 0;
-  std::vector<int> fillers_;
-};
-
 // The first endpoint never answers a connect: the relay gives its connection
 // up after the dial timeout and the calls go again through the chain (whose
 // remote backend fails over), instead of waiting for the kernel's two-minute
 // connect timeout.
 TEST_F(FrameRelayTest, UnansweringFirstEndpointIsGivenUpAfterTheDialTimeout) {
-  UnansweringEndpoint hole;
+  BlackHole hole;
   auto proxy = StartProxy({"--endpoints=" + hole.addr() + "," + etcd_.ClientAddr(0),
                            "--range-cache-max-bytes=0"});
   for (int i = 0; i < 3; ++i) {

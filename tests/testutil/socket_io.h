@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
+#include <vector>
 
 namespace keel::testutil {
 
@@ -66,5 +67,43 @@ inline std::string ReadN(int fd, size_t n,
   }
   return out;
 }
+
+// A 127.0.0.1 address that swallows SYNs: a listener with a full accept
+// queue that never accepts, so the kernel drops further SYNs and a connect
+// hangs until its timeout, like a black-holed host.
+class BlackHole {
+ public:
+  BlackHole() {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(listen_fd_, 0);
+    socklen_t len = sizeof(addr);
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    // Fill the accept queue until a connect no longer completes.
+    for (int i = 0; i < 16; ++i) {
+      int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+      fillers_.push_back(fd);
+      pollfd p{fd, POLLOUT, 0};
+      if (poll(&p, 1, 300) == 0) break;  // still connecting: SYNs are dropped now
+    }
+  }
+  ~BlackHole() {
+    for (int fd : fillers_) close(fd);
+    close(listen_fd_);
+  }
+  BlackHole(const BlackHole&) = delete;
+  BlackHole& operator=(const BlackHole&) = delete;
+  std::string addr() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::vector<int> fillers_;
+};
 
 }  // namespace keel::testutil
