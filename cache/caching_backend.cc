@@ -790,6 +790,30 @@ std::optional<RangeResponse> CachingBackend::TryServeSerializable(const RangeReq
   return hit;
 }
 
+std::optional<uint64_t> CachingBackend::BeginExternalFill(const RangeRequest& request) {
+  if (request.serializable() || !RangeCache::Cacheable(request)) return std::nullopt;
+  std::optional<FillId> fill;
+  {
+    absl::MutexLock lock(&state_->mu);
+    RangeCache& cache = state_->cache;
+    if (cache.live() && !cache.Has("", request)) fill = cache.BeginFill(request);
+  }
+  if (fill.has_value()) Increment(state_->misses);
+  return fill;
+}
+
+void CachingBackend::FinishExternalFill(uint64_t ticket, const RangeRequest& request,
+                                        RangeResponse response) {
+  absl::MutexLock lock(&state_->mu);
+  state_->cache.FinishFill(ticket, "", request, std::move(response));
+  state_->UpdateGauges();
+}
+
+void CachingBackend::AbandonExternalFill(uint64_t ticket) {
+  absl::MutexLock lock(&state_->mu);
+  state_->cache.AbandonFill(ticket);
+}
+
 void CachingBackend::FlushForAuthChange() {
   absl::MutexLock lock(&state_->mu);
   state_->cache.Flush();

@@ -190,7 +190,8 @@ int GrpcStatusOf(const Headers& headers) {
 // Follows the gRPC length-prefixed messages of one direction of a stream.
 class MessageScanner {
  public:
-  explicit MessageScanner(bool capture_head) : capture_head_(capture_head) {}
+  // Keeps up to `capture` bytes of the first message (head()).
+  explicit MessageScanner(size_t capture) : capture_(capture) {}
 
   void Feed(const uint8_t* data, size_t len) {
     while (len > 0) {
@@ -213,9 +214,8 @@ class MessageScanner {
         continue;
       }
       const size_t n = static_cast<size_t>(std::min<uint64_t>(remaining_, len));
-      if (capture_head_ && messages_ == 1 && head_.size() < kHeadCapture) {
-        head_.append(reinterpret_cast<const char*>(data),
-                     std::min(n, kHeadCapture - head_.size()));
+      if (messages_ == 1 && head_.size() < capture_) {
+        head_.append(reinterpret_cast<const char*>(data), std::min(n, capture_ - head_.size()));
       }
       remaining_ -= n;
       data += n;
@@ -229,11 +229,18 @@ class MessageScanner {
   bool first_compressed() const { return first_compressed_; }
   // Messages whose prefix was seen.
   uint64_t messages() const { return messages_; }
-  // The first bytes of the first message (when capturing).
+  // The first bytes of the first message (up to the capture size).
   const std::string& head() const { return head_; }
+  // The whole first message, if it was no larger than the capture size.
+  std::optional<std::string_view> first_message() const {
+    if (messages_ == 0 || head_.size() != static_cast<uint64_t>(first_length_)) {
+      return std::nullopt;
+    }
+    return std::string_view(head_);
+  }
 
  private:
-  bool capture_head_;
+  size_t capture_;
   uint8_t prefix_[kGrpcPrefix] = {};
   size_t prefix_got_ = 0;
   uint64_t remaining_ = 0;
@@ -296,6 +303,9 @@ struct Stream {
   // Where each local response still waiting in `down` ends (absolute): it
   // counts as sent once its last byte has left.
   std::deque<size_t> local_ends;
+  // A linearizable Range the cache does not hold, sent straight to etcd: its
+  // OK answer fills the cache under this ticket (FrameRelayOptions::end_fill).
+  std::optional<uint64_t> fill;
   // A local stream's deadline (the client's grpc-timeout); max() without one.
   Clock::time_point deadline = Clock::time_point::max();
 
@@ -306,7 +316,7 @@ struct Stream {
   size_t up_consumed = 0;  // absolute: window given back to the client
   bool up_eof = false;
   bool replayable = true;  // up still holds every byte from offset 0
-  MessageScanner up_scan{false};
+  MessageScanner up_scan{0};
   uint64_t received_counted = 0;
 
   // Peer -> client.
@@ -315,7 +325,7 @@ struct Stream {
   size_t down_sent = 0;
   size_t down_consumed = 0;
   bool down_eof = false;
-  MessageScanner down_scan{true};
+  MessageScanner down_scan{kHeadCapture};
   uint64_t sent_counted = 0;
 
   size_t up_total() const { return up_base + up.size(); }
@@ -901,14 +911,14 @@ void FrameRelay::Loop::Route(Stream* s) {
     StartLocal(s);
     return;
   }
-  if (s->route != nullptr && s->route->cache_read && options.serve_cached_range &&
+  if (s->route != nullptr && s->route->cache_read && options.cached_range &&
       !s->request_headers.Find("token").has_value() &&
       !s->request_headers.Find("hasleader").has_value()) {
     // The whole (small) request first.
     if (!s->up_eof && s->up_total() <= kReplayLimit) return;
     if (s->up_eof && AnswerFromCache(s)) return;
   }
-  bool to_upstream = s->route != nullptr && s->route->pass_through;
+  bool to_upstream = s->route != nullptr && (s->route->pass_through || s->fill.has_value());
   if (to_upstream) {
     // A compressed request may get a compressed answer, whose header the
     // OkHook could not read: leave those to the chain.
@@ -953,9 +963,15 @@ bool FrameRelay::Loop::AnswerFromCache(Stream* s) {
       s->up.size() != kGrpcPrefix + static_cast<uint64_t>(length)) {
     return false;
   }
-  std::optional<std::string> body = options.serve_cached_range(
+  CachedRange cached = options.cached_range(
       std::string_view(s->up.data() + kGrpcPrefix, static_cast<size_t>(length)));
-  if (!body.has_value()) return false;
+  if (cached.fill.has_value()) {
+    // Straight to etcd; its whole answer is kept for the cache.
+    s->fill = cached.fill;
+    s->down_scan = MessageScanner(kReplayLimit);
+  }
+  if (!cached.answer.has_value()) return false;
+  std::optional<std::string>& body = cached.answer;
   s->routed = true;
   s->local_code = 0;
   s->response_submitted = true;
@@ -1012,7 +1028,7 @@ void FrameRelay::Loop::Replay(Stream* s) {
   s->down.clear();
   s->down_base = s->down_sent = s->down_consumed = 0;
   s->down_eof = false;
-  s->down_scan = MessageScanner(true);
+  s->down_scan = MessageScanner(kHeadCapture);
   Conn* internal = s->client != nullptr ? InternalFor(s->client) : nullptr;
   if (internal == nullptr) {
     FailToClient(s, kGrpcUnavailable, "keel: cannot reach the proxy's backend chain");
@@ -1064,6 +1080,13 @@ void FrameRelay::Loop::PeerEnded(Stream* s, uint32_t error_code, bool replay_saf
 
 void FrameRelay::Loop::Finished(Stream* s, int code) {
   if (!s->to_upstream || s->route == nullptr) return;
+  if (s->fill.has_value() && code == 0 && s->up_base == 0 && s->up_scan.first_length() >= 0 &&
+      s->up.size() >= kGrpcPrefix + static_cast<uint64_t>(s->up_scan.first_length())) {
+    const std::string_view request(s->up.data() + kGrpcPrefix,
+                                   static_cast<size_t>(s->up_scan.first_length()));
+    options.end_fill(*std::exchange(s->fill, std::nullopt), request,
+                     s->down_scan.first_message());
+  }
   if (code == 0 && s->route->on_ok != OkHook::kNone && options.on_ok) {
     options.on_ok(s->route->on_ok, HeaderRevision(s->down_scan.head()));
   }
@@ -1073,6 +1096,8 @@ void FrameRelay::Loop::Finished(Stream* s, int code) {
 void FrameRelay::Loop::MaybeFree(Stream* s) {
   if (s->client_open || s->peer_open || s->local != nullptr) return;
   if (s->deadline != Clock::time_point::max()) deadlines.erase({s->deadline, s});
+  // Failed, replayed or cut off: nothing to fill the cache with.
+  if (s->fill.has_value()) options.end_fill(*s->fill, {}, std::nullopt);
   delete s;
 }
 

@@ -15,6 +15,15 @@
 
 namespace keel::proxy::grpcproxy {
 
+// What the range cache can do for one Range (FrameRelayOptions::cached_range).
+struct CachedRange {
+  // Its serialized response: the relay answers at once.
+  std::optional<std::string> answer;
+  // The cache does not hold it: the read goes straight to etcd, and etcd's
+  // answer fills the cache under this ticket (FrameRelayOptions::end_fill).
+  std::optional<uint64_t> fill;
+};
+
 struct FrameRelayOptions {
   // How each method is treated; must outlive the relay.
   const RelayRoutes* routes = nullptr;
@@ -29,10 +38,17 @@ struct FrameRelayOptions {
   // header's revision (0 when it has none).
   std::function<void(OkHook hook, int64_t revision)> on_ok;
   // For RelayRoute::cache_read methods (Range with the cache on): given the
-  // request message of a token-less, non-hasleader call, the serialized
-  // response when the cache can answer at once, nullopt to send the call
+  // request message of a token-less, non-hasleader call, what the cache can
+  // do for it (CachedRange); neither an answer nor a fill sends the call
   // through the chain. Runs on the relay thread; must not block.
-  std::function<std::optional<std::string>(std::string_view request)> serve_cached_range;
+  std::function<CachedRange(std::string_view request)> cached_range;
+  // Ends a CachedRange::fill ticket: `response` is etcd's whole OK answer to
+  // `request`, or nullopt (the call failed, was sent again through the chain,
+  // or its answer was too large to keep). Called exactly once per ticket, on
+  // the relay thread; must not block.
+  std::function<void(uint64_t ticket, std::string_view request,
+                     std::optional<std::string_view> response)>
+      end_fill;
   // The Backend chain, as the front sees it. When set, RelayRoute::local
   // streams (Watch, LeaseKeepAlive) are served by the relay itself against it
   // (local_call.h): no gRPC server call, and a fan-out of events to many

@@ -194,15 +194,29 @@ absl::Status ProxyServer::Start() {
           if (hook == OkHook::kNoteWriteRevision) cache->NoteWriteAcknowledged(revision);
           if (hook == OkHook::kFlushCache) cache->FlushForAuthChange();
         };
-        relay.serve_cached_range =
-            [cache](std::string_view message) -> std::optional<std::string> {
+        relay.cached_range = [cache](std::string_view message) -> CachedRange {
           ::etcdserverpb::RangeRequest request;
           if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
-            return std::nullopt;  // the chain's gRPC server answers a bad message
+            return {};  // the chain's gRPC server answers a bad message
           }
+          if (!request.serializable()) return {std::nullopt, cache->BeginExternalFill(request)};
           std::optional<::etcdserverpb::RangeResponse> hit = cache->TryServeSerializable(request);
-          if (!hit.has_value()) return std::nullopt;
-          return hit->SerializeAsString();
+          if (!hit.has_value()) return {};
+          return {hit->SerializeAsString(), std::nullopt};
+        };
+        relay.end_fill = [cache](uint64_t ticket, std::string_view request_bytes,
+                                 std::optional<std::string_view> response_bytes) {
+          ::etcdserverpb::RangeRequest request;
+          ::etcdserverpb::RangeResponse response;
+          if (response_bytes.has_value() &&
+              request.ParseFromArray(request_bytes.data(),
+                                     static_cast<int>(request_bytes.size())) &&
+              response.ParseFromArray(response_bytes->data(),
+                                      static_cast<int>(response_bytes->size()))) {
+            cache->FinishExternalFill(ticket, request, std::move(response));
+          } else {
+            cache->AbandonExternalFill(ticket);
+          }
         };
       }
       relay.chain = cluster_view_.get();

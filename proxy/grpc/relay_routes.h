@@ -32,7 +32,8 @@ struct RelayRoute {
   bool read_only = false;
   OkHook on_ok = OkHook::kNone;
   // Range with the cache on: a token-less serializable read may be answered
-  // by the relay itself from the cache (FrameRelayOptions::serve_cached_range).
+  // by the relay itself from the cache, and a linearizable one the cache does
+  // not hold goes straight to etcd and fills it (FrameRelayOptions::cached_range).
   bool cache_read = false;
   // Watch and LeaseKeepAlive: served by the relay itself against the Backend
   // chain (local_call.h) when it has one, instead of through the chain's gRPC

@@ -176,6 +176,51 @@ TEST_F(FrameRelayTest, NamespacedReadsNeverHitTheRawCache) {
   EXPECT_EQ(Metric(*proxy, "keel_grpc_relay_streams_total{route=\"cache\"}"), 0);
 }
 
+// A linearizable read of a key the cache does not hold goes straight to etcd
+// (no probe, no chain) and etcd's answer fills the cache: a serializable read
+// of it is then a hit. Once held, a linearizable read goes through the chain
+// (revision probe) and still sees a write made directly on etcd.
+TEST_F(FrameRelayTest, LinearizableMissGoesStraightToEtcdAndFillsTheCache) {
+  auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0)});
+  auto direct = etcdserverpb::KV::NewStub(
+      grpc::CreateChannel(etcd_.ClientAddr(0), grpc::InsecureChannelCredentials()));
+  auto kv = etcdserverpb::KV::NewStub(
+      grpc::CreateChannel(proxy->addr(), grpc::InsecureChannelCredentials()));
+  auto read = [&](bool serializable) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    etcdserverpb::RangeRequest req;
+    req.set_key("lin");
+    req.set_serializable(serializable);
+    etcdserverpb::RangeResponse resp;
+    grpc::Status s = kv->Range(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.kvs_size() == 1 ? resp.kvs(0).value() : std::string("<none>");
+  };
+  PutKey(*direct, "lin", "v1");
+  // The cache's whole-keyspace watch is up once a write through the proxy
+  // comes back to a serializable read from the cache.
+  PutKey(*kv, "warm", "w");
+  const double etcd_before = Metric(*proxy, kToEtcd);
+  const double chain_before = Metric(*proxy, kToChain);
+  EXPECT_EQ(read(false), "v1");
+  EXPECT_EQ(Metric(*proxy, kToEtcd), etcd_before + 1);
+  EXPECT_EQ(Metric(*proxy, kToChain), chain_before);
+
+  // Served from the fill (once the cache's freshness lease is confirmed).
+  bool hit = false;
+  for (int i = 0; i < 200 && !hit; ++i) {
+    ASSERT_EQ(read(true), "v1");
+    hit = Metric(*proxy, "keel_grpc_relay_streams_total{route=\"cache\"}") > 0;
+    if (!hit) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(hit) << proxy->Log();
+
+  PutKey(*direct, "lin", "v2");
+  EXPECT_EQ(read(false), "v2");
+  EXPECT_GT(Metric(*proxy, kToChain), chain_before);
+}
+
 // A value near etcd's request limit crosses the relay both ways (many DATA
 // frames, windows opened as bytes leave) and comes back byte for byte.
 TEST_F(FrameRelayTest, LargeValuesCrossBothWindows) {
