@@ -206,12 +206,6 @@ absl::StatusOr<std::unique_ptr<Connections>> Connections::Dial(const GlobalOptio
       return s;
     }
   }
-  for (auto& ch : c->channels_) {
-    c->kv_.push_back(etcdserverpb::KV::NewStub(ch));
-    c->watch_.push_back(etcdserverpb::Watch::NewStub(ch));
-    c->lease_.push_back(etcdserverpb::Lease::NewStub(ch));
-  }
-
   if (!options.user.empty()) {
     const size_t colon = options.user.find(':');
     if (colon == std::string::npos) {

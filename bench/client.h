@@ -32,7 +32,8 @@ struct GlobalOptions {
   std::string cacert, cert, key;  // TLS files
   std::string user;               // "user:password"
   absl::Duration dial_timeout = absl::Seconds(5);
-  int threads = 0;  // completion-queue threads, 0 = one per core
+  int threads = 0;                 // completion-queue / loop threads, 0 = one per core
+  std::string transport = "grpc";  // grpc or h2 (bench/transport.h)
   bool json = false;
   bool progress = true;  // progress bar when stderr is a TTY
 };
@@ -74,20 +75,17 @@ class Connections {
   static absl::StatusOr<std::unique_ptr<Connections>> Dial(const GlobalOptions& options);
 
   int size() const { return static_cast<int>(channels_.size()); }
-  etcdserverpb::KV::Stub& kv(int i) { return *kv_[Index(i)]; }
-  etcdserverpb::Watch::Stub& watch(int i) { return *watch_[Index(i)]; }
-  etcdserverpb::Lease::Stub& lease(int i) { return *lease_[Index(i)]; }
+  const std::shared_ptr<grpc::Channel>& channel(int i) const { return channels_[Index(i)]; }
   // Adds the auth token (if any) to a new call's context.
   void Prepare(grpc::ClientContext* ctx) const;
+  // The --user token, "" without one.
+  const std::string& token() const { return token_; }
   // The endpoints in use (after --target-leader).
   const std::vector<std::string>& endpoints() const { return endpoints_; }
 
  private:
   size_t Index(int i) const { return static_cast<size_t>(i) % channels_.size(); }
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
-  std::vector<std::unique_ptr<etcdserverpb::KV::Stub>> kv_;
-  std::vector<std::unique_ptr<etcdserverpb::Watch::Stub>> watch_;
-  std::vector<std::unique_ptr<etcdserverpb::Lease::Stub>> lease_;
   std::vector<std::string> endpoints_;
   std::string token_;
 };

@@ -3,7 +3,11 @@
 # `keel grpc-proxy start` (and etcd directly, for reference) in front of the
 # same etcd member, in the same run.
 #
-#   bench/coalesce.sh [--quick] [--out FILE] [KEEL_BIN_DIR]
+#   bench/coalesce.sh [--quick] [--transport h2|grpc] [--out FILE] [KEEL_BIN_DIR]
+#
+# keel-bench speaks gRPC with --transport (default h2: gRPC framing on
+# nghttp2, a few µs of client CPU per message, so that the 2 cores measure
+# the proxies rather than the load generator; grpc: gRPC C++).
 #
 # Loads:
 #  watch-N-cC  N watchers on one key over C connections (one stream per
@@ -12,7 +16,10 @@
 #              RSS growth per watcher (each proxy is restarted per load).
 #  lease-N     N leases kept alive over N/10 streams (a keep-alive every 2 s
 #              per lease, TTL 6 s): reply latency, the member's open
-#              keep-alive streams.
+#              keep-alive streams. lease-N: every lease starts at once, so
+#              all N keep-alives come in one burst every 2 s; lease-N-spread:
+#              each lease starts at a random point of the first 2 s, as
+#              independent clients would.
 #  range-*     one key read by 64 clients, serializable (etcd's proxy serves
 #              it from its cache) and linearizable; req/s and proxy CPU.
 # KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default <checkout>/build/bin.
@@ -23,13 +30,15 @@ SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$SRC_DIR/bench/lib.sh"
 
 QUICK=0
+TRANSPORT=h2
 OUT=
 BIN_DIR=${KEEL_BIN_DIR:-$SRC_DIR/build/bin}
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --transport) TRANSPORT=$2; shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) BIN_DIR=$1 ;;
   esac
   shift
@@ -99,7 +108,8 @@ run() {
   ) &
   local sampler=$!
   echo 0 >"$WORK/peak"
-  out=$(timeout 600 "$BENCH" --endpoints "127.0.0.1:$port" --json --no-progress "$@" \
+  out=$(timeout 600 "$BENCH" --endpoints "127.0.0.1:$port" --transport "$TRANSPORT" --json \
+          --no-progress "$@" \
           2>"$WORK/bench.err")
   rc=$?
   kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
@@ -134,10 +144,12 @@ for n in "${WATCHERS[@]}"; do
   done
 done
 for n in "${LEASES[@]}"; do
-  for t in "${TARGETS[@]}"; do
-    run "$t" "lease-$n" "$n" -- --conns 10 --clients 64 --duration "${LEASE_T}s" \
-      lease-keepalive --leases "$n" --streams $((n / 10)) --ttl 6 --interval 2s \
-      --metrics-url "$METRICS"
+  for spread in "" "-spread"; do
+    for t in "${TARGETS[@]}"; do
+      run "$t" "lease-$n$spread" "$n" -- --conns 10 --clients 64 --duration "${LEASE_T}s" \
+        lease-keepalive --leases "$n" --streams $((n / 10)) --ttl 6 --interval 2s \
+        ${spread:+--spread} --metrics-url "$METRICS"
+    done
   done
 done
 for cell in range-s1-c64 range-l1-c64 range-s1-c256; do
@@ -149,9 +161,9 @@ for cell in range-s1-c64 range-l1-c64 range-s1-c256; do
 done
 ELAPSED=$((SECONDS - START))
 
-"$PY" - "$RES" "$OUT" "$ELAPSED" "$(etcd --version | head -1)" <<'PYEOF'
+"$PY" - "$RES" "$OUT" "$ELAPSED" "$(etcd --version | head -1)" "$TRANSPORT" <<'PYEOF'
 import json, sys
-res, out, elapsed, etcd_version = sys.argv[1:]
+res, out, elapsed, etcd_version, transport = sys.argv[1:]
 rows = [json.loads(l) for l in open(res) if l.strip()]
 get = {(r["target"], r["load"]): r for r in rows}
 loads = list(dict.fromkeys(r["load"] for r in rows))
@@ -159,8 +171,8 @@ f = lambda v, fmt="{:,.0f}": "—" if v is None else fmt.format(v)
 def ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
 L = ["# Coalescing and cache: etcd grpc-proxy vs keel grpc-proxy", "",
-     "bench/coalesce.sh, {} s, {}; one etcd member; each proxy restarted per load.".format(
-         elapsed, etcd_version), ""]
+     "bench/coalesce.sh, {} s, {}; one etcd member; each proxy restarted per load; "
+     "keel-bench --transport={}.".format(elapsed, etcd_version, transport), ""]
 L += ["## Watch fan-out: N watchers on one key over C connections, put → seen by the last watcher", "",
       "| load | target | p50 ms | p99 ms | puts | errors | member watchers | proxy RSS growth KB/watcher |",
       "|---|---|---|---|---|---|---|---|"]
@@ -177,7 +189,8 @@ for load in loads:
             f(pc.get("p50", 0) * 1e3, "{:.2f}"), f(pc.get("p99", 0) * 1e3, "{:.2f}"),
             f(fan.get("requests")), f(fan.get("error_count")),
             f((j.get("server") or {}).get("watchers")), f(growth, "{:.2f}")))
-L += ["", "## Lease keep-alives: N leases over N/10 streams, one keep-alive per lease every 2 s", "",
+L += ["", "## Lease keep-alives: N leases over N/10 streams, one keep-alive per lease every 2 s "
+      "(-spread: leases started at random points of the first 2 s instead of in one burst)", "",
       "| load | target | replies | p50 ms | p99 ms | errors | member keep-alive streams | proxy CPU s |",
       "|---|---|---|---|---|---|---|---|"]
 for load in loads:

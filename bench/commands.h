@@ -42,6 +42,9 @@ struct LeaseOptions {
   int streams = 1;
   int64_t ttl = 30;
   absl::Duration interval;  // between a lease's reply and its next keepalive
+  // Each lease's first keepalive at a random point within `interval` rather
+  // than all at once, as independent clients would send them.
+  bool spread = false;
   std::string metrics_url;
 };
 

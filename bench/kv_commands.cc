@@ -11,10 +11,6 @@ namespace keel::bench {
 
 namespace {
 
-using etcdserverpb::PutResponse;
-using etcdserverpb::RangeResponse;
-using etcdserverpb::TxnResponse;
-
 // Per-client key generators (each client loop touches only its own).
 std::vector<KeyGenerator> MakeGenerators(const GlobalOptions& g) {
   std::vector<KeyGenerator> gens;
@@ -27,61 +23,48 @@ std::vector<KeyGenerator> MakeGenerators(const GlobalOptions& g) {
 
 class PutWorkload : public Workload {
  public:
-  PutWorkload(const GlobalOptions& g, Connections& c)
-      : conns_(c), gens_(MakeGenerators(g)), value_(MakeValue(g.val_size)) {}
-  std::unique_ptr<PendingCall> Start(int client, int conn, uint64_t seq, grpc::ClientContext* ctx,
-                                     grpc::CompletionQueue* cq, void* tag) override {
+  explicit PutWorkload(const GlobalOptions& g)
+      : gens_(MakeGenerators(g)), value_(MakeValue(g.val_size)) {}
+  Request Build(int client, uint64_t seq) override {
     etcdserverpb::PutRequest req;
     req.set_key(gens_[static_cast<size_t>(client)].Next(seq));
     req.set_value(value_);
-    auto call = std::make_unique<TypedCall<PutResponse>>();
-    call->reader = conns_.kv(conn).AsyncPut(ctx, req, cq);
-    call->reader->Finish(&call->resp, &call->status, tag);
-    return call;
+    return {kPutMethod, req.SerializeAsString()};
   }
 
  private:
-  Connections& conns_;
   std::vector<KeyGenerator> gens_;
   std::string value_;
 };
 
 class RangeWorkload : public Workload {
  public:
-  RangeWorkload(const GlobalOptions& g, Connections& c, const KvOptions& o)
-      : conns_(c), random_keys_(o.random_keys) {
+  RangeWorkload(const GlobalOptions& g, const KvOptions& o) : random_keys_(o.random_keys) {
     req_.set_key(o.range_key);
     req_.set_range_end(o.range_end);
     req_.set_serializable(o.consistency == "s");
+    body_ = req_.SerializeAsString();
     if (random_keys_) gens_ = MakeGenerators(g);
   }
-  std::unique_ptr<PendingCall> Start(int client, int conn, uint64_t seq, grpc::ClientContext* ctx,
-                                     grpc::CompletionQueue* cq, void* tag) override {
-    auto call = std::make_unique<TypedCall<RangeResponse>>();
-    if (random_keys_) {
-      etcdserverpb::RangeRequest req = req_;
-      req.set_key(gens_[static_cast<size_t>(client)].Next(seq));
-      call->reader = conns_.kv(conn).AsyncRange(ctx, req, cq);
-    } else {
-      call->reader = conns_.kv(conn).AsyncRange(ctx, req_, cq);
-    }
-    call->reader->Finish(&call->resp, &call->status, tag);
-    return call;
+  Request Build(int client, uint64_t seq) override {
+    if (!random_keys_) return {kRangeMethod, body_};
+    etcdserverpb::RangeRequest req = req_;
+    req.set_key(gens_[static_cast<size_t>(client)].Next(seq));
+    return {kRangeMethod, req.SerializeAsString()};
   }
 
  private:
-  Connections& conns_;
   bool random_keys_;
   std::vector<KeyGenerator> gens_;
   etcdserverpb::RangeRequest req_;
+  std::string body_;
 };
 
 class TxnPutWorkload : public Workload {
  public:
-  TxnPutWorkload(const GlobalOptions& g, Connections& c, int ops)
-      : conns_(c), gens_(MakeGenerators(g)), value_(MakeValue(g.val_size)), ops_(ops) {}
-  std::unique_ptr<PendingCall> Start(int client, int conn, uint64_t seq, grpc::ClientContext* ctx,
-                                     grpc::CompletionQueue* cq, void* tag) override {
+  TxnPutWorkload(const GlobalOptions& g, int ops)
+      : gens_(MakeGenerators(g)), value_(MakeValue(g.val_size)), ops_(ops) {}
+  Request Build(int client, uint64_t seq) override {
     etcdserverpb::TxnRequest req;
     for (int i = 0; i < ops_; ++i) {
       etcdserverpb::PutRequest* put = req.add_success()->mutable_request_put();
@@ -90,14 +73,10 @@ class TxnPutWorkload : public Workload {
                                                            static_cast<uint64_t>(i)));
       put->set_value(value_);
     }
-    auto call = std::make_unique<TypedCall<TxnResponse>>();
-    call->reader = conns_.kv(conn).AsyncTxn(ctx, req, cq);
-    call->reader->Finish(&call->resp, &call->status, tag);
-    return call;
+    return {kTxnMethod, req.SerializeAsString()};
   }
 
  private:
-  Connections& conns_;
   std::vector<KeyGenerator> gens_;
   std::string value_;
   int ops_;
@@ -105,9 +84,8 @@ class TxnPutWorkload : public Workload {
 
 class TxnMixedWorkload : public Workload {
  public:
-  TxnMixedWorkload(const GlobalOptions& g, Connections& c, const KvOptions& o)
-      : conns_(c),
-        gens_(MakeGenerators(g)),
+  TxnMixedWorkload(const GlobalOptions& g, const KvOptions& o)
+      : gens_(MakeGenerators(g)),
         value_(MakeValue(g.val_size)),
         read_ratio_(o.rw_ratio / (1 + o.rw_ratio)),
         end_key_(o.end_key),
@@ -117,8 +95,7 @@ class TxnMixedWorkload : public Workload {
     }
   }
   std::vector<std::string> Categories() const override { return {"read", "write"}; }
-  std::unique_ptr<PendingCall> Start(int client, int conn, uint64_t seq, grpc::ClientContext* ctx,
-                                     grpc::CompletionQueue* cq, void* tag) override {
+  Request Build(int client, uint64_t seq) override {
     const size_t ci = static_cast<size_t>(client);
     std::uniform_real_distribution<double> coin(0, 1);
     const bool read = coin(rngs_[ci]) < read_ratio_;
@@ -134,15 +111,10 @@ class TxnMixedWorkload : public Workload {
       p->set_key(key);
       p->set_value(value_);
     }
-    auto call = std::make_unique<TypedCall<TxnResponse>>();
-    call->category = read ? 0 : 1;
-    call->reader = conns_.kv(conn).AsyncTxn(ctx, req, cq);
-    call->reader->Finish(&call->resp, &call->status, tag);
-    return call;
+    return {kTxnMethod, req.SerializeAsString(), read ? 0 : 1};
   }
 
  private:
-  Connections& conns_;
   std::vector<KeyGenerator> gens_;
   std::vector<std::mt19937_64> rngs_;
   std::string value_;
@@ -152,14 +124,13 @@ class TxnMixedWorkload : public Workload {
 };
 
 absl::Status RunUnary(const GlobalOptions& g, const std::string& title,
-                      const std::function<std::unique_ptr<Workload>(Connections&)>& make) {
-  absl::StatusOr<std::unique_ptr<Connections>> conns = Connections::Dial(g);
-  if (!conns.ok()) return conns.status();
-  CqPool pool(g.threads);
-  std::unique_ptr<Workload> workload = make(**conns);
-  UnaryRunner runner(g, **conns, pool);
+                      const std::function<std::unique_ptr<Workload>()>& make) {
+  absl::StatusOr<std::unique_ptr<Transport>> transport = Transport::Dial(g);
+  if (!transport.ok()) return transport.status();
+  std::unique_ptr<Workload> workload = make();
+  UnaryRunner runner(g, **transport);
   RunResult r = runner.Run(*workload, g.total, g.rate, g.duration, g.clients, true);
-  pool.Shutdown();
+  (*transport)->Shutdown();
   PrintRunResult(r, g.json, title);
   if (r.overall.requests == 0 && r.overall.error_count() > 0) {
     return absl::FailedPreconditionError(
@@ -171,7 +142,7 @@ absl::Status RunUnary(const GlobalOptions& g, const std::string& title,
 }  // namespace
 
 absl::Status RunPut(const GlobalOptions& g) {
-  return RunUnary(g, "put", [&](Connections& c) { return std::make_unique<PutWorkload>(g, c); });
+  return RunUnary(g, "put", [&] { return std::make_unique<PutWorkload>(g); });
 }
 
 absl::Status RunRange(const GlobalOptions& g, const KvOptions& o) {
@@ -184,15 +155,12 @@ absl::Status RunRange(const GlobalOptions& g, const KvOptions& o) {
   if (!o.range_key.empty() && o.random_keys) {
     return absl::InvalidArgumentError("range takes a key argument or --random-keys, not both");
   }
-  return RunUnary(g, "range",
-                  [&](Connections& c) { return std::make_unique<RangeWorkload>(g, c, o); });
+  return RunUnary(g, "range", [&] { return std::make_unique<RangeWorkload>(g, o); });
 }
 
 absl::Status RunTxnPut(const GlobalOptions& g, const KvOptions& o) {
   if (o.txn_ops < 1) return absl::InvalidArgumentError("--txn-ops must be at least 1");
-  return RunUnary(g, "txn-put", [&](Connections& c) {
-    return std::make_unique<TxnPutWorkload>(g, c, o.txn_ops);
-  });
+  return RunUnary(g, "txn-put", [&] { return std::make_unique<TxnPutWorkload>(g, o.txn_ops); });
 }
 
 absl::Status RunTxnMixed(const GlobalOptions& g, const KvOptions& o) {
@@ -200,8 +168,7 @@ absl::Status RunTxnMixed(const GlobalOptions& g, const KvOptions& o) {
   if (o.consistency != "l" && o.consistency != "s") {
     return absl::InvalidArgumentError("--consistency must be l or s");
   }
-  return RunUnary(g, "txn-mixed",
-                  [&](Connections& c) { return std::make_unique<TxnMixedWorkload>(g, c, o); });
+  return RunUnary(g, "txn-mixed", [&] { return std::make_unique<TxnMixedWorkload>(g, o); });
 }
 
 }  // namespace keel::bench

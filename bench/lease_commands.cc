@@ -1,5 +1,7 @@
+#include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <random>
 #include <thread>
 #include <unordered_map>
 
@@ -17,18 +19,17 @@ namespace {
 // Grants leases and collects their IDs.
 class GrantWorkload : public Workload {
  public:
-  GrantWorkload(Connections& c, int64_t ttl) : conns_(c), ttl_(ttl) {}
-  std::unique_ptr<PendingCall> Start(int, int conn, uint64_t, grpc::ClientContext* ctx,
-                                     grpc::CompletionQueue* cq, void* tag) override {
+  explicit GrantWorkload(int64_t ttl) {
     etcdserverpb::LeaseGrantRequest req;
-    req.set_ttl(ttl_);
-    auto call = std::make_unique<TypedCall<etcdserverpb::LeaseGrantResponse>>();
-    call->reader = conns_.lease(conn).AsyncLeaseGrant(ctx, req, cq);
-    call->reader->Finish(&call->resp, &call->status, tag);
-    return call;
+    req.set_ttl(ttl);
+    body_ = req.SerializeAsString();
   }
-  std::string Completed(int, PendingCall& call) override {
-    auto& resp = static_cast<TypedCall<etcdserverpb::LeaseGrantResponse>&>(call).resp;
+  Request Build(int, uint64_t) override { return {kLeaseGrantMethod, body_}; }
+  std::string Completed(int, const Request&, std::string_view response) override {
+    etcdserverpb::LeaseGrantResponse resp;
+    if (!resp.ParseFromArray(response.data(), static_cast<int>(response.size()))) {
+      return "undecodable LeaseGrantResponse";
+    }
     if (!resp.error().empty()) return resp.error();
     absl::MutexLock lock(&mu_);
     ids_.push_back(resp.id());
@@ -40,8 +41,7 @@ class GrantWorkload : public Workload {
   }
 
  private:
-  Connections& conns_;
-  int64_t ttl_;
+  std::string body_;
   absl::Mutex mu_;
   std::vector<int64_t> ids_ ABSL_GUARDED_BY(mu_);
 };
@@ -49,19 +49,14 @@ class GrantWorkload : public Workload {
 // Revokes the given leases.
 class RevokeWorkload : public Workload {
  public:
-  RevokeWorkload(Connections& c, std::vector<int64_t> ids) : conns_(c), ids_(std::move(ids)) {}
-  std::unique_ptr<PendingCall> Start(int, int conn, uint64_t seq, grpc::ClientContext* ctx,
-                                     grpc::CompletionQueue* cq, void* tag) override {
+  explicit RevokeWorkload(std::vector<int64_t> ids) : ids_(std::move(ids)) {}
+  Request Build(int, uint64_t seq) override {
     etcdserverpb::LeaseRevokeRequest req;
     req.set_id(ids_[seq % ids_.size()]);
-    auto call = std::make_unique<TypedCall<etcdserverpb::LeaseRevokeResponse>>();
-    call->reader = conns_.lease(conn).AsyncLeaseRevoke(ctx, req, cq);
-    call->reader->Finish(&call->resp, &call->status, tag);
-    return call;
+    return {kLeaseRevokeMethod, req.SerializeAsString()};
   }
 
  private:
-  Connections& conns_;
   std::vector<int64_t> ids_;
 };
 
@@ -71,6 +66,7 @@ struct KeepaliveState {
   uint64_t total = 0;
   absl::Time deadline = absl::InfiniteFuture();
   absl::Duration interval;
+  bool spread = false;
   std::atomic<uint64_t> sent{0};
   std::atomic<uint64_t> replied{0};
   std::atomic<int64_t> finished{0};
@@ -85,142 +81,125 @@ struct KeepaliveState {
 
 // One LeaseKeepAlive stream keeping its leases alive: each lease has at most
 // one request outstanding; after its reply it is sent again at once or after
-// --interval. One write in flight; confined to its queue's thread.
-class KeepaliveStream {
+// --interval. Confined to its queue's thread but for Start, Cancel and
+// outstanding(); must outlive the transport's Shutdown.
+class KeepaliveStream : private StreamCall::Handler {
  public:
-  KeepaliveStream(Connections& conns, int conn, grpc::CompletionQueue* cq,
-                  std::vector<int64_t> leases, KeepaliveState& state)
-      : conns_(conns), conn_(conn), cq_(cq), state_(state) {
+  KeepaliveStream(Transport& transport, int conn, int queue, std::vector<int64_t> leases,
+                  KeepaliveState& state)
+      : transport_(transport), conn_(conn), queue_(queue), state_(state) {
     for (int64_t id : leases) ready_.push_back(id);
-    for (Op* op : {&started_op_, &write_op_, &read_op_, &finish_op_, &alarm_op_}) op->stream = this;
-    started_op_.fn = &KeepaliveStream::OnStarted;
-    write_op_.fn = &KeepaliveStream::OnWritten;
-    read_op_.fn = &KeepaliveStream::OnRead;
-    finish_op_.fn = &KeepaliveStream::OnFinished;
-    alarm_op_.fn = &KeepaliveStream::OnAlarm;
   }
 
   void Start() {
-    conns_.Prepare(&ctx_);
-    rw_ = conns_.lease(conn_).PrepareAsyncLeaseKeepAlive(&ctx_, cq_);
-    rw_->StartCall(&started_op_);
+    transport_.RunAt(queue_, absl::Now(), [this] {
+      call_ = transport_.OpenStream(queue_, conn_, kLeaseKeepAliveMethod, this);
+      if (state_.spread && state_.interval > absl::ZeroDuration()) {
+        // First keepalives at uniformly random points of the first interval.
+        std::mt19937_64 rng(static_cast<uint64_t>(queue_) * 7919 + ready_.size());
+        std::uniform_real_distribution<double> offset(0, absl::ToDoubleSeconds(state_.interval));
+        const absl::Time start = absl::Now();
+        std::vector<std::pair<absl::Time, int64_t>> first;
+        for (int64_t id : ready_) first.push_back({start + absl::Seconds(offset(rng)), id});
+        ready_.clear();
+        std::sort(first.begin(), first.end());
+        delayed_.assign(first.begin(), first.end());
+        ArmTimer();
+        return;
+      }
+      SendReady();
+    });
   }
   void Cancel() {
     cancelled_.store(true);
-    ctx_.TryCancel();
+    transport_.RunAt(queue_, absl::Now(), [this] { call_->Cancel(); });
   }
   size_t outstanding() const { return outstanding_.load(); }
   const std::string& error() const { return error_; }
 
  private:
-  struct Op : Tagged {
-    KeepaliveStream* stream = nullptr;
-    void (KeepaliveStream::*fn)(bool) = nullptr;
-    void Proceed(bool ok) override { (stream->*fn)(ok); }
-  };
-
-  void OnStarted(bool ok) {
-    if (!ok) {
-      rw_->Finish(&status_, &finish_op_);
-      return;
+  void SendReady() {
+    if (ended_ || cancelled_.load()) return;
+    etcdserverpb::LeaseKeepAliveRequest req;
+    while (!ready_.empty()) {
+      if (!state_.MaySend()) {
+        ready_.clear();
+        return;
+      }
+      const int64_t id = ready_.front();
+      ready_.pop_front();
+      sent_at_[id] = absl::Now();
+      outstanding_.fetch_add(1);
+      req.set_id(id);
+      call_->Write(req.SerializeAsString());
     }
-    rw_->Read(&resp_, &read_op_);
-    WriteNext();
   }
 
-  void WriteNext() {
-    if (writing_ || ready_.empty() || cancelled_.load()) return;
-    if (!state_.MaySend()) {
-      ready_.clear();
-      return;
-    }
-    const int64_t id = ready_.front();
-    ready_.pop_front();
-    sent_at_[id] = absl::Now();
-    outstanding_.fetch_add(1);
-    req_.set_id(id);
-    writing_ = true;
-    rw_->Write(req_, &write_op_);
-  }
-
-  void OnWritten(bool ok) {
-    writing_ = false;
-    if (ok) WriteNext();
-  }
-
-  void OnRead(bool ok) {
-    if (!ok) {
-      rw_->Finish(&status_, &finish_op_);
-      return;
-    }
+  void OnMessage(std::string_view message) override {
     const absl::Time now = absl::Now();
-    auto it = sent_at_.find(resp_.id());
-    if (it != sent_at_.end()) {
-      if (resp_.ttl() <= 0) {
-        state_.latency.AddError("keepalive reply with TTL <= 0 (lease not found or expired)");
-      } else {
-        state_.latency.AddLatency(now - it->second);
-      }
-      sent_at_.erase(it);
-      outstanding_.fetch_sub(1);
-      state_.replied.fetch_add(1);
-      if (state_.interval <= absl::ZeroDuration()) {
-        ready_.push_back(resp_.id());
-        WriteNext();
-      } else {
-        delayed_.push_back({now + state_.interval, resp_.id()});
-        ArmAlarm();
-      }
+    if (!resp_.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
+      state_.latency.AddError("undecodable LeaseKeepAliveResponse");
+      return;
     }
-    rw_->Read(&resp_, &read_op_);
+    auto it = sent_at_.find(resp_.id());
+    if (it == sent_at_.end()) return;
+    if (resp_.ttl() <= 0) {
+      state_.latency.AddError("keepalive reply with TTL <= 0 (lease not found or expired)");
+    } else {
+      state_.latency.AddLatency(now - it->second);
+    }
+    sent_at_.erase(it);
+    outstanding_.fetch_sub(1);
+    state_.replied.fetch_add(1);
+    if (state_.interval <= absl::ZeroDuration()) {
+      ready_.push_back(resp_.id());
+      SendReady();
+    } else {
+      delayed_.push_back({now + state_.interval, resp_.id()});
+      ArmTimer();
+    }
   }
 
-  void ArmAlarm() {
-    if (alarm_armed_ || delayed_.empty() || cancelled_.load()) return;
-    alarm_armed_ = true;
-    alarm_.Set(cq_, absl::ToChronoTime(delayed_.front().first), &alarm_op_);
+  // One timer at a time, for the earliest delayed lease.
+  void ArmTimer() {
+    if (timer_armed_ || delayed_.empty() || ended_ || cancelled_.load()) return;
+    timer_armed_ = true;
+    transport_.RunAt(queue_, delayed_.front().first, [this] { OnTimer(); });
   }
 
-  void OnAlarm(bool) {
-    alarm_armed_ = false;
+  void OnTimer() {
+    timer_armed_ = false;
     const absl::Time now = absl::Now();
     while (!delayed_.empty() && delayed_.front().first <= now) {
       ready_.push_back(delayed_.front().second);
       delayed_.pop_front();
     }
-    WriteNext();
-    ArmAlarm();
+    SendReady();
+    ArmTimer();
   }
 
-  void OnFinished(bool) {
+  void OnEnd(const grpc::Status& status) override {
+    ended_ = true;
     if (!cancelled_.load()) {
-      error_ = status_.ok() ? "keepalive stream closed by the server" : GrpcErrorText(status_);
+      error_ = status.ok() ? "keepalive stream closed by the server" : GrpcErrorText(status);
     }
-    if (alarm_armed_) alarm_.Cancel();
     state_.finished.fetch_add(1);
   }
 
-  Connections& conns_;
-  int conn_;
-  grpc::CompletionQueue* cq_;
+  Transport& transport_;
+  const int conn_;
+  const int queue_;
   KeepaliveState& state_;
-  grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientAsyncReaderWriter<etcdserverpb::LeaseKeepAliveRequest,
-                                                etcdserverpb::LeaseKeepAliveResponse>>
-      rw_;
-  etcdserverpb::LeaseKeepAliveRequest req_;
+  std::unique_ptr<StreamCall> call_;
   etcdserverpb::LeaseKeepAliveResponse resp_;
-  grpc::Status status_;
   std::deque<int64_t> ready_;
   std::deque<std::pair<absl::Time, int64_t>> delayed_;  // due times ascend: fixed interval
   std::unordered_map<int64_t, absl::Time> sent_at_;
   std::atomic<size_t> outstanding_{0};
-  bool writing_ = false;
-  bool alarm_armed_ = false;
-  grpc::Alarm alarm_;
+  bool timer_armed_ = false;
+  bool ended_ = false;
   std::atomic<bool> cancelled_{false};
   std::string error_;
-  Op started_op_, write_op_, read_op_, finish_op_, alarm_op_;
 };
 
 }  // namespace
@@ -229,20 +208,19 @@ absl::Status RunLeaseKeepalive(const GlobalOptions& g, const LeaseOptions& o) {
   if (o.leases < 1 || o.streams < 1 || o.ttl < 1) {
     return absl::InvalidArgumentError("--leases, --streams and --ttl must be at least 1");
   }
-  absl::StatusOr<std::unique_ptr<Connections>> conns = Connections::Dial(g);
-  if (!conns.ok()) return conns.status();
-  CqPool pool(g.threads);
-  UnaryRunner runner(g, **conns, pool);
+  absl::StatusOr<std::unique_ptr<Transport>> transport = Transport::Dial(g);
+  if (!transport.ok()) return transport.status();
+  UnaryRunner runner(g, **transport);
 
   // Grant the leases with --clients concurrent requests.
-  GrantWorkload grants(**conns, o.ttl);
+  GrantWorkload grants(o.ttl);
   const absl::Time grant_start = absl::Now();
   RunResult granted = runner.Run(grants, static_cast<uint64_t>(o.leases), 0, absl::ZeroDuration(),
                                  g.clients, false);
   const absl::Duration grant_time = absl::Now() - grant_start;
   std::vector<int64_t> ids = grants.TakeIds();
   if (ids.size() != static_cast<size_t>(o.leases)) {
-    pool.Shutdown();
+    (*transport)->Shutdown();
     const std::string why =
         granted.overall.errors.empty() ? "unknown error" : granted.overall.errors.begin()->first;
     return absl::UnavailableError(
@@ -253,13 +231,15 @@ absl::Status RunLeaseKeepalive(const GlobalOptions& g, const LeaseOptions& o) {
   state.by_time = g.duration > absl::ZeroDuration();
   state.total = g.total;
   state.interval = o.interval;
+  state.spread = o.spread;
   std::vector<std::vector<int64_t>> shares(static_cast<size_t>(o.streams));
   for (size_t i = 0; i < ids.size(); ++i) shares[i % shares.size()].push_back(ids[i]);
   std::vector<std::unique_ptr<KeepaliveStream>> streams;
   for (int s = 0; s < o.streams; ++s) {
-    streams.push_back(std::make_unique<KeepaliveStream>(**conns, s % (*conns)->size(), pool.cq(s),
-                                                        std::move(shares[static_cast<size_t>(s)]),
-                                                        state));
+    const int conn = s % (*transport)->conns();
+    streams.push_back(
+        std::make_unique<KeepaliveStream>(**transport, conn, (*transport)->QueueFor(s, conn),
+                                          std::move(shares[static_cast<size_t>(s)]), state));
   }
   std::optional<ServerMetrics> before;
   if (!o.metrics_url.empty()) before = ScrapeServerMetrics(o.metrics_url);
@@ -306,9 +286,9 @@ absl::Status RunLeaseKeepalive(const GlobalOptions& g, const LeaseOptions& o) {
   if (!stuck.empty()) state.latency.AddError(stuck);
   Summary summary = state.latency.Finish(elapsed);
 
-  RevokeWorkload revokes(**conns, ids);
+  RevokeWorkload revokes(ids);
   RunResult revoked = runner.Run(revokes, ids.size(), 0, absl::ZeroDuration(), g.clients, false);
-  pool.Shutdown();
+  (*transport)->Shutdown();
 
   if (g.json) {
     nlohmann::json j = ToJson(summary);

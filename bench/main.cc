@@ -66,7 +66,11 @@ int main(int argc, char** argv) {
   app.add_option("--key", g.key, "client private key");
   app.add_option("--user", g.user, "user:password: authenticate and send the token");
   AddDuration(&app, "--dial-timeout", &g.dial_timeout, "time to wait for each connection");
-  app.add_option("--threads", g.threads, "completion-queue threads (0: one per core)")
+  app.add_option("--threads", g.threads, "completion-queue or loop threads (0: one per core)")
+      ->capture_default_str();
+  app.add_option("--transport", g.transport,
+                 "grpc (gRPC C++) or h2 (gRPC framing on nghttp2: far less client CPU; "
+                 "plaintext only)")
       ->capture_default_str();
   app.add_flag("--json", g.json, "print one JSON object instead of the text report");
   bool no_progress = false;
@@ -114,6 +118,9 @@ int main(int argc, char** argv) {
   lease->add_option("--ttl", lo.ttl, "lease TTL in seconds")->capture_default_str();
   AddDuration(lease, "--interval", &lo.interval,
               "wait between a lease's reply and its next keepalive");
+  lease->add_flag("--spread", lo.spread,
+                  "send each lease's first keepalive at a random point within --interval "
+                  "(default: all at once)");
   lease->add_option("--metrics-url", lo.metrics_url,
                     "server /metrics URL to read stream counts and CPU from");
 

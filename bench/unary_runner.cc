@@ -12,7 +12,7 @@ namespace {
 // Shared state of one Run.
 struct RunState {
   Workload* workload = nullptr;
-  Connections* conns = nullptr;
+  Transport* transport = nullptr;
   uint64_t total = 0;
   double rate = 0;
   absl::Time start;
@@ -28,52 +28,19 @@ struct RunState {
 
 }  // namespace
 
-// One client loop: one request in flight at a time; bound to one queue.
-class UnaryRunner::Loop : public Tagged {
+// One client loop: one request in flight at a time; all its steps run on
+// its queue.
+class UnaryRunner::Loop {
  public:
-  Loop(RunState& state, int client, int conn, grpc::CompletionQueue* cq)
-      : state_(state), client_(client), conn_(conn), cq_(cq) {}
+  Loop(RunState& state, int client, int conn)
+      : state_(state),
+        client_(client),
+        conn_(conn),
+        queue_(state.transport->QueueFor(client, conn)) {}
 
-  // Called from the thread running Run: hands the first step to the queue's
-  // thread, so that a call never completes before `call_` is assigned.
+  // Called from the thread running Run: the first step runs on the queue.
   void Begin() {
-    waiting_alarm_ = true;
-    alarm_.Set(cq_, absl::ToChronoTime(absl::Now()), this);
-  }
-
-  void Proceed(bool ok) override {
-    if (waiting_alarm_) {
-      waiting_alarm_ = false;
-      if (!begun_) {
-        begun_ = true;
-        Next();
-      } else {
-        Issue();
-      }
-      return;
-    }
-    const absl::Duration latency = absl::Now() - started_;
-    if (!ok && call_->status.ok()) {
-      call_->status = grpc::Status(grpc::StatusCode::UNKNOWN, "call failed");
-    }
-    std::string error;
-    if (!call_->status.ok()) {
-      error = GrpcErrorText(call_->status);
-    } else {
-      error = state_.workload->Completed(client_, *call_);
-    }
-    Recorder& cat = *state_.categories[static_cast<size_t>(call_->category)];
-    if (error.empty()) {
-      state_.overall.AddLatency(latency);
-      cat.AddLatency(latency);
-    } else {
-      state_.overall.AddError(error);
-      cat.AddError(error);
-    }
-    state_.completed.fetch_add(1, std::memory_order_relaxed);
-    call_.reset();
-    ctx_.reset();
-    Next();
+    state_.transport->RunAt(queue_, absl::Now(), [this] { Next(); });
   }
 
  private:
@@ -86,8 +53,7 @@ class UnaryRunner::Loop : public Tagged {
       const absl::Time due = state_.start + absl::Seconds(static_cast<double>(seq_) / state_.rate);
       if (due > now) {
         if (state_.by_time && due >= state_.deadline) return Finish();
-        waiting_alarm_ = true;
-        alarm_.Set(cq_, absl::ToChronoTime(due), this);
+        state_.transport->RunAt(queue_, due, [this] { Issue(); });
         return;
       }
     }
@@ -95,10 +61,28 @@ class UnaryRunner::Loop : public Tagged {
   }
 
   void Issue() {
-    ctx_ = std::make_unique<grpc::ClientContext>();
-    state_.conns->Prepare(ctx_.get());
+    request_ = state_.workload->Build(client_, seq_);
     started_ = absl::Now();
-    call_ = state_.workload->Start(client_, conn_, seq_, ctx_.get(), cq_, this);
+    state_.transport->Unary(queue_, conn_, request_.method, std::move(request_.body),
+                            [this](const grpc::Status& status, std::string_view response) {
+                              Completed(status, response);
+                            });
+  }
+
+  void Completed(const grpc::Status& status, std::string_view response) {
+    const absl::Duration latency = absl::Now() - started_;
+    const std::string error = status.ok() ? state_.workload->Completed(client_, request_, response)
+                                          : GrpcErrorText(status);
+    Recorder& cat = *state_.categories[static_cast<size_t>(request_.category)];
+    if (error.empty()) {
+      state_.overall.AddLatency(latency);
+      cat.AddLatency(latency);
+    } else {
+      state_.overall.AddError(error);
+      cat.AddError(error);
+    }
+    state_.completed.fetch_add(1, std::memory_order_relaxed);
+    Next();
   }
 
   void Finish() {
@@ -109,24 +93,20 @@ class UnaryRunner::Loop : public Tagged {
   RunState& state_;
   const int client_;
   const int conn_;
-  grpc::CompletionQueue* const cq_;
+  const int queue_;
   uint64_t seq_ = 0;
-  bool waiting_alarm_ = false;
-  bool begun_ = false;
-  grpc::Alarm alarm_;
   absl::Time started_;
-  std::unique_ptr<grpc::ClientContext> ctx_;
-  std::unique_ptr<PendingCall> call_;
+  Request request_;
 };
 
-UnaryRunner::UnaryRunner(const GlobalOptions& options, Connections& conns, CqPool& pool)
-    : options_(options), conns_(conns), pool_(pool) {}
+UnaryRunner::UnaryRunner(const GlobalOptions& options, Transport& transport)
+    : options_(options), transport_(transport) {}
 
 RunResult UnaryRunner::Run(Workload& workload, uint64_t total, double rate, absl::Duration duration,
                            int clients, bool show_progress) {
   RunState state;
   state.workload = &workload;
-  state.conns = &conns_;
+  state.transport = &transport_;
   state.total = total;
   state.rate = rate;
   state.by_time = duration > absl::ZeroDuration();
@@ -137,7 +117,7 @@ RunResult UnaryRunner::Run(Workload& workload, uint64_t total, double rate, absl
 
   std::vector<std::unique_ptr<Loop>> loops;
   for (int i = 0; i < clients; ++i) {
-    loops.push_back(std::make_unique<Loop>(state, i, i % conns_.size(), pool_.cq(i)));
+    loops.push_back(std::make_unique<Loop>(state, i, i % transport_.conns()));
   }
   {
     absl::MutexLock lock(&state.mu);

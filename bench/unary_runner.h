@@ -1,8 +1,5 @@
 #pragma once
 
-#include <grpcpp/alarm.h>
-#include <grpcpp/grpcpp.h>
-
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -12,44 +9,34 @@
 #include "absl/time/time.h"
 #include "bench/client.h"
 #include "bench/stats.h"
+#include "bench/transport.h"
 
 namespace keel::bench {
 
-// One unary call in flight: the generated reader keeps its response and
-// status here until the completion queue returns the tag.
-struct PendingCall {
-  virtual ~PendingCall() = default;
-  grpc::Status status;
-  int category = 0;     // which report the request counts in
-  uint64_t cookie = 0;  // workload-defined (e.g. the key index)
+// One request a Workload built.
+struct Request {
+  const char* method = nullptr;  // a gRPC path (bench/transport.h)
+  std::string body;              // the serialized request message
+  int category = 0;              // which report the request counts in
+  uint64_t cookie = 0;           // workload-defined (e.g. the key index)
 };
 
-// A PendingCall for response type Resp.
-template <class Resp>
-struct TypedCall : PendingCall {
-  Resp resp;
-  std::unique_ptr<grpc::ClientAsyncResponseReader<Resp>> reader;
-};
-
-// What the runner sends. Thread-safe: Start and Completed run on several
-// completion-queue threads at once (per-client state is indexed by `client`).
+// What the runner sends. Thread-safe: Build and Completed run on several
+// queue threads at once (per-client state is indexed by `client`).
 class Workload {
  public:
   virtual ~Workload() = default;
   // Names of the report categories (one report per name). At least one.
   virtual std::vector<std::string> Categories() const { return {"all"}; }
-  // Starts request number `seq` for client loop `client` on connection
-  // `conn`: builds it, starts the async call with `ctx` on `cq` and calls
-  // Finish(..., tag). Returns the pending call.
-  virtual std::unique_ptr<PendingCall> Start(int client, int conn, uint64_t seq,
-                                             grpc::ClientContext* ctx, grpc::CompletionQueue* cq,
-                                             void* tag) = 0;
-  // Called once a call completed (successfully or not) before its latency
-  // is recorded; returns an error message to count instead of the latency
-  // when the response is a logical failure, or "" when it is fine.
-  virtual std::string Completed(int client, PendingCall& call) {
+  // Builds request number `seq` of client loop `client`.
+  virtual Request Build(int client, uint64_t seq) = 0;
+  // Called once a call succeeded, with its serialized response, before its
+  // latency is recorded; returns an error message to count instead of the
+  // latency when the response is a logical failure, or "" when it is fine.
+  virtual std::string Completed(int client, const Request& request, std::string_view response) {
     (void)client;
-    (void)call;
+    (void)request;
+    (void)response;
     return "";
   }
 };
@@ -61,13 +48,13 @@ struct RunResult {
   std::vector<Summary> categories;
 };
 
-// Closed-loop load: --clients loops spread over the connections and the
-// completion queues, each with one request in flight, until --total
+// Closed-loop load: --clients loops spread over the connections (and the
+// transport's queues), each with one request in flight, until --total
 // requests were started or --duration passed, paced to --rate if set.
 class UnaryRunner {
  public:
-  // `conns` and `pool` must outlive the runner.
-  UnaryRunner(const GlobalOptions& options, Connections& conns, CqPool& pool);
+  // `transport` must outlive the runner.
+  UnaryRunner(const GlobalOptions& options, Transport& transport);
   // Runs `workload` to the end and returns the figures. `total` and `rate`
   // override the options' (for setup phases and the watch put load).
   RunResult Run(Workload& workload, uint64_t total, double rate, absl::Duration duration,
@@ -76,8 +63,7 @@ class UnaryRunner {
  private:
   class Loop;
   const GlobalOptions& options_;
-  Connections& conns_;
-  CqPool& pool_;
+  Transport& transport_;
 };
 
 // Prints a RunResult as text (etcd's layout; per-category blocks after the

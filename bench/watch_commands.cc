@@ -43,28 +43,22 @@ std::optional<absl::Time> StampOf(const std::string& value) {
 // events the successful ones must produce.
 class StampedPutWorkload : public Workload {
  public:
-  StampedPutWorkload(Connections& c, int val_size, std::vector<int64_t> watchers_per_key)
-      : conns_(c), val_size_(val_size), watchers_per_key_(std::move(watchers_per_key)) {}
-  std::unique_ptr<PendingCall> Start(int, int conn, uint64_t seq, grpc::ClientContext* ctx,
-                                     grpc::CompletionQueue* cq, void* tag) override {
+  StampedPutWorkload(int val_size, std::vector<int64_t> watchers_per_key)
+      : val_size_(val_size), watchers_per_key_(std::move(watchers_per_key)) {}
+  Request Build(int, uint64_t seq) override {
     const uint64_t slot = seq % watchers_per_key_.size();
     etcdserverpb::PutRequest req;
     req.set_key(WatchKey(static_cast<int>(slot)));
     req.set_value(StampedValue(val_size_));
-    auto call = std::make_unique<TypedCall<etcdserverpb::PutResponse>>();
-    call->cookie = slot;
-    call->reader = conns_.kv(conn).AsyncPut(ctx, req, cq);
-    call->reader->Finish(&call->resp, &call->status, tag);
-    return call;
+    return {kPutMethod, req.SerializeAsString(), 0, slot};
   }
-  std::string Completed(int, PendingCall& call) override {
-    expected_events.fetch_add(watchers_per_key_[call.cookie]);
+  std::string Completed(int, const Request& request, std::string_view) override {
+    expected_events.fetch_add(watchers_per_key_[request.cookie]);
     return "";
   }
   std::atomic<int64_t> expected_events{0};
 
  private:
-  Connections& conns_;
   int val_size_;
   std::vector<int64_t> watchers_per_key_;
 };
@@ -72,7 +66,7 @@ class StampedPutWorkload : public Workload {
 // Opens the streams, creating watcher w on key slot key_of(w); waits until
 // every watcher is confirmed. Returns the creation time or an error.
 absl::StatusOr<absl::Duration> OpenWatchers(
-    const WatchOptions& o, Connections& conns, CqPool& pool, WatchStream::Counters& counters,
+    const WatchOptions& o, Transport& transport, WatchStream::Counters& counters,
     std::vector<std::unique_ptr<WatchStream>>& streams, const std::function<int(int)>& key_of,
     const std::function<void(const etcdserverpb::WatchResponse&)>& on_events) {
   const int64_t total_watchers = static_cast<int64_t>(o.streams) * o.watch_per_stream;
@@ -80,7 +74,8 @@ absl::StatusOr<absl::Duration> OpenWatchers(
     std::vector<std::string> keys;
     for (int j = 0; j < o.watch_per_stream; ++j)
       keys.push_back(WatchKey(key_of(s * o.watch_per_stream + j)));
-    streams.push_back(std::make_unique<WatchStream>(conns, s % conns.size(), pool.cq(s),
+    const int conn = s % transport.conns();
+    streams.push_back(std::make_unique<WatchStream>(transport, conn, transport.QueueFor(s, conn),
                                                     std::move(keys), counters, on_events));
   }
   const absl::Time start = absl::Now();
@@ -127,9 +122,8 @@ absl::Status CheckWatchOptions(const WatchOptions& o) {
 
 absl::Status RunWatch(const GlobalOptions& g, const WatchOptions& o) {
   if (absl::Status s = CheckWatchOptions(o); !s.ok()) return s;
-  absl::StatusOr<std::unique_ptr<Connections>> conns = Connections::Dial(g);
-  if (!conns.ok()) return conns.status();
-  CqPool pool(g.threads);
+  absl::StatusOr<std::unique_ptr<Transport>> transport = Transport::Dial(g);
+  if (!transport.ok()) return transport.status();
   WatchStream::Counters counters;
   Recorder delivery;
   std::atomic<int64_t> events{0};
@@ -154,17 +148,17 @@ absl::Status RunWatch(const GlobalOptions& g, const WatchOptions& o) {
 
   std::vector<std::unique_ptr<WatchStream>> streams;
   absl::StatusOr<absl::Duration> created = OpenWatchers(
-      o, **conns, pool, counters, streams, [keys](int w) { return w % keys; }, on_events);
+      o, **transport, counters, streams, [keys](int w) { return w % keys; }, on_events);
   if (!created.ok()) {
     CloseWatchers(counters, streams);
-    pool.Shutdown();
+    (*transport)->Shutdown();
     return created.status();
   }
   std::optional<ServerMetrics> before;
   if (!o.metrics_url.empty()) before = ScrapeServerMetrics(o.metrics_url);
 
-  StampedPutWorkload puts(**conns, g.val_size, per_key);
-  UnaryRunner runner(g, **conns, pool);
+  StampedPutWorkload puts(g.val_size, per_key);
+  UnaryRunner runner(g, **transport);
   const absl::Time put_start = absl::Now();
   RunResult put_result = runner.Run(puts, o.put_total, o.put_rate, g.duration, g.clients, true);
   // Wait for the events the successful puts must produce.
@@ -177,7 +171,7 @@ absl::Status RunWatch(const GlobalOptions& g, const WatchOptions& o) {
   std::optional<ServerMetrics> after;
   if (before) after = ScrapeServerMetrics(o.metrics_url);
   CloseWatchers(counters, streams);
-  pool.Shutdown();
+  (*transport)->Shutdown();
   for (auto& s : streams) {
     if (!s->error().empty()) delivery.AddError(s->error());
   }
@@ -223,9 +217,8 @@ absl::Status RunWatch(const GlobalOptions& g, const WatchOptions& o) {
 
 absl::Status RunWatchLatency(const GlobalOptions& g, const WatchOptions& o) {
   if (absl::Status s = CheckWatchOptions(o); !s.ok()) return s;
-  absl::StatusOr<std::unique_ptr<Connections>> conns = Connections::Dial(g);
-  if (!conns.ok()) return conns.status();
-  CqPool pool(g.threads);
+  absl::StatusOr<std::unique_ptr<Transport>> transport = Transport::Dial(g);
+  if (!transport.ok()) return transport.status();
   WatchStream::Counters counters;
   const int64_t total_watchers = static_cast<int64_t>(o.streams) * o.watch_per_stream;
 
@@ -247,10 +240,10 @@ absl::Status RunWatchLatency(const GlobalOptions& g, const WatchOptions& o) {
   };
   std::vector<std::unique_ptr<WatchStream>> streams;
   absl::StatusOr<absl::Duration> created = OpenWatchers(
-      o, **conns, pool, counters, streams, [](int) { return 0; }, on_events);
+      o, **transport, counters, streams, [](int) { return 0; }, on_events);
   if (!created.ok()) {
     CloseWatchers(counters, streams);
-    pool.Shutdown();
+    (*transport)->Shutdown();
     return created.status();
   }
   std::optional<ServerMetrics> before;
@@ -277,12 +270,15 @@ absl::Status RunWatchLatency(const GlobalOptions& g, const WatchOptions& o) {
       etcdserverpb::PutRequest req;
       req.set_key(WatchKey(0));
       req.set_value(value);
-      etcdserverpb::PutResponse resp;
-      grpc::ClientContext ctx;
-      (*conns)->Prepare(&ctx);
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + o.event_timeout));
+      std::string resp_bytes;
       const absl::Time t0 = absl::Now();
-      grpc::Status st = (*conns)->kv(0).Put(&ctx, req, &resp);
+      grpc::Status st =
+          (*transport)
+              ->CallSync(0, kPutMethod, req.SerializeAsString(), &resp_bytes, o.event_timeout);
+      etcdserverpb::PutResponse resp;
+      if (st.ok() && !resp.ParseFromString(resp_bytes)) {
+        st = grpc::Status(grpc::StatusCode::INTERNAL, "undecodable PutResponse");
+      }
       if (!st.ok()) {
         put_lat.AddError(GrpcErrorText(st));
         fanout.AddError(GrpcErrorText(st));
@@ -318,7 +314,7 @@ absl::Status RunWatchLatency(const GlobalOptions& g, const WatchOptions& o) {
   std::optional<ServerMetrics> after;
   if (before) after = ScrapeServerMetrics(o.metrics_url);
   CloseWatchers(counters, streams);
-  pool.Shutdown();
+  (*transport)->Shutdown();
   for (auto& s : streams) {
     if (!s->error().empty()) fanout.AddError(s->error());
   }

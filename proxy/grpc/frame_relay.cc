@@ -70,8 +70,10 @@ constexpr size_t kLocalBacklog = 64 * 1024;
 // At shutdown, how long the relay waits for its local streams' backends to
 // confirm their end.
 constexpr auto kLocalDrain = std::chrono::seconds(10);
-// Mailbox batches taken per loop turn before the sockets are polled again.
+// Mailbox batches taken per loop turn before the sockets are polled again,
+// and taken before the sockets are written to.
 constexpr int kLocalRounds = 8;
+constexpr int kLocalTakes = 1024;
 // The connection to etcd, as the remote backend's channels treat theirs
 // (remote_endpoints.cc): a connect that has not finished after the dial
 // timeout is given up; with streams open and nothing heard for the keepalive
@@ -635,12 +637,15 @@ void FrameRelay::Loop::Run() {
     }
     ExpireDeadlines();
     watch_upstream = CheckUpstreamLiveness();
-    // Writing out may ask local streams for more (ReadNext), and their
-    // answers may come inline: a few rounds, then back to the sockets (a
-    // busy backend must not keep the loop from reading), with a wake-up
-    // for what is left.
+    // A local stream's response asks for the next (ReadNext), whose answer
+    // comes inline while its backend has more queued: take those until the
+    // mailbox is empty (each stream stops asking at its backlog bound), so
+    // that a fan-out leaves in one write per connection rather than one per
+    // message. Writing out may ask for more again: a few rounds, then back
+    // to the sockets (a busy backend must not keep the loop from reading),
+    // with a wake-up for what is left.
     for (int round = 0;; ++round) {
-      TakeLocalEvents();
+      for (int take = 0; take < kLocalTakes && !mailbox->Empty(); ++take) TakeLocalEvents();
       Settle();
       if (mailbox->Empty()) break;
       if (round == kLocalRounds) {

@@ -1,12 +1,16 @@
-// Runs every keel-bench subcommand briefly, through the built binary, against
-// one real etcd 3.4 member, and checks the counts it reports against what
-// etcd saw (revisions, leases) — plus the raw TCP tools and a dead endpoint.
+// Runs every keel-bench subcommand briefly, through the built binary and over
+// both transports (gRPC C++ and gRPC framing on nghttp2), against one real
+// etcd 3.4 member, and checks the counts it reports against what etcd saw
+// (revisions, leases) and the errors it reports against etcd's own — plus
+// the raw TCP tools and a dead endpoint.
 
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "nlohmann/json.hpp"
@@ -23,7 +27,12 @@ constexpr auto kRunTimeout = std::chrono::seconds(120);
 
 std::string BenchBin() { return testutil::BinDir() + "/keel-bench"; }
 
-class KeelBenchTest : public ::testing::Test {
+uint64_t U64(const nlohmann::json& j, const char* key) {
+  return j.contains(key) ? j[key].get<uint64_t>() : ~uint64_t{0};
+}
+
+// Parameter: the --transport.
+class KeelBenchTest : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
     cluster_ = new EtcdCluster();
@@ -39,7 +48,8 @@ class KeelBenchTest : public ::testing::Test {
   // Runs keel-bench against the member with --json and the given arguments;
   // expects exit code 0 and returns the parsed JSON report.
   static nlohmann::json RunJson(std::vector<std::string> args) {
-    std::vector<std::string> argv = {BenchBin(), "--endpoints", cluster_->ClientAddr(0), "--json"};
+    std::vector<std::string> argv = {BenchBin(), "--endpoints", cluster_->ClientAddr(0),
+                                     "--json",   "--transport", GetParam()};
     argv.insert(argv.end(), args.begin(), args.end());
     CommandResult r = testutil::RunCommand(argv, {}, kRunTimeout);
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -60,9 +70,7 @@ class KeelBenchTest : public ::testing::Test {
     return j["header"]["revision"].get<int64_t>();
   }
 
-  static uint64_t U(const nlohmann::json& j, const char* key) {
-    return j.contains(key) ? j[key].get<uint64_t>() : ~uint64_t{0};
-  }
+  static uint64_t U(const nlohmann::json& j, const char* key) { return U64(j, key); }
 
   static EtcdCluster* cluster_;
   static std::string start_error_;
@@ -71,7 +79,7 @@ class KeelBenchTest : public ::testing::Test {
 EtcdCluster* KeelBenchTest::cluster_ = nullptr;
 std::string KeelBenchTest::start_error_;
 
-TEST_F(KeelBenchTest, PutReportsTotalAndMovesRevisionByExactlyTotal) {
+TEST_P(KeelBenchTest, PutReportsTotalAndMovesRevisionByExactlyTotal) {
   const int64_t before = Revision();
   nlohmann::json j = RunJson(
       {"--total", "300", "--clients", "8", "--conns", "2", "--key-space-size", "50", "put"});
@@ -81,7 +89,7 @@ TEST_F(KeelBenchTest, PutReportsTotalAndMovesRevisionByExactlyTotal) {
   EXPECT_EQ(Revision() - before, 300);
 }
 
-TEST_F(KeelBenchTest, RangeLinearizableAndSerializable) {
+TEST_P(KeelBenchTest, RangeLinearizableAndSerializable) {
   ASSERT_EQ(EtcdCluster::Etcdctl(cluster_->ClientUrl(0), {"put", "bench-k", "v"}).exit_code, 0);
   const int64_t before = Revision();
   for (const char* consistency : {"l", "s"}) {
@@ -96,7 +104,7 @@ TEST_F(KeelBenchTest, RangeLinearizableAndSerializable) {
   EXPECT_EQ(Revision(), before);  // reads write nothing
 }
 
-TEST_F(KeelBenchTest, TxnPutMovesRevisionPerTxn) {
+TEST_P(KeelBenchTest, TxnPutMovesRevisionPerTxn) {
   const int64_t before = Revision();
   nlohmann::json j = RunJson({"--total", "120", "--clients", "4", "--key-space-size", "1000",
                               "--sequential-keys", "txn-put", "--txn-ops", "2"});
@@ -105,7 +113,7 @@ TEST_F(KeelBenchTest, TxnPutMovesRevisionPerTxn) {
   EXPECT_EQ(Revision() - before, 120);  // one revision per txn
 }
 
-TEST_F(KeelBenchTest, TxnMixedSplitsReadsAndWrites) {
+TEST_P(KeelBenchTest, TxnMixedSplitsReadsAndWrites) {
   const int64_t before = Revision();
   nlohmann::json j = RunJson({"--total", "400", "--clients", "4", "--key-space-size", "20",
                               "txn-mixed", "--rw-ratio", "1"});
@@ -120,7 +128,7 @@ TEST_F(KeelBenchTest, TxnMixedSplitsReadsAndWrites) {
   EXPECT_EQ(Revision() - before, static_cast<int64_t>(writes));
 }
 
-TEST_F(KeelBenchTest, WatchDeliversEveryEventToEveryWatcher) {
+TEST_P(KeelBenchTest, WatchDeliversEveryEventToEveryWatcher) {
   // 2 streams x 5 watchers over 2 keys: 5 watchers per key, so each put
   // produces 5 events.
   nlohmann::json j = RunJson({"--clients", "2", "watch", "--streams", "2", "--watch-per-stream",
@@ -134,7 +142,7 @@ TEST_F(KeelBenchTest, WatchDeliversEveryEventToEveryWatcher) {
   EXPECT_EQ(U(j["events"], "error_count"), 0u) << j.dump();
 }
 
-TEST_F(KeelBenchTest, WatchLatencyWaitsForAllWatchersEachTime) {
+TEST_P(KeelBenchTest, WatchLatencyWaitsForAllWatchersEachTime) {
   nlohmann::json j =
       RunJson({"watch-latency", "--streams", "3", "--watch-per-stream", "4", "--put-total", "25"});
   EXPECT_EQ(U(j, "watchers"), 12u) << j.dump();
@@ -144,7 +152,7 @@ TEST_F(KeelBenchTest, WatchLatencyWaitsForAllWatchersEachTime) {
   EXPECT_EQ(U(j["fanout"], "error_count"), 0u) << j.dump();
 }
 
-TEST_F(KeelBenchTest, LeaseKeepaliveCountsRepliesAndServerStreams) {
+TEST_P(KeelBenchTest, LeaseKeepaliveCountsRepliesAndServerStreams) {
   nlohmann::json j =
       RunJson({"--total", "400", "--clients", "4", "lease-keepalive", "--leases", "40", "--streams",
                "2", "--metrics-url", cluster_->ClientUrl(0) + "/metrics"});
@@ -161,10 +169,10 @@ TEST_F(KeelBenchTest, LeaseKeepaliveCountsRepliesAndServerStreams) {
   EXPECT_NE(leases.out.find("found 0 leases"), std::string::npos) << leases.out;
 }
 
-TEST_F(KeelBenchTest, TextReportHasEtcdLayout) {
-  CommandResult r = testutil::RunCommand(
-      {BenchBin(), "--endpoints", cluster_->ClientAddr(0), "--total", "50", "put"}, {},
-      kRunTimeout);
+TEST_P(KeelBenchTest, TextReportHasEtcdLayout) {
+  CommandResult r = testutil::RunCommand({BenchBin(), "--endpoints", cluster_->ClientAddr(0),
+                                          "--transport", GetParam(), "--total", "50", "put"},
+                                         {}, kRunTimeout);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* line :
        {"Summary:\n", "  Total:\t", "  Slowest:\t", "  Fastest:\t", "  Average:\t", "  Stddev:\t",
@@ -176,14 +184,98 @@ TEST_F(KeelBenchTest, TextReportHasEtcdLayout) {
   EXPECT_EQ(r.err, "");
 }
 
-TEST_F(KeelBenchTest, DeadEndpointFailsClearly) {
+TEST_P(KeelBenchTest, DeadEndpointFailsClearly) {
   const int port = testutil::FreePort();
   const std::string addr = "127.0.0.1:" + std::to_string(port);
-  CommandResult r = testutil::RunCommand(
-      {BenchBin(), "--endpoints", addr, "--dial-timeout", "1s", "--total", "10", "put"}, {},
-      kRunTimeout);
+  CommandResult r =
+      testutil::RunCommand({BenchBin(), "--endpoints", addr, "--transport", GetParam(),
+                            "--dial-timeout", "1s", "--total", "10", "put"},
+                           {}, kRunTimeout);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("cannot connect to " + addr), std::string::npos) << r.err;
+}
+
+// A request etcd refuses is counted under etcd's own status and message (the
+// h2 transport reads them from the trailers), and changes nothing.
+TEST_P(KeelBenchTest, RefusedRequestsAreCountedWithEtcdsError) {
+  const int64_t before = Revision();
+  std::vector<std::string> argv = {BenchBin(), "--endpoints", cluster_->ClientAddr(0),
+                                   "--json",   "--transport", GetParam(),
+                                   "--total",  "3",           "--val-size",
+                                   "2000000",  "put"};
+  CommandResult r = testutil::RunCommand(argv, {}, kRunTimeout);
+  EXPECT_NE(r.exit_code, 0) << r.out;  // every request failed
+  nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out << r.err;
+  EXPECT_EQ(U(j, "requests"), 0u) << j.dump();
+  EXPECT_EQ(U(j, "error_count"), 3u) << j.dump();
+  EXPECT_EQ(j["errors"].value(
+                "rpc error: code = InvalidArgument desc = etcdserver: request is too large", 0),
+            3)
+      << j.dump();
+  EXPECT_EQ(Revision(), before);
+}
+
+// Auth: with --user the token goes on every call (here every put is
+// permitted only to root), for both transports.
+TEST_P(KeelBenchTest, UserTokenIsSentOnEveryCall) {
+  const std::string ep = cluster_->ClientUrl(0);
+  for (const std::vector<std::string>& cmd :
+       {std::vector<std::string>{"user", "add", "root:rootpw"},
+        std::vector<std::string>{"auth", "enable"}}) {
+    ASSERT_EQ(EtcdCluster::Etcdctl(ep, cmd).exit_code, 0);
+  }
+  nlohmann::json j = RunJson({"--user", "root:rootpw", "--total", "40", "--clients", "4", "put"});
+  EXPECT_EQ(U(j, "requests"), 40u) << j.dump();
+  EXPECT_EQ(U(j, "error_count"), 0u) << j.dump();
+  // Without the token etcd refuses the puts.
+  std::vector<std::string> argv = {BenchBin(), "--endpoints", cluster_->ClientAddr(0),
+                                   "--json",   "--transport", GetParam(),
+                                   "--total",  "2",           "put"};
+  CommandResult anonymous = testutil::RunCommand(argv, {}, kRunTimeout);
+  EXPECT_NE(anonymous.out.find("user name is empty"), std::string::npos) << anonymous.out;
+  EXPECT_EQ(EtcdCluster::Etcdctl(ep, {"--user=root:rootpw", "auth", "disable"}).exit_code, 0);
+  // etcdctl's `auth enable` made a root role too: gone with the user.
+  EXPECT_EQ(EtcdCluster::Etcdctl(ep, {"user", "delete", "root"}).exit_code, 0);
+  EXPECT_EQ(EtcdCluster::Etcdctl(ep, {"role", "delete", "root"}).exit_code, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, KeelBenchTest, ::testing::Values("grpc", "h2"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
+
+TEST(KeelBenchFlagsTest, UnknownTransportAndTlsOverH2AreRefused) {
+  CommandResult unknown = testutil::RunCommand(
+      {BenchBin(), "--endpoints", "127.0.0.1:1", "--transport", "quic", "put"}, {}, kRunTimeout);
+  EXPECT_NE(unknown.exit_code, 0);
+  EXPECT_NE(unknown.err.find("--transport must be grpc or h2"), std::string::npos) << unknown.err;
+  CommandResult tls = testutil::RunCommand(
+      {BenchBin(), "--endpoints", "https://127.0.0.1:1", "--transport", "h2", "put"}, {},
+      kRunTimeout);
+  EXPECT_NE(tls.exit_code, 0);
+  EXPECT_NE(tls.err.find("plaintext HTTP/2 only"), std::string::npos) << tls.err;
+}
+
+// The member goes away in the middle of a timed run: the calls that cannot be
+// made are counted as errors and the run ends on time instead of hanging.
+TEST(KeelBenchH2Test, LostConnectionEndsCallsWithUnavailable) {
+  EtcdCluster etcd;
+  std::string error;
+  ASSERT_TRUE(etcd.Start(&error)) << error;
+  testutil::Subprocess bench({BenchBin(), "--endpoints", etcd.ClientAddr(0), "--transport", "h2",
+                              "--json", "--clients", "4", "--duration", "4s", "put"},
+                             etcd.dir().File("bench.log"));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  etcd.Stop(0);
+  std::optional<int> code = bench.Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(code.has_value()) << "keel-bench did not end: " << bench.Log();
+  const std::string log = bench.Log();
+  nlohmann::json j = nlohmann::json::parse(log.substr(0, log.find('\n')), nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << log;
+  EXPECT_GT(U64(j, "requests"), 0u) << j.dump();
+  EXPECT_GT(U64(j, "error_count"), 0u) << j.dump();
+  EXPECT_NE(j.dump().find("code = Unavailable"), std::string::npos) << j.dump();
 }
 
 TEST(KeelBenchTcpTest, EchoServerAndRoundTrips) {
