@@ -6,7 +6,11 @@
 # round), medians over the rounds, plus each proxy's CPU per request from
 # /proc/<pid>/stat. The issue 4 goals are judged on the no-cache keel proxy.
 #
-#   bench/grpc_proxy.sh [--quick] [--rounds N] [--out FILE] [KEEL_BIN_DIR]
+#   bench/grpc_proxy.sh [--quick] [--rounds N] [--transport h2|grpc] [--out FILE] [KEEL_BIN_DIR]
+#
+# keel-bench speaks gRPC with --transport (default h2, gRPC framing on
+# nghttp2: a few µs of client CPU per request, so that the load generator
+# takes less of the 2 cores from etcd and the proxies; grpc: gRPC C++).
 #
 # KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default <checkout>/build/bin.
 # keel-bench is taken from $KEEL_BENCH, KEEL_BIN_DIR or any build*/bin.
@@ -18,6 +22,7 @@ source "$SRC_DIR/bench/lib.sh"
 
 QUICK=0
 ROUNDS=
+TRANSPORT=h2
 OUT=
 BIN_DIR=${KEEL_BIN_DIR:-$SRC_DIR/build/bin}
 while (($#)); do
@@ -25,7 +30,8 @@ while (($#)); do
     --quick) QUICK=1 ;;
     --rounds) ROUNDS=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --transport) TRANSPORT=$2; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) BIN_DIR=$1 ;;
   esac
   shift
@@ -110,7 +116,7 @@ measure() {
   esac
   [[ -n "$rpid" ]] && before=$(cpu_ticks "$rpid")
   s0=$(cpu_ticks "$(pid_of etcd)")
-  out=$(timeout $((T + 30)) "$BENCH" --endpoints "127.0.0.1:$port" --conns 1 \
+  out=$(timeout $((T + 30)) "$BENCH" --endpoints "127.0.0.1:$port" --transport "$TRANSPORT" --conns 1 \
           --clients "$clients" --duration "${T}s" --json --no-progress "${args[@]}" 2>&1)
   s1=$(cpu_ticks "$(pid_of etcd)")
   [[ -n "$rpid" ]] && after=$(cpu_ticks "$rpid")
@@ -153,9 +159,9 @@ ELAPSED=$((SECONDS - START))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 "$PY" - "$RES" "$OUT" "$CLK_TCK" "$ROUNDS" "$T" "$ELAPSED" "$QUICK" "$KEEL" "$BENCH" \
-  "$LOAD_BEFORE" "$LOAD_AFTER" "$KEYS" <<'PYEOF'
+  "$LOAD_BEFORE" "$LOAD_AFTER" "$KEYS" "$TRANSPORT" <<'PYEOF'
 import json, statistics, sys, datetime, os
-res, out, clk, rounds, t, elapsed, quick, keel, bench, load0, load1, keys = sys.argv[1:]
+res, out, clk, rounds, t, elapsed, quick, keel, bench, load0, load1, keys, transport = sys.argv[1:]
 clk = float(clk)
 rows = [json.loads(l) for l in open(res) if l.strip()]
 def med(cell, path, key="value"):
@@ -190,8 +196,8 @@ L.append("Run {} UTC on {} ({} cores); {} round(s), {} s per cell, 1 gRPC connec
          "Total {} s{}.".format(datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
          os.uname().nodename, os.cpu_count(), rounds, t, elapsed, " (--quick)" if quick == "1" else ""))
 L.append("")
-L.append("Binaries: keel `{}`, keel-bench `{}`. Load average before / after: {} / {}.".format(
-    keel, bench, load0, load1))
+L.append("Binaries: keel `{}`, keel-bench `{}` (--transport={}). Load average before / after: "
+         "{} / {}.".format(keel, bench, transport, load0, load1))
 L.append("")
 L.append("| what (req/s) | direct | etcd proxy | keel proxy | keel proxy, no cache | keel ÷ direct | "
          "keel no-cache ÷ direct | etcd proxy ÷ direct | keel ÷ etcd proxy |")

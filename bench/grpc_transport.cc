@@ -161,10 +161,13 @@ void GrpcTransport::RunAt(int queue, absl::Time when, std::function<void()> fn) 
 }
 
 void GrpcTransport::Unary(int queue, int conn, const char* method, std::string request,
-                          UnaryDone done) {
+                          absl::Duration timeout, UnaryDone done) {
   auto* task = new UnaryTask();
   task->done = std::move(done);
   conns_->Prepare(&task->ctx);
+  if (timeout != absl::InfiniteDuration()) {
+    task->ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  }
   task->reader = stubs_[static_cast<size_t>(conn)]->PrepareUnaryCall(
       &task->ctx, method, ToByteBuffer(request), pool_.cq(queue));
   task->reader->StartCall();

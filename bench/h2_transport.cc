@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -38,6 +39,8 @@ constexpr size_t kReadChunk = 64 * 1024;
 // Output waiting in user space above which no more frames are produced
 // until the socket drains.
 constexpr size_t kMaxPendingOutput = 1 << 20;
+// Rounds of flushing per loop turn before the sockets are looked at again.
+constexpr int kFlushRounds = 4;
 // Windows as large as HTTP/2 allows: a load generator must never be the
 // side that throttles.
 constexpr int32_t kStreamWindow = (1 << 30);
@@ -67,7 +70,10 @@ std::string PercentDecode(std::string_view in) {
   out.reserve(in.size());
   for (size_t i = 0; i < in.size(); ++i) {
     int value = 0;
-    if (in[i] == '%' && i + 3 <= in.size() && ParseInt(in.substr(i + 1, 2), 16, &value)) {
+    if (in[i] == '%' && i + 3 <= in.size() &&
+        std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(in[i + 2])) &&
+        ParseInt(in.substr(i + 1, 2), 16, &value)) {
       out.push_back(static_cast<char>(value));
       i += 2;
     } else {
@@ -75,6 +81,50 @@ std::string PercentDecode(std::string_view in) {
     }
   }
   return out;
+}
+
+// gRPC's mapping of an HTTP status without grpc-status (gRPC's
+// http-grpc-status-mapping.md).
+grpc::StatusCode CodeOfHttpStatus(int http_status) {
+  switch (http_status) {
+    case 400:
+      return grpc::StatusCode::INTERNAL;
+    case 401:
+      return grpc::StatusCode::UNAUTHENTICATED;
+    case 403:
+      return grpc::StatusCode::PERMISSION_DENIED;
+    case 404:
+      return grpc::StatusCode::UNIMPLEMENTED;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return grpc::StatusCode::UNAVAILABLE;
+    default:
+      return grpc::StatusCode::UNKNOWN;
+  }
+}
+
+// gRPC's mapping of an RST_STREAM error code (gRPC's PROTOCOL-HTTP2.md).
+grpc::StatusCode CodeOfReset(uint32_t error_code) {
+  switch (error_code) {
+    case NGHTTP2_CANCEL:
+      return grpc::StatusCode::CANCELLED;
+    case NGHTTP2_REFUSED_STREAM:
+      return grpc::StatusCode::UNAVAILABLE;
+    case NGHTTP2_ENHANCE_YOUR_CALM:
+      return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case NGHTTP2_INADEQUATE_SECURITY:
+      return grpc::StatusCode::PERMISSION_DENIED;
+    default:
+      return grpc::StatusCode::INTERNAL;
+  }
+}
+
+// A grpc-timeout value: milliseconds, at most 8 digits.
+std::string GrpcTimeout(absl::Duration timeout) {
+  const int64_t ms = std::clamp<int64_t>(absl::ToInt64Milliseconds(timeout), 1, 99999999);
+  return absl::StrCat(ms, "m");
 }
 
 nghttp2_nv Header(const char* name, const std::string& value) {
@@ -158,6 +208,8 @@ struct H2Transport::Stream {
   int messages = 0;
   UnaryDone done;
   StreamCall::Handler* handler = nullptr;
+  std::string timeout;        // grpc-timeout header value, "" for none
+  bool deadline_hit = false;  // reset by the transport's own deadline
 };
 
 // One TCP connection with its nghttp2 client session. Loop-confined.
@@ -177,9 +229,10 @@ class H2Transport::Conn {
   Loop* loop() const { return loop_; }
   bool dead() const { return dead_; }
 
-  // Starts the call; returns its stream id, or -1 when it ended at once
-  // (broken connection: its callback is posted, never run inline).
-  int32_t Submit(const char* method, Stream* s);
+  // Starts the call (with a deadline unless `timeout` is infinite); returns
+  // its stream id, or -1 when it ended at once (broken connection, or the
+  // server is going away: its callback is posted, never run inline).
+  int32_t Submit(const char* method, Stream* s, absl::Duration timeout);
   void Resume(Stream* s);
   void Reset(int32_t stream_id);
   void OnReadable();
@@ -195,6 +248,7 @@ class H2Transport::Conn {
   static int OnData(nghttp2_session*, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
                     void* user);
   static int OnClose(nghttp2_session*, int32_t stream_id, uint32_t error_code, void* user);
+  static int OnFrame(nghttp2_session* session, const nghttp2_frame* frame, void* user);
   static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
                           uint32_t* data_flags, nghttp2_data_source* source, void*);
 
@@ -264,6 +318,7 @@ class H2Transport::Loop {
     if (earliest) ArmTimer();
   }
   void MarkDirty(Conn* c) { dirty_.push_back(c); }
+  void Unwatch(int fd) { ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
 
  private:
   void Watch(int fd, uint32_t events, void* ptr) {
@@ -293,8 +348,12 @@ class H2Transport::Loop {
     std::vector<epoll_event> events(256);
     std::vector<std::function<void()>> tasks;
     while (!stopping_) {
-      FlushDirty();
-      const int n = ::epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), -1);
+      // Connections still dirty after a few rounds (calls that end and are
+      // started again inside the flush) are flushed after a look at the
+      // sockets.
+      const bool more = !FlushDirty();
+      const int n =
+          ::epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), more ? 0 : -1);
       for (int i = 0; i < n; ++i) {
         void* ptr = events[static_cast<size_t>(i)].data.ptr;
         if (ptr == nullptr) {
@@ -321,7 +380,8 @@ class H2Transport::Loop {
   }
 
   void FireTimers() {
-    const absl::Time now = absl::Now();
+    // absl::Now() may trail the kernel clock the timer fired on a little.
+    const absl::Time now = absl::Now() + absl::Microseconds(100);
     while (!timers_.empty() && timers_.begin()->first <= now) {
       std::function<void()> fn = std::move(timers_.begin()->second);
       timers_.erase(timers_.begin());
@@ -330,9 +390,10 @@ class H2Transport::Loop {
     ArmTimer();
   }
 
-  void FlushDirty() {
+  // Returns false if connections are left dirty.
+  bool FlushDirty() {
     // Flushing can run callbacks that dirty more connections.
-    while (!dirty_.empty()) {
+    for (int round = 0; round < kFlushRounds && !dirty_.empty(); ++round) {
       std::vector<Conn*> batch;
       batch.swap(dirty_);
       for (Conn* c : batch) {
@@ -341,6 +402,7 @@ class H2Transport::Loop {
         SetWrite(c, c->wants_write());
       }
     }
+    return dirty_.empty();
   }
 
   int epfd_ = -1;
@@ -361,6 +423,7 @@ bool H2Transport::Conn::Init() {
   nghttp2_session_callbacks_set_on_header_callback(cbs, &Conn::OnHeader);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, &Conn::OnData);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &Conn::OnClose);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &Conn::OnFrame);
   const int rc = nghttp2_session_client_new(&session_, cbs, this);
   nghttp2_session_callbacks_del(cbs);
   if (rc != 0) return false;
@@ -374,12 +437,18 @@ bool H2Transport::Conn::Init() {
          0;
 }
 
-int32_t H2Transport::Conn::Submit(const char* method, Stream* s) {
+int32_t H2Transport::Conn::Submit(const char* method, Stream* s, absl::Duration timeout) {
   s->conn = this;
   if (dead_) {
     FinishLater(s, grpc::Status(grpc::StatusCode::UNAVAILABLE, dead_reason_));
     return -1;
   }
+  if (nghttp2_session_check_request_allowed(session_) == 0) {  // 0: not allowed
+    FinishLater(s, grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                absl::StrCat(authority_, " is closing the connection (GOAWAY)")));
+    return -1;
+  }
+  if (timeout != absl::InfiniteDuration()) s->timeout = GrpcTimeout(timeout);
   nghttp2_nv headers[8];
   size_t n = 0;
   headers[n++] = Header(":method", "POST");
@@ -389,6 +458,7 @@ int32_t H2Transport::Conn::Submit(const char* method, Stream* s) {
   headers[n++] = Header("content-type", "application/grpc");
   headers[n++] = Header("te", "trailers");
   if (!transport_->token_.empty()) headers[n++] = Header("token", transport_->token_);
+  if (!s->timeout.empty()) headers[n++] = Header("grpc-timeout", s->timeout);
   nghttp2_data_provider body{};
   body.source.ptr = s;
   body.read_callback = &Conn::ReadBody;
@@ -401,6 +471,15 @@ int32_t H2Transport::Conn::Submit(const char* method, Stream* s) {
   s->id = id;
   streams_[id] = s;
   loop_->MarkDirty(this);
+  if (timeout != absl::InfiniteDuration()) {
+    // The server should end the call itself; this covers one that hangs.
+    loop_->AddTimer(absl::Now() + timeout, [this, id] {
+      auto it = streams_.find(id);
+      if (it == streams_.end()) return;
+      it->second->deadline_hit = true;
+      Reset(id);
+    });
+  }
   return id;
 }
 
@@ -501,6 +580,24 @@ void H2Transport::Conn::Deliver(Stream* s, std::string_view message) {
   }
 }
 
+int H2Transport::Conn::OnFrame(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+  auto* self = static_cast<Conn*>(user);
+  if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) {
+    return 0;
+  }
+  auto* s =
+      static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  // The server ended a stream whose requests we have not ended (a streaming
+  // call): nghttp2 keeps it half-open until our side ends too, so end it
+  // now; OnClose then reports the server's status.
+  if (s != nullptr && !s->half_close) {
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+    self->loop_->MarkDirty(self);
+  }
+  return 0;
+}
+
 int H2Transport::Conn::OnClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
                                void* user) {
   auto* self = static_cast<Conn*>(user);
@@ -511,16 +608,15 @@ int H2Transport::Conn::OnClose(nghttp2_session*, int32_t stream_id, uint32_t err
   grpc::Status status;
   if (s->grpc_status >= 0) {
     status = grpc::Status(static_cast<grpc::StatusCode>(s->grpc_status), s->grpc_message);
+  } else if (s->deadline_hit) {
+    status = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
   } else if (error_code == NGHTTP2_CANCEL) {
     status = grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled");
-  } else if (error_code == NGHTTP2_REFUSED_STREAM) {
-    status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream refused by the server");
   } else if (error_code != NGHTTP2_NO_ERROR) {
-    status =
-        grpc::Status(grpc::StatusCode::INTERNAL,
-                     absl::StrCat("stream reset by the server (HTTP/2 error ", error_code, ")"));
+    status = grpc::Status(CodeOfReset(error_code),
+                          absl::StrCat("stream reset (HTTP/2 error ", error_code, ")"));
   } else if (s->http_status != 200) {
-    status = grpc::Status(grpc::StatusCode::UNKNOWN,
+    status = grpc::Status(CodeOfHttpStatus(s->http_status),
                           absl::StrCat("HTTP status ", s->http_status, " without grpc-status"));
   } else {
     status = grpc::Status(grpc::StatusCode::INTERNAL, "response without grpc-status");
@@ -600,6 +696,10 @@ bool H2Transport::Conn::Flush() {
       pending_.clear();
       pending_offset_ = 0;
     } else {
+      if (pending_offset_ >= kMaxPendingOutput) {  // keep the unsent tail only
+        pending_.erase(0, pending_offset_);
+        pending_offset_ = 0;
+      }
       return true;  // the socket is full: EPOLLOUT resumes
     }
   }
@@ -609,6 +709,10 @@ void H2Transport::Conn::Fail(const std::string& why) {
   if (dead_) return;
   dead_ = true;
   dead_reason_ = absl::StrCat("connection to ", authority_, " lost: ", why);
+  // Nothing more is read or written (a socket at EOF would wake the loop
+  // forever).
+  loop_->Unwatch(fd_);
+  ::shutdown(fd_, SHUT_RDWR);
   std::unordered_map<int32_t, Stream*> open;
   open.swap(streams_);
   for (auto& [id, s] : open) {
@@ -692,7 +796,7 @@ void H2Transport::RunAt(int queue, absl::Time when, std::function<void()> fn) {
 }
 
 void H2Transport::Unary(int queue, int conn, const char* method, std::string request,
-                        UnaryDone done) {
+                        absl::Duration timeout, UnaryDone done) {
   (void)queue;
   Conn* c = conns_[static_cast<size_t>(conn)];
   auto* s = new Stream();
@@ -700,9 +804,9 @@ void H2Transport::Unary(int queue, int conn, const char* method, std::string req
   s->half_close = true;
   s->done = std::move(done);
   if (c->loop()->InLoop()) {
-    c->Submit(method, s);
+    c->Submit(method, s, timeout);
   } else {
-    c->loop()->Post([c, method, s] { c->Submit(method, s); });
+    c->loop()->Post([c, method, s, timeout] { c->Submit(method, s, timeout); });
   }
 }
 
@@ -713,7 +817,7 @@ std::unique_ptr<StreamCall> H2Transport::OpenStream(int queue, int conn, const c
   auto* s = new Stream();
   s->handler = handler;
   // On a broken connection the call ends at once (OnEnd) and the id is -1.
-  const int32_t id = c->Submit(method, s);
+  const int32_t id = c->Submit(method, s, absl::InfiniteDuration());
   return std::make_unique<Call>(c, id);
 }
 

@@ -27,7 +27,8 @@ class H2Transport final : public Transport {
   int conns() const override { return static_cast<int>(conns_.size()); }
   int QueueFor(int client, int conn) const override;
   void RunAt(int queue, absl::Time when, std::function<void()> fn) override;
-  void Unary(int queue, int conn, const char* method, std::string request, UnaryDone done) override;
+  void Unary(int queue, int conn, const char* method, std::string request, absl::Duration timeout,
+             UnaryDone done) override;
   std::unique_ptr<StreamCall> OpenStream(int queue, int conn, const char* method,
                                          StreamCall::Handler* handler) override;
   void Shutdown() override;

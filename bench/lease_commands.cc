@@ -85,18 +85,23 @@ struct KeepaliveState {
 // outstanding(); must outlive the transport's Shutdown.
 class KeepaliveStream : private StreamCall::Handler {
  public:
-  KeepaliveStream(Transport& transport, int conn, int queue, std::vector<int64_t> leases,
+  // `index` tells the streams apart (it seeds --spread's offsets).
+  KeepaliveStream(Transport& transport, int index, int conn, int queue, std::vector<int64_t> leases,
                   KeepaliveState& state)
-      : transport_(transport), conn_(conn), queue_(queue), state_(state) {
+      : transport_(transport), index_(index), conn_(conn), queue_(queue), state_(state) {
     for (int64_t id : leases) ready_.push_back(id);
   }
 
   void Start() {
     transport_.RunAt(queue_, absl::Now(), [this] {
+      if (cancelled_.load()) {  // cancelled before it was opened
+        state_.finished.fetch_add(1);
+        return;
+      }
       call_ = transport_.OpenStream(queue_, conn_, kLeaseKeepAliveMethod, this);
       if (state_.spread && state_.interval > absl::ZeroDuration()) {
         // First keepalives at uniformly random points of the first interval.
-        std::mt19937_64 rng(static_cast<uint64_t>(queue_) * 7919 + ready_.size());
+        std::mt19937_64 rng(0x7370726561640000ULL + static_cast<uint64_t>(index_));
         std::uniform_real_distribution<double> offset(0, absl::ToDoubleSeconds(state_.interval));
         const absl::Time start = absl::Now();
         std::vector<std::pair<absl::Time, int64_t>> first;
@@ -112,7 +117,9 @@ class KeepaliveStream : private StreamCall::Handler {
   }
   void Cancel() {
     cancelled_.store(true);
-    transport_.RunAt(queue_, absl::Now(), [this] { call_->Cancel(); });
+    transport_.RunAt(queue_, absl::Now(), [this] {
+      if (call_ != nullptr) call_->Cancel();
+    });
   }
   size_t outstanding() const { return outstanding_.load(); }
   const std::string& error() const { return error_; }
@@ -187,6 +194,7 @@ class KeepaliveStream : private StreamCall::Handler {
   }
 
   Transport& transport_;
+  const int index_;
   const int conn_;
   const int queue_;
   KeepaliveState& state_;
@@ -238,7 +246,7 @@ absl::Status RunLeaseKeepalive(const GlobalOptions& g, const LeaseOptions& o) {
   for (int s = 0; s < o.streams; ++s) {
     const int conn = s % (*transport)->conns();
     streams.push_back(
-        std::make_unique<KeepaliveStream>(**transport, conn, (*transport)->QueueFor(s, conn),
+        std::make_unique<KeepaliveStream>(**transport, s, conn, (*transport)->QueueFor(s, conn),
                                           std::move(shares[static_cast<size_t>(s)]), state));
   }
   std::optional<ServerMetrics> before;

@@ -11,6 +11,7 @@
 namespace keel::bench {
 
 absl::StatusOr<std::unique_ptr<Transport>> Transport::Dial(const GlobalOptions& options) {
+  if (options.conns < 1) return absl::InvalidArgumentError("--conns must be at least 1");
   if (options.transport != "grpc" && options.transport != "h2") {
     return absl::InvalidArgumentError(
         absl::StrCat("--transport must be grpc or h2, not \"", options.transport, "\""));
@@ -51,7 +52,7 @@ grpc::Status Transport::CallSync(int conn, const char* method, std::string reque
     std::string response ABSL_GUARDED_BY(mu);
   };
   auto result = std::make_shared<Result>();
-  Unary(QueueFor(0, conn), conn, method, std::move(request),
+  Unary(QueueFor(0, conn), conn, method, std::move(request), timeout,
         [result](const grpc::Status& status, std::string_view bytes) {
           absl::MutexLock lock(&result->mu);
           result->done = true;
@@ -59,7 +60,8 @@ grpc::Status Transport::CallSync(int conn, const char* method, std::string reque
           result->response.assign(bytes);
         });
   absl::MutexLock lock(&result->mu);
-  if (!result->mu.AwaitWithTimeout(absl::Condition(&result->done), timeout)) {
+  // The call's own deadline ends it; the wait allows a little more.
+  if (!result->mu.AwaitWithTimeout(absl::Condition(&result->done), timeout + absl::Seconds(5))) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                         absl::StrCat("no answer within ", absl::FormatDuration(timeout)));
   }

@@ -75,11 +75,12 @@ class Transport {
   // Runs `fn` on `queue`'s thread at `when` (at once if it has passed).
   virtual void RunAt(int queue, absl::Time when, std::function<void()> fn) = 0;
   // Starts a unary call of `method` with the serialized `request` on
-  // connection `conn`; `done` runs once on `queue` with the status and the
-  // serialized response (empty unless OK). REQUIRES: queue == QueueFor(c, conn)
-  // for some client c; `method` outlives the call.
+  // connection `conn`, with a deadline `timeout` from now unless it is
+  // infinite; `done` runs once on `queue` with the status and the serialized
+  // response (empty unless OK). REQUIRES: queue == QueueFor(c, conn) for
+  // some client c; `method` outlives the call.
   virtual void Unary(int queue, int conn, const char* method, std::string request,
-                     UnaryDone done) = 0;
+                     absl::Duration timeout, UnaryDone done) = 0;
   // Opens a streaming call of `method`; its handler runs on `queue`.
   // REQUIRES: as for Unary; on `queue`'s thread for the `h2` transport.
   virtual std::unique_ptr<StreamCall> OpenStream(int queue, int conn, const char* method,
@@ -88,7 +89,7 @@ class Transport {
   virtual void Shutdown() = 0;
 
   // A blocking unary call from any thread but the queues' (for phases that
-  // send one request at a time); DEADLINE_EXCEEDED after `timeout`.
+  // send one request at a time), with a deadline `timeout` from now.
   grpc::Status CallSync(int conn, const char* method, std::string request, std::string* response,
                         absl::Duration timeout);
 };

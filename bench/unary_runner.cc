@@ -64,6 +64,7 @@ class UnaryRunner::Loop {
     request_ = state_.workload->Build(client_, seq_);
     started_ = absl::Now();
     state_.transport->Unary(queue_, conn_, request_.method, std::move(request_.body),
+                            absl::InfiniteDuration(),
                             [this](const grpc::Status& status, std::string_view response) {
                               Completed(status, response);
                             });

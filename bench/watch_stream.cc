@@ -14,6 +14,10 @@ WatchStream::WatchStream(Transport& transport, int conn, int queue, std::vector<
 
 void WatchStream::Start() {
   transport_.RunAt(queue_, absl::Now(), [this] {
+    if (cancelled_.load()) {  // cancelled before it was opened
+      counters_.finished.fetch_add(1);
+      return;
+    }
     call_ = transport_.OpenStream(queue_, conn_, kWatchMethod, this);
     etcdserverpb::WatchRequest req;
     for (const std::string& key : keys_) {
@@ -25,7 +29,9 @@ void WatchStream::Start() {
 
 void WatchStream::Cancel() {
   cancelled_.store(true);
-  transport_.RunAt(queue_, absl::Now(), [this] { call_->Cancel(); });
+  transport_.RunAt(queue_, absl::Now(), [this] {
+    if (call_ != nullptr) call_->Cancel();
+  });
 }
 
 void WatchStream::OnMessage(std::string_view message) {

@@ -70,10 +70,11 @@ constexpr size_t kLocalBacklog = 64 * 1024;
 // At shutdown, how long the relay waits for its local streams' backends to
 // confirm their end.
 constexpr auto kLocalDrain = std::chrono::seconds(10);
-// Mailbox batches taken per loop turn before the sockets are polled again,
-// and taken before the sockets are written to.
+// Mailbox rounds per loop turn before the sockets are polled again; within
+// a round, the batches (and response bytes) taken before writing out.
 constexpr int kLocalRounds = 8;
 constexpr int kLocalTakes = 1024;
+constexpr size_t kLocalTakeBytes = 1 << 20;
 // The connection to etcd, as the remote backend's channels treat theirs
 // (remote_endpoints.cc): a connect that has not finished after the dial
 // timeout is given up; with streams open and nothing heard for the keepalive
@@ -449,7 +450,8 @@ struct FrameRelay::Loop {
   void Finished(Stream* s, int grpc_code);
   void StartLocal(Stream* s);
   void FeedLocal(Stream* s);
-  void TakeLocalEvents();
+  // Returns the bytes of the responses taken.
+  size_t TakeLocalEvents();
   void LocalResponse(Stream* s, std::string message);
   void LocalDone(Stream* s, const absl::Status& status);
   void FailLocal(Stream* s, int grpc_code, std::string message);
@@ -645,7 +647,11 @@ void FrameRelay::Loop::Run() {
     // to the sockets (a busy backend must not keep the loop from reading),
     // with a wake-up for what is left.
     for (int round = 0;; ++round) {
-      for (int take = 0; take < kLocalTakes && !mailbox->Empty(); ++take) TakeLocalEvents();
+      size_t taken = 0;
+      for (int take = 0; take < kLocalTakes && taken < kLocalTakeBytes && !mailbox->Empty();
+           ++take) {
+        taken += TakeLocalEvents();
+      }
       Settle();
       if (mailbox->Empty()) break;
       if (round == kLocalRounds) {
@@ -1169,15 +1175,18 @@ void FrameRelay::Loop::FeedLocal(Stream* s) {
 }
 
 // Takes one batch: what was posted until now (more may come inline).
-void FrameRelay::Loop::TakeLocalEvents() {
+size_t FrameRelay::Loop::TakeLocalEvents() {
+  size_t bytes = 0;
   for (LocalEvent& event : mailbox->Take()) {
     auto* s = static_cast<Stream*>(event.call->tag);
     if (event.done.has_value()) {
       LocalDone(s, *event.done);
     } else {
+      bytes += event.message.size();
       LocalResponse(s, std::move(event.message));
     }
   }
+  return bytes;
 }
 
 void FrameRelay::Loop::LocalResponse(Stream* s, std::string message) {
