@@ -51,6 +51,10 @@ spdlog::logger& Log() {
 
 // Everything the completions need; shared with them because in-flight calls
 // may outlive the CachingBackend.
+// Linearizable reads of held ranges sent straight to etcd at once (by the
+// frame relay); more overlapping ones share Range()'s revision probe.
+constexpr int kStraightReads = 1;
+
 struct CachingBackend::State {
   State(api::Backend& backend, CacheOptions opts, common::MetricsRegistry* metrics)
       : inner(backend), options(opts), probe(backend), cache(opts.max_bytes) {
@@ -225,6 +229,8 @@ struct CachingBackend::State {
   // W: the highest revision acknowledged for a write through this decorator.
   int64_t acknowledged ABSL_GUARDED_BY(mu) = 0;
   uint64_t evictions_reported ABSL_GUARDED_BY(mu) = 0;
+  // Tickets of BeginExternalFill not ended yet.
+  int external_fills ABSL_GUARDED_BY(mu) = 0;
   // Keyed by the revision each waiter needs.
   std::multimap<int64_t, Waiter> waiters ABSL_GUARDED_BY(mu);
   uint64_t next_waiter_id ABSL_GUARDED_BY(mu) = 1;
@@ -793,24 +799,35 @@ std::optional<RangeResponse> CachingBackend::TryServeSerializable(const RangeReq
 std::optional<uint64_t> CachingBackend::BeginExternalFill(const RangeRequest& request) {
   if (request.serializable() || !RangeCache::Cacheable(request)) return std::nullopt;
   std::optional<FillId> fill;
+  bool miss = false;
   {
     absl::MutexLock lock(&state_->mu);
     RangeCache& cache = state_->cache;
-    if (cache.live() && !cache.Has("", request)) fill = cache.BeginFill(request);
+    if (!cache.live()) return std::nullopt;
+    miss = !cache.Has("", request);
+    // A held range is read through a revision probe only when reads overlap
+    // (the probe is then shared); a lone read is one round trip to etcd
+    // either way, and straight there it skips the chain.
+    if (miss || state_->external_fills < kStraightReads) {
+      fill = cache.BeginFill(request);
+      ++state_->external_fills;
+    }
   }
-  if (fill.has_value()) Increment(state_->misses);
+  if (miss) Increment(state_->misses);
   return fill;
 }
 
 void CachingBackend::FinishExternalFill(uint64_t ticket, const RangeRequest& request,
                                         RangeResponse response) {
   absl::MutexLock lock(&state_->mu);
+  --state_->external_fills;
   state_->cache.FinishFill(ticket, "", request, std::move(response));
   state_->UpdateGauges();
 }
 
 void CachingBackend::AbandonExternalFill(uint64_t ticket) {
   absl::MutexLock lock(&state_->mu);
+  --state_->external_fills;
   state_->cache.AbandonFill(ticket);
 }
 

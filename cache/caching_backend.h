@@ -171,14 +171,17 @@ class CachingBackend final : public api::ForwardingBackend {
       const ::etcdserverpb::RangeRequest& request);
 
   // For a caller that sends a token-less, non-hasleader linearizable Range
-  // straight to etcd (the frame relay), as Range() itself would when the
-  // cache does not hold the range (a probe could only miss): a ticket to
-  // fill the cache with etcd's answer, or nullopt when the read should go
-  // through Range() instead (the range is cached, the cache is not live, or
-  // the read is not cacheable or not linearizable). Counted as a miss. Every
-  // ticket ends with exactly one FinishExternalFill (etcd answered OK: the
-  // answer is inserted under the same staleness rules as any fill) or
-  // AbandonExternalFill. Thread-safe; never blocks on the network.
+  // straight to etcd (the frame relay): a ticket to fill the cache with
+  // etcd's answer, or nullopt when the read should go through Range()
+  // instead. A ticket is given when the cache does not hold the range (as
+  // Range() itself would forward it: a probe could only miss; counted as a
+  // miss) and, for a range it holds, when no other ticket is out (a lone
+  // read costs etcd one read either way; overlapping reads share Range()'s
+  // revision probe). Nullopt too when the cache is not live or the read is
+  // not cacheable or not linearizable. Every ticket ends with exactly one
+  // FinishExternalFill (etcd answered OK: the answer is inserted under the
+  // same staleness rules as any fill) or AbandonExternalFill. Thread-safe;
+  // never blocks on the network.
   std::optional<uint64_t> BeginExternalFill(const ::etcdserverpb::RangeRequest& request);
   void FinishExternalFill(uint64_t ticket, const ::etcdserverpb::RangeRequest& request,
                           ::etcdserverpb::RangeResponse response);

@@ -916,18 +916,18 @@ Conn* FrameRelay::Loop::InternalFor(Conn* client) {
 void FrameRelay::Loop::Route(Stream* s) {
   std::optional<std::string_view> path = s->request_headers.Find(":path");
   s->route = path.has_value() ? options.routes->Find(*path) : nullptr;
-  // A compressed stream is left to the chain's gRPC server.
-  if (s->route != nullptr && s->route->local && options.chain != nullptr &&
-      s->request_headers.Find("grpc-encoding").value_or("identity") == "identity") {
-    StartLocal(s);
-    return;
-  }
   if (s->route != nullptr && s->route->cache_read && options.cached_range &&
       !s->request_headers.Find("token").has_value() &&
       !s->request_headers.Find("hasleader").has_value()) {
     // The whole (small) request first.
     if (!s->up_eof && s->up_total() <= kReplayLimit) return;
     if (s->up_eof && AnswerFromCache(s)) return;
+  }
+  // A compressed call is left to the chain's gRPC server.
+  if (s->route != nullptr && s->route->local && !s->fill.has_value() && options.chain != nullptr &&
+      s->request_headers.Find("grpc-encoding").value_or("identity") == "identity") {
+    StartLocal(s);
+    return;
   }
   bool to_upstream = s->route != nullptr && (s->route->pass_through || s->fill.has_value());
   if (to_upstream) {

@@ -4,7 +4,9 @@
 #include <cstdint>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "google/protobuf/message_lite.h"
+#include "proxy/grpc/service_names.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -72,6 +74,99 @@ class BidiLocalCall final : public LocalCall, public api::StreamObserver<Respons
   std::atomic<bool> done_{false};
 };
 
+// A unary Backend call as a LocalCall: the request is sent to the backend
+// as soon as it arrives; the response (if OK) and then the status come back
+// as events. The relay's Cancel fires the call's CancelSignal, as the
+// front's reactor does when a client goes away.
+template <class Request, class Response>
+class UnaryLocalCall final : public LocalCall {
+ public:
+  using Invoke = void (*)(api::Backend& backend, const api::CallContext& ctx, Request request,
+                          api::Done<Response> done);
+
+  UnaryLocalCall(api::Backend& backend, const api::CallContext& ctx,
+                 std::shared_ptr<LocalMailbox> mailbox, Invoke invoke)
+      : backend_(backend), ctx_(ctx), mailbox_(std::move(mailbox)), invoke_(invoke) {
+    ctx_.cancel = std::make_shared<api::CancelSignal>();
+  }
+
+  bool Write(std::string_view message) override {
+    if (state_ != State::kWaiting) return false;  // one message per unary call
+    Request request;
+    if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) return false;
+    state_ = State::kSent;
+    // The relay may destroy this call once the status event is taken: the
+    // callback uses nothing of it but its address.
+    std::shared_ptr<LocalMailbox> mailbox = mailbox_;
+    invoke_(backend_, ctx_, std::move(request),
+            [this, mailbox](absl::StatusOr<Response> result) {
+              if (result.ok()) mailbox->Post(LocalEvent{this, Framed(*result), std::nullopt});
+              mailbox->Post(LocalEvent{this, std::string(), result.status()});
+            });
+    return true;
+  }
+  void WritesDone() override {
+    if (state_ != State::kWaiting) return;
+    End(absl::InternalError("keel: a unary call ended without its request message"));
+  }
+  void ReadNext() override {}
+  void Cancel() override {
+    if (state_ == State::kSent) {
+      ctx_.cancel->Cancel();
+    } else if (state_ == State::kWaiting) {
+      End(absl::CancelledError("call cancelled"));
+    }
+  }
+
+ private:
+  enum class State { kWaiting, kSent, kEnded };
+  // Ends a call that never reached the backend.
+  void End(absl::Status status) {
+    state_ = State::kEnded;
+    mailbox_->Post(LocalEvent{this, std::string(), std::move(status)});
+  }
+
+  api::Backend& backend_;
+  api::CallContext ctx_;
+  std::shared_ptr<LocalMailbox> mailbox_;
+  Invoke invoke_;
+  State state_ = State::kWaiting;  // relay thread only
+};
+
+using UnaryFactory = std::unique_ptr<LocalCall> (*)(api::Backend& backend,
+                                                    const api::CallContext& ctx,
+                                                    std::shared_ptr<LocalMailbox> mailbox);
+
+template <class Request, class Response,
+          void (api::Backend::*Method)(const api::CallContext&, Request, api::Done<Response>)>
+std::unique_ptr<LocalCall> MakeUnary(api::Backend& backend, const api::CallContext& ctx,
+                                     std::shared_ptr<LocalMailbox> mailbox) {
+  return std::make_unique<UnaryLocalCall<Request, Response>>(
+      backend, ctx, std::move(mailbox),
+      [](api::Backend& b, const api::CallContext& c, Request r, api::Done<Response> d) {
+        (b.*Method)(c, std::move(r), std::move(d));
+      });
+}
+
+// Every unary method by path ("/etcdserverpb.KV/Range").
+const absl::flat_hash_map<std::string, UnaryFactory>& UnaryFactories() {
+  static const auto* factories = [] {
+    auto* m = new absl::flat_hash_map<std::string, UnaryFactory>();
+#define KEEL_LOCAL_UNARY(service, method, Request, Response)                 \
+  m->emplace("/" + std::string(k##service) + "/" #method,                   \
+             &MakeUnary<Request, Response, &api::Backend::method>);
+    KEEL_UNARY_METHODS(KEEL_LOCAL_UNARY)
+#undef KEEL_LOCAL_UNARY
+    return m;
+  }();
+  return *factories;
+}
+
+const UnaryFactory* FindUnary(std::string_view path) {
+  auto it = UnaryFactories().find(absl::string_view(path.data(), path.size()));
+  return it == UnaryFactories().end() ? nullptr : &it->second;
+}
+
 }  // namespace
 
 void LocalMailbox::SetReaderThread() {
@@ -105,12 +200,13 @@ void LocalMailbox::Close() {
 }
 
 bool IsLocalCallPath(std::string_view path) {
-  return path == kWatchPath || path == kLeaseKeepAlivePath;
+  return path == kWatchPath || path == kLeaseKeepAlivePath || FindUnary(path) != nullptr;
 }
 
 std::unique_ptr<LocalCall> OpenLocalCall(std::string_view path, api::Backend& backend,
                                          const api::CallContext& ctx,
                                          std::shared_ptr<LocalMailbox> mailbox) {
+  if (const UnaryFactory* unary = FindUnary(path)) return (*unary)(backend, ctx, std::move(mailbox));
   if (path == kWatchPath) {
     auto call = std::make_unique<
         BidiLocalCall<::etcdserverpb::WatchRequest, ::etcdserverpb::WatchResponse>>(

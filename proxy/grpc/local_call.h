@@ -1,11 +1,12 @@
 #pragma once
 
-// The frame relay's own streaming calls: a Watch or LeaseKeepAlive stream
-// the relay serves against the Backend chain itself, without the chain's
-// gRPC server. Messages are decoded here; the relay does the HTTP/2 framing.
-// This is what makes a watch event fanned out to 1,000 client watchers cost
-// 1,000 small writes gathered on the relay's thread instead of 1,000 gRPC
-// server writes.
+// The frame relay's own calls: a Watch or LeaseKeepAlive stream, or a unary
+// call, that the relay serves against the Backend chain itself, without the
+// chain's gRPC server. Messages are decoded here; the relay does the HTTP/2
+// framing. This is what makes a watch event fanned out to 1,000 client
+// watchers cost 1,000 small writes gathered on the relay's thread instead of
+// 1,000 gRPC server writes, and a call the chain must see (a cached or
+// namespaced read, MemberList) cost no gRPC server call.
 
 #include <functional>
 #include <memory>
@@ -62,9 +63,12 @@ class LocalMailbox {
   std::thread::id reader_ ABSL_GUARDED_BY(mu_);
 };
 
-// The relay's handle on one backend stream. Its events (responses, then one
-// `done`) arrive through the mailbox it was opened with; a response comes
-// only after a ReadNext() asked for it, so the relay bounds what it holds.
+// The relay's handle on one backend stream or unary call. Its events
+// (responses, then one `done`) arrive through the mailbox it was opened
+// with; a stream's response comes only after a ReadNext() asked for it, so
+// the relay bounds what it holds (a unary call has one response and ignores
+// ReadNext; it goes to the backend on its one Write, and Write refuses a
+// second message).
 // Relay-thread confined, but its events are posted from any thread; the
 // relay may call it from inside its own Take() processing.
 // Destroy it only after its `done` event has been taken (the backend may
@@ -86,11 +90,13 @@ class LocalCall {
   void* tag = nullptr;
 };
 
-// Whether `path` ("/etcdserverpb.Watch/Watch") is a call OpenLocalCall serves.
+// Whether `path` ("/etcdserverpb.Watch/Watch") is a call OpenLocalCall
+// serves: Watch, LeaseKeepAlive and every unary method.
 bool IsLocalCallPath(std::string_view path);
 
 // Opens the backend stream of `path` on `backend` and asks for its first
-// response. Null when the path is not a local call (see IsLocalCallPath).
+// response, or prepares the unary call of `path` (sent on its Write). Null
+// when the path is not a local call (see IsLocalCallPath).
 // `backend` and `mailbox` must outlive the call's `done` event.
 std::unique_ptr<LocalCall> OpenLocalCall(std::string_view path, api::Backend& backend,
                                          const api::CallContext& ctx,

@@ -5,20 +5,12 @@
 #include "absl/container/flat_hash_set.h"
 #include "api/backend.h"
 #include "proxy/grpc/local_call.h"
+#include "proxy/grpc/service_names.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
 
 using api::server::RpcType;
-
-// The full gRPC service name of each X-macro service.
-constexpr std::string_view kKV = "etcdserverpb.KV";
-constexpr std::string_view kLease = "etcdserverpb.Lease";
-constexpr std::string_view kCluster = "etcdserverpb.Cluster";
-constexpr std::string_view kMaintenance = "etcdserverpb.Maintenance";
-constexpr std::string_view kAuth = "etcdserverpb.Auth";
-constexpr std::string_view kLock = "v3lockpb.Lock";
-constexpr std::string_view kElection = "v3electionpb.Election";
 
 // The same methods remote_backend.cc may retry on another endpoint.
 // (Alarm is read-only only for GET; the relay cannot see that without
@@ -67,7 +59,9 @@ RelayRoutes::RelayRoutes(const RelayRouteOptions& options, common::MetricsRegist
     route.cache_read = options.cache && !options.namespaced && method == "Range";
     route.metrics = &metrics_.back();
     std::string path = "/" + std::string(service) + "/" + std::string(method);
-    route.local = IsLocalCallPath(path);
+    // Streams the relay serves itself, and unary calls that must run
+    // through the chain (the rest go straight to etcd).
+    route.local = IsLocalCallPath(path) && (type != RpcType::kUnary || !route.pass_through);
     routes_.emplace(std::move(path), route);
   };
 #define KEEL_RELAY_ROUTE(service, method, Request, Response) \

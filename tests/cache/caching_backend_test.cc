@@ -519,6 +519,45 @@ TEST_F(CachingBackendTest, LinearizableMissGoesStraightToEtcd) {
   EXPECT_EQ(Counter("keel_cache_linearizable_hits_total"), 1u);
 }
 
+// The frame relay's straight-to-etcd linearizable reads: a range the cache
+// does not hold always gets a ticket (a miss); a held range gets one only
+// while no other ticket is out (overlapping reads share Range()'s probe);
+// etcd's answer fills or refreshes the entry. Serializable reads never do.
+TEST_F(CachingBackendTest, ExternalFillsForMissesAndForLoneReadsOfHeldRanges) {
+  Start();
+  MakeLive(0, 10);
+  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", true)).has_value());
+
+  std::optional<uint64_t> miss = cache_->BeginExternalFill(Get("k", false));
+  ASSERT_TRUE(miss.has_value());
+  EXPECT_TRUE(cache_->BeginExternalFill(Get("other", false)).has_value());  // also a miss
+  cache_->FinishExternalFill(*miss, Get("k", false), Value(10, "k", "v1"));
+  EXPECT_EQ(cache_->EntriesForTest(), 1u);
+  EXPECT_EQ(Counter("etcd_grpc_proxy_cache_misses_total"), 2u);
+
+  // "k" is held, but the ticket for "other" is still out: through Range().
+  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", false)).has_value());
+}
+
+TEST_F(CachingBackendTest, LoneLinearizableReadOfAHeldRangeRefreshesIt) {
+  Start();
+  MakeLive(0, 10);
+  Fill("k", "v1", 10);
+  std::optional<uint64_t> lone = cache_->BeginExternalFill(Get("k", false));
+  ASSERT_TRUE(lone.has_value());
+  // A second read while the first is out goes through Range() (its probe).
+  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", false)).has_value());
+  PushEvents(11, {"k"});  // invalidates "k"; etcd's answer below is at 11
+  cache_->FinishExternalFill(*lone, Get("k", false), Value(11, "k", "v2"));
+  EXPECT_EQ(Hit({}, Get("k", true)).kvs(0).value(), "v2");
+  // Ended (here abandoned) tickets free the way for the next lone read.
+  std::optional<uint64_t> next = cache_->BeginExternalFill(Get("k", false));
+  ASSERT_TRUE(next.has_value());
+  cache_->AbandonExternalFill(*next);
+  EXPECT_TRUE(cache_->BeginExternalFill(Get("k", false)).has_value());
+  EXPECT_EQ(Counter("etcd_grpc_proxy_cache_misses_total"), 1u);  // Fill's own miss only
+}
+
 TEST_F(CachingBackendTest, SuccessfulAuthChangeFlushes) {
   Start();
   MakeLive(0, 10);

@@ -19,6 +19,7 @@
 #include "api/etcdserverpb/rpc.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/impl/codegen/client_unary_call.h"
 #include "grpcpp/impl/codegen/rpc_method.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/sync_stream.h"
@@ -88,8 +89,9 @@ class FrameRelayTest : public ::testing::Test {
 };
 
 // Put, lease grant and status go straight to etcd (and are counted under
-// etcd's proxy metric names); a watch is served by the relay itself against
-// the chain (coalescing); member list runs through the chain's gRPC server.
+// etcd's proxy metric names); member list (the cluster view) and a watch
+// (coalescing) are served by the relay itself against the chain, without its
+// gRPC server; with default flags nothing needs that server.
 TEST_F(FrameRelayTest, PassThroughAndChainRoutes) {
   auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0)});
   const std::string p = proxy->addr();
@@ -108,7 +110,11 @@ TEST_F(FrameRelayTest, PassThroughAndChainRoutes) {
   const double chain_before = Metric(*proxy, kToChain);
   CommandResult members = EtcdCluster::Etcdctl(p, {"member", "list"});
   EXPECT_NE(members.out.find(p), std::string::npos) << members.out << members.err;
-  EXPECT_GT(Metric(*proxy, kToChain), chain_before);
+  EXPECT_EQ(Metric(*proxy, kLocal), 1);
+  EXPECT_EQ(Metric(*proxy, kToChain), chain_before);
+  EXPECT_EQ(Metric(*proxy, "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"MemberList\","
+                            "grpc_service=\"etcdserverpb.Cluster\",grpc_type=\"unary\"}"),
+            1);
 
   Subprocess watch({"etcdctl", "--endpoints=" + p, "watch", "k"}, etcd_.dir().File("watch.log"),
                    {{"ETCDCTL_API", "3"}});
@@ -119,7 +125,8 @@ TEST_F(FrameRelayTest, PassThroughAndChainRoutes) {
     seen = watch.WaitForLog("v2", std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(seen) << watch.Log();
-  EXPECT_EQ(Metric(*proxy, kLocal), 1);
+  EXPECT_EQ(Metric(*proxy, kLocal), 2);
+  EXPECT_EQ(Metric(*proxy, kToChain), chain_before);
 }
 
 // With the cache on, puts go straight to etcd, yet a serializable read right
@@ -178,8 +185,9 @@ TEST_F(FrameRelayTest, NamespacedReadsNeverHitTheRawCache) {
 
 // A linearizable read of a key the cache does not hold goes straight to etcd
 // (no probe, no chain) and etcd's answer fills the cache: a serializable read
-// of it is then a hit. Once held, a linearizable read goes through the chain
-// (revision probe) and still sees a write made directly on etcd.
+// of it is then a hit. Once held, a lone linearizable read (none other in
+// flight) goes straight to etcd too, sees a write made directly on etcd and
+// refreshes the entry.
 TEST_F(FrameRelayTest, LinearizableMissGoesStraightToEtcdAndFillsTheCache) {
   auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0)});
   auto direct = etcdserverpb::KV::NewStub(
@@ -217,8 +225,12 @@ TEST_F(FrameRelayTest, LinearizableMissGoesStraightToEtcdAndFillsTheCache) {
   EXPECT_TRUE(hit) << proxy->Log();
 
   PutKey(*direct, "lin", "v2");
+  const double etcd_mid = Metric(*proxy, kToEtcd);
+  const double chain_mid = Metric(*proxy, kToChain);  // serializable reads before the lease
   EXPECT_EQ(read(false), "v2");
-  EXPECT_GT(Metric(*proxy, kToChain), chain_before);
+  EXPECT_EQ(Metric(*proxy, kToEtcd), etcd_mid + 1);
+  EXPECT_EQ(Metric(*proxy, kToChain), chain_mid);
+  EXPECT_EQ(read(true), "v2");
 }
 
 // A value near etcd's request limit crosses the relay both ways (many DATA
@@ -411,6 +423,55 @@ TEST_F(FrameRelayTest, LocalWatchRejectsAnUndecodableMessage) {
   ctx.TryCancel();
   stream->Finish();
   EXPECT_EQ(AwaitMetric(*proxy, kClientWatchers, 0), 0);
+}
+
+// Unary calls the relay serves against the chain itself (under --namespace,
+// every keyed call): a message that does not decode, or no message at all,
+// ends the call with INTERNAL, and the next call on the connection works.
+TEST_F(FrameRelayTest, LocalUnaryCallRejectsBadRequests) {
+  auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0), "--namespace=ns/"});
+  auto channel = grpc::CreateChannel(proxy->addr(), grpc::InsecureChannelCredentials());
+  const grpc::internal::RpcMethod range("/etcdserverpb.KV/Range",
+                                        grpc::internal::RpcMethod::BIDI_STREAMING);
+  using Stream =
+      grpc::ClientReaderWriter<etcdserverpb::PutRequest, etcdserverpb::RangeResponse>;
+  {
+    // Field 1 (key) says 5 bytes follow; 2 do.
+    grpc::ClientContext ctx;
+    const grpc::internal::RpcMethod unary("/etcdserverpb.KV/Range",
+                                          grpc::internal::RpcMethod::NORMAL_RPC);
+    grpc::Slice bytes(std::string("\x0a\x05" "ab", 4));
+    grpc::ByteBuffer junk(&bytes, 1);
+    grpc::ByteBuffer resp;
+    grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+        channel.get(), unary, &ctx, junk, &resp);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << status.error_message();
+    EXPECT_NE(status.error_message().find("could not be decoded"), std::string::npos)
+        << status.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    std::unique_ptr<Stream> call(grpc::internal::ClientReaderWriterFactory<
+                                 etcdserverpb::PutRequest,
+                                 etcdserverpb::RangeResponse>::Create(channel.get(), range, &ctx));
+    call->WritesDone();
+    etcdserverpb::RangeResponse resp;
+    EXPECT_FALSE(call->Read(&resp));
+    grpc::Status status = call->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << status.error_message();
+    EXPECT_NE(status.error_message().find("without its request message"), std::string::npos)
+        << status.error_message();
+  }
+  auto kv = etcdserverpb::KV::NewStub(channel);
+  PutKey(*kv, "k", "v");
+  grpc::ClientContext ctx;
+  etcdserverpb::RangeRequest req;
+  req.set_key("k");
+  etcdserverpb::RangeResponse resp;
+  ASSERT_TRUE(kv->Range(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.kvs_size(), 1);
+  EXPECT_EQ(resp.kvs(0).key(), "k");  // the namespace stripped again
+  EXPECT_GE(Metric(*proxy, kLocal), 4);
 }
 
 // One watcher stops reading while megabytes of events go by: a second watcher

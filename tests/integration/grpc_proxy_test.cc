@@ -455,20 +455,25 @@ TEST_F(GrpcProxyEtcdTest, RegisteredProxiesListEachOther) {
 // A unary call the client gives up on is cancelled upstream too: a v3lock
 // Lock waiting behind another holder must not take the lock later for a
 // client that is gone (its waiter key would block everyone until its lease
-// expires), and SIGTERM must not wait forever for such a call.
-class GrpcProxyLockTest : public GrpcProxyEtcdTest {
+// expires), and SIGTERM must not wait forever for such a call. Parameter:
+// the proxy's --namespace ("" for none); under one the Lock is served by the
+// frame relay itself against the chain (a local unary call), without one it
+// goes straight to etcd.
+class GrpcProxyLockTest : public GrpcProxyEtcdTest,
+                          public ::testing::WithParamInterface<std::string> {
  protected:
   void SetUp() override {
     GrpcProxyEtcdTest::SetUp();
     direct_ = grpc::CreateChannel(etcd_.ClientAddr(0), grpc::InsecureChannelCredentials());
-    proxy_ = std::make_unique<GrpcProxyProcess>(
-        dir_, std::vector<std::string>{"--endpoints=" + etcd_.ClientAddr(0)});
+    std::vector<std::string> flags = {"--endpoints=" + etcd_.ClientAddr(0)};
+    if (!GetParam().empty()) flags.push_back("--namespace=" + GetParam());
+    proxy_ = std::make_unique<GrpcProxyProcess>(dir_, flags);
     ASSERT_TRUE(proxy_->Ready()) << proxy_->Log();
     via_ = grpc::CreateChannel(proxy_->addr(), grpc::InsecureChannelCredentials());
     holder_lease_ = Grant(direct_);
     waiter_lease_ = Grant(via_);
     v3lockpb::LockRequest req;
-    req.set_name("L");
+    req.set_name(GetParam() + "L");  // the name the proxy's "L" becomes
     req.set_lease(holder_lease_);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
@@ -488,8 +493,8 @@ class GrpcProxyLockTest : public GrpcProxyEtcdTest {
   // Keys under the lock's prefix, read directly from etcd (-1 on error).
   int64_t LockKeys() {
     etcdserverpb::RangeRequest req;
-    req.set_key("L/");
-    req.set_range_end("L0");
+    req.set_key(GetParam() + "L/");
+    req.set_range_end(GetParam() + "L0");
     req.set_count_only(true);
     etcdserverpb::RangeResponse resp;
     grpc::ClientContext ctx;
@@ -531,13 +536,18 @@ class GrpcProxyLockTest : public GrpcProxyEtcdTest {
   std::optional<grpc::Status> waiter_status_;
 };
 
-TEST_F(GrpcProxyLockTest, CancelledLockIsCancelledUpstream) {
+TEST_P(GrpcProxyLockTest, CancelledLockIsCancelledUpstream) {
   StartWaiter();
   waiter_ctx_.TryCancel();
   ASSERT_TRUE(WaitFor([&] { return WaiterDone(); }, seconds(30)));
   // etcd's lock service removes the waiter key once the proxy's call to it
   // is cancelled; the holder's key stays.
   EXPECT_TRUE(WaitFor([&] { return LockKeys() == 1; }, seconds(30))) << proxy_->Log();
+  if (!GetParam().empty()) {
+    // Served by the relay itself against the chain (namespace layer).
+    EXPECT_EQ(ProxyMetric(*proxy_, "keel_grpc_relay_streams_total{route=\"local\"}").value_or(0),
+              1);
+  }
   // Released, the lock goes to nobody: the cancelled client never gets it.
   v3lockpb::UnlockRequest unlock;
   unlock.set_key(held_.key());
@@ -548,12 +558,29 @@ TEST_F(GrpcProxyLockTest, CancelledLockIsCancelledUpstream) {
   EXPECT_TRUE(WaitFor([&] { return LockKeys() == 0; }, seconds(30)));
 }
 
-TEST_F(GrpcProxyLockTest, SigtermWithWaitingLockExits) {
+TEST_P(GrpcProxyLockTest, DeadlineEndsAWaitingLockAndCancelsItUpstream) {
+  waiter_ctx_.set_deadline(std::chrono::system_clock::now() + seconds(2));
+  StartWaiter();
+  ASSERT_TRUE(WaitFor([&] { return WaiterDone(); }, seconds(30)));
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(waiter_status_->error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+        << waiter_status_->error_message();
+  }
+  EXPECT_TRUE(WaitFor([&] { return LockKeys() == 1; }, seconds(30))) << proxy_->Log();
+}
+
+TEST_P(GrpcProxyLockTest, SigtermWithWaitingLockExits) {
   StartWaiter();
   proxy_->process().Signal(SIGTERM);
   EXPECT_EQ(proxy_->process().Wait(seconds(60)), std::optional<int>(0)) << proxy_->Log();
   ASSERT_TRUE(WaitFor([&] { return WaiterDone(); }, seconds(30)));
 }
+
+INSTANTIATE_TEST_SUITE_P(Namespaces, GrpcProxyLockTest, ::testing::Values("", "ns/"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param.empty() ? std::string("none") : std::string("ns");
+                         });
 
 }  // namespace
 }  // namespace keel::testutil

@@ -30,11 +30,16 @@ TEST(RelayRoutesTest, WithoutLayersOnlyCoalescingAndTheClusterViewUseTheChain) {
                            "/etcdserverpb.Cluster/MemberList"}) {
     EXPECT_FALSE(Route(routes, path).pass_through) << path;
   }
-  // The two coalesced streams are served by the relay itself; nothing else.
-  EXPECT_TRUE(Route(routes, "/etcdserverpb.Watch/Watch").local);
-  EXPECT_TRUE(Route(routes, "/etcdserverpb.Lease/LeaseKeepAlive").local);
-  for (const char* path : {"/etcdserverpb.Cluster/MemberList", "/etcdserverpb.KV/Range",
-                           "/etcdserverpb.Maintenance/Snapshot", "/v3electionpb.Election/Observe"}) {
+  // The relay serves against the chain itself the two coalesced streams and
+  // the unary calls that use the chain (MemberList); the server streams run
+  // through the chain's gRPC server; what passes straight to etcd is not
+  // local.
+  for (const char* path : {"/etcdserverpb.Watch/Watch", "/etcdserverpb.Lease/LeaseKeepAlive",
+                           "/etcdserverpb.Cluster/MemberList"}) {
+    EXPECT_TRUE(Route(routes, path).local) << path;
+  }
+  for (const char* path : {"/etcdserverpb.KV/Range", "/etcdserverpb.Maintenance/Snapshot",
+                           "/v3electionpb.Election/Observe"}) {
     EXPECT_FALSE(Route(routes, path).local) << path;
   }
   EXPECT_EQ(routes.Find("/etcdserverpb.KV/NoSuchMethod"), nullptr);
@@ -45,6 +50,7 @@ TEST(RelayRoutesTest, CacheKeepsRangeAndHooksWritesAndAuthChanges) {
   RelayRoutes routes({/*cache=*/true, /*namespaced=*/false}, nullptr);
   EXPECT_FALSE(Route(routes, "/etcdserverpb.KV/Range").pass_through);
   EXPECT_TRUE(Route(routes, "/etcdserverpb.KV/Range").cache_read);
+  EXPECT_TRUE(Route(routes, "/etcdserverpb.KV/Range").local);
   EXPECT_FALSE(Route(routes, "/etcdserverpb.KV/Txn").cache_read);
   for (const char* path : {"/etcdserverpb.KV/Put", "/etcdserverpb.KV/DeleteRange",
                            "/etcdserverpb.KV/Txn", "/etcdserverpb.KV/Compact",
@@ -73,6 +79,9 @@ TEST(RelayRoutesTest, NamespaceKeepsEveryKeyedMethodInTheChain) {
         "/v3electionpb.Election/Resign", "/v3electionpb.Election/Observe",
         "/etcdserverpb.Watch/Watch"}) {
     EXPECT_FALSE(Route(routes, path).pass_through) << path;
+    // Served by the relay against the chain, but for the server stream.
+    EXPECT_EQ(Route(routes, path).local, std::string(path) != "/v3electionpb.Election/Observe")
+        << path;
   }
   // Keyless methods still pass (Compact takes a revision, not a key).
   for (const char* path : {"/etcdserverpb.KV/Compact", "/etcdserverpb.Lease/LeaseGrant",
