@@ -1095,8 +1095,7 @@ void FrameRelay::Loop::Finished(Stream* s, int code) {
       s->up.size() >= kGrpcPrefix + static_cast<uint64_t>(s->up_scan.first_length())) {
     const std::string_view request(s->up.data() + kGrpcPrefix,
                                    static_cast<size_t>(s->up_scan.first_length()));
-    options.end_fill(*std::exchange(s->fill, std::nullopt), request,
-                     s->down_scan.first_message());
+    options.end_fill(*std::exchange(s->fill, std::nullopt), request, s->down_scan.first_message());
   }
   if (code == 0 && s->route->on_ok != OkHook::kNone && options.on_ok) {
     options.on_ok(s->route->on_ok, HeaderRevision(s->down_scan.head()));

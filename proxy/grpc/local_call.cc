@@ -98,11 +98,10 @@ class UnaryLocalCall final : public LocalCall {
     // The relay may destroy this call once the status event is taken: the
     // callback uses nothing of it but its address.
     std::shared_ptr<LocalMailbox> mailbox = mailbox_;
-    invoke_(backend_, ctx_, std::move(request),
-            [this, mailbox](absl::StatusOr<Response> result) {
-              if (result.ok()) mailbox->Post(LocalEvent{this, Framed(*result), std::nullopt});
-              mailbox->Post(LocalEvent{this, std::string(), result.status()});
-            });
+    invoke_(backend_, ctx_, std::move(request), [this, mailbox](absl::StatusOr<Response> result) {
+      if (result.ok()) mailbox->Post(LocalEvent{this, Framed(*result), std::nullopt});
+      mailbox->Post(LocalEvent{this, std::string(), result.status()});
+    });
     return true;
   }
   void WritesDone() override {
@@ -152,8 +151,8 @@ std::unique_ptr<LocalCall> MakeUnary(api::Backend& backend, const api::CallConte
 const absl::flat_hash_map<std::string, UnaryFactory>& UnaryFactories() {
   static const auto* factories = [] {
     auto* m = new absl::flat_hash_map<std::string, UnaryFactory>();
-#define KEEL_LOCAL_UNARY(service, method, Request, Response)                 \
-  m->emplace("/" + std::string(k##service) + "/" #method,                   \
+#define KEEL_LOCAL_UNARY(service, method, Request, Response) \
+  m->emplace("/" + std::string(k##service) + "/" #method,    \
              &MakeUnary<Request, Response, &api::Backend::method>);
     KEEL_UNARY_METHODS(KEEL_LOCAL_UNARY)
 #undef KEEL_LOCAL_UNARY
@@ -206,7 +205,8 @@ bool IsLocalCallPath(std::string_view path) {
 std::unique_ptr<LocalCall> OpenLocalCall(std::string_view path, api::Backend& backend,
                                          const api::CallContext& ctx,
                                          std::shared_ptr<LocalMailbox> mailbox) {
-  if (const UnaryFactory* unary = FindUnary(path)) return (*unary)(backend, ctx, std::move(mailbox));
+  if (const UnaryFactory* unary = FindUnary(path))
+    return (*unary)(backend, ctx, std::move(mailbox));
   if (path == kWatchPath) {
     auto call = std::make_unique<
         BidiLocalCall<::etcdserverpb::WatchRequest, ::etcdserverpb::WatchResponse>>(

@@ -112,8 +112,9 @@ TEST_F(FrameRelayTest, PassThroughAndChainRoutes) {
   EXPECT_NE(members.out.find(p), std::string::npos) << members.out << members.err;
   EXPECT_EQ(Metric(*proxy, kLocal), 1);
   EXPECT_EQ(Metric(*proxy, kToChain), chain_before);
-  EXPECT_EQ(Metric(*proxy, "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"MemberList\","
-                            "grpc_service=\"etcdserverpb.Cluster\",grpc_type=\"unary\"}"),
+  EXPECT_EQ(Metric(*proxy,
+                   "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"MemberList\","
+                   "grpc_service=\"etcdserverpb.Cluster\",grpc_type=\"unary\"}"),
             1);
 
   Subprocess watch({"etcdctl", "--endpoints=" + p, "watch", "k"}, etcd_.dir().File("watch.log"),
@@ -433,14 +434,16 @@ TEST_F(FrameRelayTest, LocalUnaryCallRejectsBadRequests) {
   auto channel = grpc::CreateChannel(proxy->addr(), grpc::InsecureChannelCredentials());
   const grpc::internal::RpcMethod range("/etcdserverpb.KV/Range",
                                         grpc::internal::RpcMethod::BIDI_STREAMING);
-  using Stream =
-      grpc::ClientReaderWriter<etcdserverpb::PutRequest, etcdserverpb::RangeResponse>;
+  using Stream = grpc::ClientReaderWriter<etcdserverpb::PutRequest, etcdserverpb::RangeResponse>;
   {
     // Field 1 (key) says 5 bytes follow; 2 do.
     grpc::ClientContext ctx;
     const grpc::internal::RpcMethod unary("/etcdserverpb.KV/Range",
                                           grpc::internal::RpcMethod::NORMAL_RPC);
-    grpc::Slice bytes(std::string("\x0a\x05" "ab", 4));
+    grpc::Slice bytes(
+        std::string("\x0a\x05"
+                    "ab",
+                    4));
     grpc::ByteBuffer junk(&bytes, 1);
     grpc::ByteBuffer resp;
     grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
@@ -451,9 +454,10 @@ TEST_F(FrameRelayTest, LocalUnaryCallRejectsBadRequests) {
   }
   {
     grpc::ClientContext ctx;
-    std::unique_ptr<Stream> call(grpc::internal::ClientReaderWriterFactory<
-                                 etcdserverpb::PutRequest,
-                                 etcdserverpb::RangeResponse>::Create(channel.get(), range, &ctx));
+    std::unique_ptr<Stream> call(
+        grpc::internal::ClientReaderWriterFactory<
+            etcdserverpb::PutRequest, etcdserverpb::RangeResponse>::Create(channel.get(), range,
+                                                                           &ctx));
     call->WritesDone();
     etcdserverpb::RangeResponse resp;
     EXPECT_FALSE(call->Read(&resp));
