@@ -63,6 +63,9 @@ struct CachingBackend::State {
     hits = metrics->GetCounter("etcd_grpc_proxy_cache_hits_total", "Total number of cache hits");
     misses =
         metrics->GetCounter("etcd_grpc_proxy_cache_misses_total", "Total number of cache misses");
+    straight_reads = metrics->GetCounter(
+        "keel_cache_straight_reads_total",
+        "Lone linearizable reads of cached ranges sent straight to etcd, refreshing the entry");
     linearizable_hits = metrics->GetCounter(
         "keel_cache_linearizable_hits_total",
         "Linearizable Range requests answered from the cache after a revision probe");
@@ -220,6 +223,7 @@ struct CachingBackend::State {
   common::Counter* hits = nullptr;
   common::Counter* misses = nullptr;
   common::Counter* linearizable_hits = nullptr;
+  common::Counter* straight_reads = nullptr;
   common::Counter* evictions = nullptr;
   common::Gauge* keys = nullptr;
   common::Gauge* bytes = nullptr;
@@ -796,24 +800,28 @@ std::optional<RangeResponse> CachingBackend::TryServeSerializable(const RangeReq
   return hit;
 }
 
-std::optional<uint64_t> CachingBackend::BeginExternalFill(const RangeRequest& request) {
+std::optional<uint64_t> CachingBackend::BeginExternalFill(const RangeRequest& request,
+                                                          uint64_t max_held_bytes) {
   if (request.serializable() || !RangeCache::Cacheable(request)) return std::nullopt;
   std::optional<FillId> fill;
-  bool miss = false;
+  std::optional<uint64_t> held;
   {
     absl::MutexLock lock(&state_->mu);
     RangeCache& cache = state_->cache;
     if (!cache.live()) return std::nullopt;
-    miss = !cache.Has("", request);
-    // A held range is read through a revision probe only when reads overlap
-    // (the probe is then shared); a lone read is one round trip to etcd
-    // either way, and straight there it skips the chain.
-    if (miss || state_->external_fills < kStraightReads) {
+    held = cache.HeldBytes("", request);
+    // A small held range is read through a revision probe only when reads
+    // overlap (the probe is then shared); a lone read is one round trip
+    // straight to etcd instead of two through the chain, and its answer
+    // refreshes the entry. A large one stays behind the (count-only) probe.
+    if (!held.has_value() ||
+        (*held <= max_held_bytes && state_->external_fills < kStraightReads)) {
       fill = cache.BeginFill(request);
       ++state_->external_fills;
     }
   }
-  if (miss) Increment(state_->misses);
+  if (!held.has_value()) Increment(state_->misses);
+  if (held.has_value() && fill.has_value()) Increment(state_->straight_reads);
   return fill;
 }
 

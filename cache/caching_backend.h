@@ -175,14 +175,17 @@ class CachingBackend final : public api::ForwardingBackend {
   // etcd's answer, or nullopt when the read should go through Range()
   // instead. A ticket is given when the cache does not hold the range (as
   // Range() itself would forward it: a probe could only miss; counted as a
-  // miss) and, for a range it holds, when no other ticket is out (a lone
-  // read costs etcd one read either way; overlapping reads share Range()'s
-  // revision probe). Nullopt too when the cache is not live or the read is
-  // not cacheable or not linearizable. Every ticket ends with exactly one
+  // miss) and, for a range it holds in at most `max_held_bytes` (what the
+  // caller can keep of etcd's answer), when no other ticket is out: a lone
+  // read is then one round trip instead of two and refreshes the entry
+  // (counted in keel_cache_straight_reads_total), while overlapping reads
+  // share Range()'s revision probe. Nullopt too when the cache is not live
+  // or the read is not cacheable or not linearizable. Every ticket ends with exactly one
   // FinishExternalFill (etcd answered OK: the answer is inserted under the
   // same staleness rules as any fill) or AbandonExternalFill. Thread-safe;
   // never blocks on the network.
-  std::optional<uint64_t> BeginExternalFill(const ::etcdserverpb::RangeRequest& request);
+  std::optional<uint64_t> BeginExternalFill(const ::etcdserverpb::RangeRequest& request,
+                                            uint64_t max_held_bytes);
   void FinishExternalFill(uint64_t ticket, const ::etcdserverpb::RangeRequest& request,
                           ::etcdserverpb::RangeResponse response);
   void AbandonExternalFill(uint64_t ticket);

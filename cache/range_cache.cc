@@ -156,6 +156,14 @@ bool RangeCache::Has(std::string_view identity, const RangeRequest& request) con
   return live_ && Cacheable(request) && by_key_.contains(CacheKey(identity, Normalize(request)));
 }
 
+std::optional<uint64_t> RangeCache::HeldBytes(std::string_view identity,
+                                              const RangeRequest& request) const {
+  if (!live_ || !Cacheable(request)) return std::nullopt;
+  auto it = by_key_.find(CacheKey(identity, Normalize(request)));
+  if (it == by_key_.end()) return std::nullopt;
+  return it->second->bytes;
+}
+
 FillId RangeCache::BeginFill(const RangeRequest& request) {
   const FillId id = next_fill_++;
   fills_.emplace(

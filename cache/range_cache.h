@@ -135,6 +135,10 @@ class RangeCache {
   // Whether Lookup could answer `request` as `identity` sees it (without
   // marking anything used).
   bool Has(std::string_view identity, const ::etcdserverpb::RangeRequest& request) const;
+  // The bytes the entry Lookup would answer from takes (its response, keys
+  // and overhead, as counted against max_bytes); nullopt when !Has.
+  std::optional<uint64_t> HeldBytes(std::string_view identity,
+                                    const ::etcdserverpb::RangeRequest& request) const;
 
   // Registers a Range about to be forwarded upstream, before it is sent.
   // Every BeginFill must be followed by FinishFill or AbandonFill.

@@ -412,6 +412,8 @@ struct FrameRelay::Loop {
   std::shared_ptr<LocalMailbox> mailbox;
   // Local streams whose backend end has not been taken yet.
   size_t local_calls = 0;
+  // Set by the loop's exit: every local call's backend confirmed its end.
+  bool local_calls_drained = true;
   // A connection to etcd is connecting or has streams: the loop wakes every
   // kLivenessTickMs to check on it (CheckUpstreamLiveness).
   bool watch_upstream = false;
@@ -533,7 +535,7 @@ void FrameRelay::Serve(int fd) {
   [[maybe_unused]] ssize_t n = write(l.wakefd, &one, sizeof(one));
 }
 
-void FrameRelay::Stop(absl::Duration grace) {
+bool FrameRelay::Stop(absl::Duration grace) {
   Loop& l = *loop_;
   {
     std::lock_guard<std::mutex> lock(l.mu);
@@ -559,6 +561,7 @@ void FrameRelay::Stop(absl::Duration grace) {
   if (l.epfd >= 0) close(l.epfd);
   if (l.wakefd >= 0) close(l.wakefd);
   l.epfd = l.wakefd = -1;
+  return l.local_calls_drained;
 }
 
 void FrameRelay::Loop::Run() {
@@ -979,7 +982,7 @@ bool FrameRelay::Loop::AnswerFromCache(Stream* s) {
   if (cached.fill.has_value()) {
     // Straight to etcd; its whole answer is kept for the cache.
     s->fill = cached.fill;
-    s->down_scan = MessageScanner(kReplayLimit);
+    s->down_scan = MessageScanner(kMaxFillResponseBytes);
   }
   if (!cached.answer.has_value()) return false;
   std::optional<std::string>& body = cached.answer;
@@ -1327,8 +1330,9 @@ void FrameRelay::Loop::WaitForLocalCalls() {
     TakeLocalEvents();
   }
   if (local_calls > 0) {
-    KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: streams did not end at shutdown",
-                   {{"streams", std::to_string(local_calls)}});
+    KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: calls did not end at shutdown",
+                   {{"calls", std::to_string(local_calls)}});
+    local_calls_drained = false;
   }
   mailbox->Close();
 }

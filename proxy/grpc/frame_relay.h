@@ -15,6 +15,10 @@
 
 namespace keel::proxy::grpcproxy {
 
+// The largest etcd answer the relay keeps to fill the cache with
+// (FrameRelayOptions::end_fill); a larger one ends its ticket unfilled.
+inline constexpr size_t kMaxFillResponseBytes = 64 * 1024;
+
 // What the range cache can do for one Range (FrameRelayOptions::cached_range).
 struct CachedRange {
   // Its serialized response: the relay answers at once.
@@ -50,9 +54,11 @@ struct FrameRelayOptions {
                      std::optional<std::string_view> response)>
       end_fill;
   // The Backend chain, as the front sees it. When set, RelayRoute::local
-  // streams (Watch, LeaseKeepAlive) are served by the relay itself against it
-  // (local_call.h): no gRPC server call, and a fan-out of events to many
-  // watchers is gathered into few writes. Must outlive the relay.
+  // calls (Watch, LeaseKeepAlive, and unary calls a layer must see) are
+  // served by the relay itself against it (local_call.h): no gRPC server
+  // call, and a fan-out of events to many watchers is gathered into few
+  // writes. Must outlive the relay, or at least every call Stop() did not
+  // see end.
   api::Backend* chain = nullptr;
   // A request message of a local stream larger than this ends the call with
   // RESOURCE_EXHAUSTED, as the chain's gRPC server's receive limit does.
@@ -74,10 +80,11 @@ struct FrameRelayOptions {
 // header's revision for OkHook methods; a serializable Range the cache can
 // answer is answered by the relay itself. So a passed-through call costs no
 // gRPC server call and no gRPC client call: that is the whole point.
-// Watch and LeaseKeepAlive streams are served by the relay itself against
-// the chain's Backend (FrameRelayOptions::chain): their messages are decoded
-// and encoded here, and the coalescers' fan-out reaches the relay's thread
-// through one mailbox (one wake-up for many events).
+// Watch and LeaseKeepAlive streams, and unary calls a layer must see, are
+// served by the relay itself against the chain's Backend
+// (FrameRelayOptions::chain): their messages are decoded and encoded here,
+// and the coalescers' fan-out reaches the relay's thread through one mailbox
+// (one wake-up for many events).
 //
 // Failure: while etcd cannot be reached, pass-through methods run through the
 // chain (whose remote backend fails over). A request whose connection to etcd
@@ -105,8 +112,11 @@ class FrameRelay {
   void Serve(int fd);
 
   // Sends GOAWAY to every client, lets open streams finish for up to `grace`,
-  // then closes every connection and joins the thread. Idempotent.
-  void Stop(absl::Duration grace);
+  // then closes every connection and joins the thread. Idempotent. Returns
+  // false when some local call's backend had not confirmed its end within
+  // the drain time: the Backend chain may still be running it, so it must
+  // not be destroyed.
+  bool Stop(absl::Duration grace);
 
   // The loop's state (frame_relay.cc); named here only so that the file's
   // nghttp2 callbacks can reach it.

@@ -199,7 +199,9 @@ absl::Status ProxyServer::Start() {
           if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
             return {};  // the chain's gRPC server answers a bad message
           }
-          if (!request.serializable()) return {std::nullopt, cache->BeginExternalFill(request)};
+          if (!request.serializable()) {
+            return {std::nullopt, cache->BeginExternalFill(request, kMaxFillResponseBytes)};
+          }
           std::optional<::etcdserverpb::RangeResponse> hit = cache->TryServeSerializable(request);
           if (!hit.has_value()) return {};
           return {hit->SerializeAsString(), std::nullopt};
@@ -286,13 +288,27 @@ void ProxyServer::Stop(absl::Duration grace) {
   CloseFd(wake_pipe_[0]);
   CloseFd(wake_pipe_[1]);
   // Before the gRPC server: the relay's streams into it finish first.
-  if (relay_ != nullptr) relay_->Stop(grace);
+  const bool chain_idle = relay_ == nullptr || relay_->Stop(grace);
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::milliseconds(absl::ToInt64Milliseconds(grace)));
     grpc_server_->Wait();
   }
   if (http_running_) http_.Stop();
+  if (!chain_idle) {
+    // A call the relay served against the chain is still running in it (a
+    // hung member): destroying the layers would free what it uses. The
+    // process is on its way out; leave them.
+    KEEL_LOG_EVENT(Log(), spdlog::level::warn,
+                   "grpc-proxy: calls still running in the backend chain at shutdown; "
+                   "its layers are left in place", {});
+    [[maybe_unused]] auto* chain = cluster_view_.release();
+    [[maybe_unused]] auto* ns = namespace_.release();
+    [[maybe_unused]] auto* cache = cache_.release();
+    [[maybe_unused]] auto* watch = watch_coalescing_.release();
+    [[maybe_unused]] auto* lease = lease_coalescing_.release();
+    [[maybe_unused]] auto* remote = remote_.release();
+  }
   // The layers go in the reverse order of their construction: each one's
   // inner Backend must outlive it.
   registration_.reset();

@@ -34,6 +34,9 @@ using ::etcdserverpb::WatchResponse;
 using ::keel::testutil::FakeBackend;
 using ::keel::testutil::FakeWatch;
 
+// A BeginExternalFill size limit no test entry reaches.
+constexpr uint64_t kAnySize = 1 << 20;
+
 // Generous: the box is a loaded 2-core VM.
 constexpr absl::Duration kWait = absl::Seconds(30);
 const std::string kNul(1, '\0');
@@ -526,36 +529,54 @@ TEST_F(CachingBackendTest, LinearizableMissGoesStraightToEtcd) {
 TEST_F(CachingBackendTest, ExternalFillsForMissesAndForLoneReadsOfHeldRanges) {
   Start();
   MakeLive(0, 10);
-  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", true)).has_value());
+  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", true), kAnySize).has_value());
 
-  std::optional<uint64_t> miss = cache_->BeginExternalFill(Get("k", false));
+  std::optional<uint64_t> miss = cache_->BeginExternalFill(Get("k", false), kAnySize);
   ASSERT_TRUE(miss.has_value());
-  EXPECT_TRUE(cache_->BeginExternalFill(Get("other", false)).has_value());  // also a miss
+  EXPECT_TRUE(cache_->BeginExternalFill(Get("other", false), kAnySize).has_value());  // also a miss
   cache_->FinishExternalFill(*miss, Get("k", false), Value(10, "k", "v1"));
   EXPECT_EQ(cache_->EntriesForTest(), 1u);
   EXPECT_EQ(Counter("etcd_grpc_proxy_cache_misses_total"), 2u);
 
   // "k" is held, but the ticket for "other" is still out: through Range().
-  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", false)).has_value());
+  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", false), kAnySize).has_value());
 }
 
 TEST_F(CachingBackendTest, LoneLinearizableReadOfAHeldRangeRefreshesIt) {
   Start();
   MakeLive(0, 10);
   Fill("k", "v1", 10);
-  std::optional<uint64_t> lone = cache_->BeginExternalFill(Get("k", false));
+  std::optional<uint64_t> lone = cache_->BeginExternalFill(Get("k", false), kAnySize);
   ASSERT_TRUE(lone.has_value());
   // A second read while the first is out goes through Range() (its probe).
-  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", false)).has_value());
+  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", false), kAnySize).has_value());
   PushEvents(11, {"k"});  // invalidates "k"; etcd's answer below is at 11
   cache_->FinishExternalFill(*lone, Get("k", false), Value(11, "k", "v2"));
   EXPECT_EQ(Hit({}, Get("k", true)).kvs(0).value(), "v2");
   // Ended (here abandoned) tickets free the way for the next lone read.
-  std::optional<uint64_t> next = cache_->BeginExternalFill(Get("k", false));
+  std::optional<uint64_t> next = cache_->BeginExternalFill(Get("k", false), kAnySize);
   ASSERT_TRUE(next.has_value());
   cache_->AbandonExternalFill(*next);
-  EXPECT_TRUE(cache_->BeginExternalFill(Get("k", false)).has_value());
+  EXPECT_TRUE(cache_->BeginExternalFill(Get("k", false), kAnySize).has_value());
   EXPECT_EQ(Counter("etcd_grpc_proxy_cache_misses_total"), 1u);  // Fill's own miss only
+  EXPECT_EQ(Counter("keel_cache_straight_reads_total"), 3u);
+}
+
+// A lone straight read's answer replaces the entry it read (no event in
+// between): later hits carry its newer revision. A held range larger than
+// what the caller can keep of etcd's answer stays behind the probe.
+TEST_F(CachingBackendTest, StraightReadRefreshesAHeldEntryUnlessItIsTooLarge) {
+  Start();
+  MakeLive(0, 10);
+  Fill("k", "v1", 10);
+  std::optional<uint64_t> lone = cache_->BeginExternalFill(Get("k", false), kAnySize);
+  ASSERT_TRUE(lone.has_value());
+  cache_->FinishExternalFill(*lone, Get("k", false), Value(12, "k", "v1"));
+  const RangeResponse hit = Hit({}, Get("k", true));
+  EXPECT_EQ(hit.header().revision(), 12);
+  EXPECT_EQ(hit.kvs(0).value(), "v1");
+  EXPECT_FALSE(cache_->BeginExternalFill(Get("k", false), 16).has_value());
+  EXPECT_TRUE(cache_->BeginExternalFill(Get("absent", false), 16).has_value());  // a miss
 }
 
 TEST_F(CachingBackendTest, SuccessfulAuthChangeFlushes) {

@@ -558,7 +558,9 @@ TEST_P(GrpcProxyLockTest, CancelledLockIsCancelledUpstream) {
   EXPECT_TRUE(WaitFor([&] { return LockKeys() == 0; }, seconds(30)));
 }
 
-TEST_P(GrpcProxyLockTest, DeadlineEndsAWaitingLockAndCancelsItUpstream) {
+// The client's deadline (which the proxy also forwards upstream) ends a waiting
+// Lock, and no waiter key is left behind.
+TEST_P(GrpcProxyLockTest, DeadlineEndsAWaitingLockAndLeavesNoWaiter) {
   waiter_ctx_.set_deadline(std::chrono::system_clock::now() + seconds(2));
   StartWaiter();
   ASSERT_TRUE(WaitFor([&] { return WaiterDone(); }, seconds(30)));

@@ -1,0 +1,136 @@
+// The frame relay's local unary calls (proxy/grpc/local_call.h) over a
+// FakeBackend chain: a call that must see a layer (here every keyed call,
+// the routes being those of a namespaced proxy) reaches the chain's Backend
+// with the client's metadata, its answer and status reach the client, a
+// client that gives up fires the call's CancelSignal, and Stop() reports a
+// call the chain never ended, so that the chain is not destroyed under it.
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "api/etcdserverpb/rpc.grpc.pb.h"
+#include "common/metrics.h"
+#include "grpcpp/create_channel_posix.h"
+#include "gtest/gtest.h"
+#include "proxy/grpc/frame_relay.h"
+#include "proxy/grpc/relay_routes.h"
+#include "tests/testutil/fake_backend.h"
+
+namespace keel::proxy::grpcproxy {
+namespace {
+
+using ::keel::testutil::FakeBackend;
+
+constexpr absl::Duration kWait = absl::Seconds(30);
+
+class FrameRelayLocalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    routes_ = std::make_unique<RelayRoutes>(RelayRouteOptions{/*cache=*/false, /*namespaced=*/true},
+                                            &metrics_);
+    FrameRelayOptions options;
+    options.routes = routes_.get();
+    // Nothing here is passed through; a refused loopback port if it were.
+    options.upstream_endpoint = [] { return std::string("127.0.0.1:1"); };
+    options.serve_internal = [](int fd) { ::close(fd); };
+    options.chain = &fake_;
+    options.metrics = &metrics_;
+    relay_ = std::make_unique<FrameRelay>(std::move(options));
+    ASSERT_TRUE(relay_->Start().ok());
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+    relay_->Serve(fds[0]);
+    kv_ = etcdserverpb::KV::NewStub(grpc::CreateInsecureChannelFromFd("relay", fds[1]));
+  }
+  void TearDown() override {
+    if (relay_ != nullptr) relay_->Stop(absl::ZeroDuration());
+    fake_.FailAllPending(absl::CancelledError("test over"));
+  }
+
+  common::MetricsRegistry metrics_;
+  FakeBackend fake_;
+  std::unique_ptr<RelayRoutes> routes_;
+  std::unique_ptr<FrameRelay> relay_;
+  std::unique_ptr<etcdserverpb::KV::Stub> kv_;
+};
+
+TEST_F(FrameRelayLocalTest, CallReachesTheChainWithItsMetadataAndGetsItsAnswer) {
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("token", "t0k3n");
+  ctx.AddMetadata("hasleader", "true");
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  etcdserverpb::RangeRequest req;
+  req.set_key("k");
+  etcdserverpb::RangeResponse resp;
+  grpc::Status status;
+  std::thread client([&] { status = kv_->Range(&ctx, req, &resp); });
+  ASSERT_TRUE(fake_.WaitForUnaryCalls(1, kWait));
+  FakeBackend::UnaryCall call = fake_.Call(0);
+  EXPECT_EQ(call.method, "Range");
+  EXPECT_EQ(call.ctx.token, "t0k3n");
+  EXPECT_TRUE(call.ctx.require_leader);
+  EXPECT_LT(call.ctx.deadline, absl::Now() + absl::Seconds(31));
+  EXPECT_EQ(fake_.Request<etcdserverpb::RangeRequest>(0).key(), "k");
+  etcdserverpb::RangeResponse answer;
+  answer.mutable_header()->set_revision(7);
+  answer.set_count(3);
+  fake_.Reply(0, answer);
+  client.join();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(resp.header().revision(), 7);
+  EXPECT_EQ(resp.count(), 3);
+
+  // An error status reaches the client as the front would map it.
+  grpc::ClientContext ctx2;
+  std::thread failing([&] { status = kv_->Range(&ctx2, req, &resp); });
+  ASSERT_TRUE(fake_.WaitForUnaryCalls(2, kWait));
+  fake_.Fail(1, absl::FailedPreconditionError("etcdserver: no leader"));
+  failing.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(status.error_message(), "etcdserver: no leader");
+}
+
+TEST_F(FrameRelayLocalTest, ClientThatGivesUpFiresTheCallsCancelSignal) {
+  grpc::ClientContext ctx;
+  etcdserverpb::PutRequest req;
+  req.set_key("k");
+  etcdserverpb::PutResponse resp;
+  grpc::Status status;
+  std::thread client([&] { status = kv_->Put(&ctx, req, &resp); });
+  ASSERT_TRUE(fake_.WaitForUnaryCalls(1, kWait));
+  std::shared_ptr<api::CancelSignal> cancel = fake_.Call(0).ctx.cancel;
+  ASSERT_NE(cancel, nullptr);
+  EXPECT_FALSE(cancel->cancelled());
+  ctx.TryCancel();
+  client.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  for (absl::Time end = absl::Now() + kWait; !cancel->cancelled() && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_TRUE(cancel->cancelled());
+  // The chain's late answer is taken and dropped.
+  fake_.Fail(0, absl::CancelledError("cancelled"));
+  EXPECT_TRUE(relay_->Stop(absl::ZeroDuration()));
+}
+
+// A call the chain never ends (a hung member) outlives the relay's drain:
+// Stop() says so (the proxy then leaves its chain in place).
+TEST_F(FrameRelayLocalTest, StopReportsACallTheChainNeverEnded) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  etcdserverpb::RangeRequest req;
+  req.set_key("k");
+  etcdserverpb::RangeResponse resp;
+  std::thread client([&] { (void)kv_->Range(&ctx, req, &resp); });
+  ASSERT_TRUE(fake_.WaitForUnaryCalls(1, kWait));
+  EXPECT_FALSE(relay_->Stop(absl::ZeroDuration()));
+  client.join();
+  fake_.FailAllPending(absl::CancelledError("test over"));
+}
+
+}  // namespace
+}  // namespace keel::proxy::grpcproxy
