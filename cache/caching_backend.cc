@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "api/errors.h"
@@ -53,7 +54,7 @@ spdlog::logger& Log() {
 // may outlive the CachingBackend.
 // Linearizable reads of held ranges sent straight to etcd at once (by the
 // frame relay); more overlapping ones share Range()'s revision probe.
-constexpr int kStraightReads = 1;
+constexpr size_t kStraightReads = 1;
 
 struct CachingBackend::State {
   State(api::Backend& backend, CacheOptions opts, common::MetricsRegistry* metrics)
@@ -233,8 +234,8 @@ struct CachingBackend::State {
   // W: the highest revision acknowledged for a write through this decorator.
   int64_t acknowledged ABSL_GUARDED_BY(mu) = 0;
   uint64_t evictions_reported ABSL_GUARDED_BY(mu) = 0;
-  // Tickets of BeginExternalFill not ended yet.
-  int external_fills ABSL_GUARDED_BY(mu) = 0;
+  // Tickets of BeginExternalFill not ended yet, with their requests.
+  absl::flat_hash_map<FillId, RangeRequest> external_fills ABSL_GUARDED_BY(mu);
   // Keyed by the revision each waiter needs.
   std::multimap<int64_t, Waiter> waiters ABSL_GUARDED_BY(mu);
   uint64_t next_waiter_id ABSL_GUARDED_BY(mu) = 1;
@@ -815,9 +816,9 @@ std::optional<uint64_t> CachingBackend::BeginExternalFill(const RangeRequest& re
     // straight to etcd instead of two through the chain, and its answer
     // refreshes the entry. A large one stays behind the (count-only) probe.
     if (!held.has_value() ||
-        (*held <= max_held_bytes && state_->external_fills < kStraightReads)) {
+        (*held <= max_held_bytes && state_->external_fills.size() < kStraightReads)) {
       fill = cache.BeginFill(request);
-      ++state_->external_fills;
+      state_->external_fills.emplace(*fill, request);
     }
   }
   if (!held.has_value()) Increment(state_->misses);
@@ -825,18 +826,18 @@ std::optional<uint64_t> CachingBackend::BeginExternalFill(const RangeRequest& re
   return fill;
 }
 
-void CachingBackend::FinishExternalFill(uint64_t ticket, const RangeRequest& request,
-                                        RangeResponse response) {
+void CachingBackend::FinishExternalFill(uint64_t ticket, RangeResponse response) {
   absl::MutexLock lock(&state_->mu);
-  --state_->external_fills;
-  state_->cache.FinishFill(ticket, "", request, std::move(response));
+  auto it = state_->external_fills.find(ticket);
+  if (it == state_->external_fills.end()) return;
+  state_->cache.FinishFill(ticket, "", it->second, std::move(response));
+  state_->external_fills.erase(it);
   state_->UpdateGauges();
 }
 
 void CachingBackend::AbandonExternalFill(uint64_t ticket) {
   absl::MutexLock lock(&state_->mu);
-  --state_->external_fills;
-  state_->cache.AbandonFill(ticket);
+  if (state_->external_fills.erase(ticket) > 0) state_->cache.AbandonFill(ticket);
 }
 
 void CachingBackend::FlushForAuthChange() {

@@ -180,14 +180,14 @@ class CachingBackend final : public api::ForwardingBackend {
   // read is then one round trip instead of two and refreshes the entry
   // (counted in keel_cache_straight_reads_total), while overlapping reads
   // share Range()'s revision probe. Nullopt too when the cache is not live
-  // or the read is not cacheable or not linearizable. Every ticket ends with exactly one
-  // FinishExternalFill (etcd answered OK: the answer is inserted under the
-  // same staleness rules as any fill) or AbandonExternalFill. Thread-safe;
-  // never blocks on the network.
+  // or the read is not cacheable or not linearizable. The ticket keeps the
+  // request. Every ticket ends with exactly one FinishExternalFill (etcd
+  // answered OK: the answer is inserted under the same staleness rules as
+  // any fill) or AbandonExternalFill; an unknown ticket is ignored.
+  // Thread-safe; never blocks on the network.
   std::optional<uint64_t> BeginExternalFill(const ::etcdserverpb::RangeRequest& request,
                                             uint64_t max_held_bytes);
-  void FinishExternalFill(uint64_t ticket, const ::etcdserverpb::RangeRequest& request,
-                          ::etcdserverpb::RangeResponse response);
+  void FinishExternalFill(uint64_t ticket, ::etcdserverpb::RangeResponse response);
   void AbandonExternalFill(uint64_t ticket);
 
   // Auth changes: forwarded unchanged; a success flushes the cache

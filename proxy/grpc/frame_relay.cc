@@ -1094,11 +1094,8 @@ void FrameRelay::Loop::PeerEnded(Stream* s, uint32_t error_code, bool replay_saf
 
 void FrameRelay::Loop::Finished(Stream* s, int code) {
   if (!s->to_upstream || s->route == nullptr) return;
-  if (s->fill.has_value() && code == 0 && s->up_base == 0 && s->up_scan.first_length() >= 0 &&
-      s->up.size() >= kGrpcPrefix + static_cast<uint64_t>(s->up_scan.first_length())) {
-    const std::string_view request(s->up.data() + kGrpcPrefix,
-                                   static_cast<size_t>(s->up_scan.first_length()));
-    options.end_fill(*std::exchange(s->fill, std::nullopt), request, s->down_scan.first_message());
+  if (s->fill.has_value() && code == 0) {
+    options.end_fill(*std::exchange(s->fill, std::nullopt), s->down_scan.first_message());
   }
   if (code == 0 && s->route->on_ok != OkHook::kNone && options.on_ok) {
     options.on_ok(s->route->on_ok, HeaderRevision(s->down_scan.head()));
@@ -1110,7 +1107,7 @@ void FrameRelay::Loop::MaybeFree(Stream* s) {
   if (s->client_open || s->peer_open || s->local != nullptr) return;
   if (s->deadline != Clock::time_point::max()) deadlines.erase({s->deadline, s});
   // Failed, replayed or cut off: nothing to fill the cache with.
-  if (s->fill.has_value()) options.end_fill(*s->fill, {}, std::nullopt);
+  if (s->fill.has_value()) options.end_fill(*s->fill, std::nullopt);
   delete s;
 }
 

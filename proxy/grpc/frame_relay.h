@@ -46,13 +46,11 @@ struct FrameRelayOptions {
   // do for it (CachedRange); neither an answer nor a fill sends the call
   // through the chain. Runs on the relay thread; must not block.
   std::function<CachedRange(std::string_view request)> cached_range;
-  // Ends a CachedRange::fill ticket: `response` is etcd's whole OK answer to
-  // `request`, or nullopt (the call failed, was sent again through the chain,
-  // or its answer was too large to keep). Called exactly once per ticket, on
-  // the relay thread; must not block.
-  std::function<void(uint64_t ticket, std::string_view request,
-                     std::optional<std::string_view> response)>
-      end_fill;
+  // Ends a CachedRange::fill ticket: `response` is etcd's whole OK answer,
+  // or nullopt (the call failed, was sent again through the chain, or its
+  // answer was too large to keep). Called exactly once per ticket, on the
+  // relay thread; must not block.
+  std::function<void(uint64_t ticket, std::optional<std::string_view> response)> end_fill;
   // The Backend chain, as the front sees it. When set, RelayRoute::local
   // calls (Watch, LeaseKeepAlive, and unary calls a layer must see) are
   // served by the relay itself against it (local_call.h): no gRPC server

@@ -206,16 +206,12 @@ absl::Status ProxyServer::Start() {
           if (!hit.has_value()) return {};
           return {hit->SerializeAsString(), std::nullopt};
         };
-        relay.end_fill = [cache](uint64_t ticket, std::string_view request_bytes,
-                                 std::optional<std::string_view> response_bytes) {
-          ::etcdserverpb::RangeRequest request;
+        relay.end_fill = [cache](uint64_t ticket, std::optional<std::string_view> response_bytes) {
           ::etcdserverpb::RangeResponse response;
           if (response_bytes.has_value() &&
-              request.ParseFromArray(request_bytes.data(),
-                                     static_cast<int>(request_bytes.size())) &&
               response.ParseFromArray(response_bytes->data(),
                                       static_cast<int>(response_bytes->size()))) {
-            cache->FinishExternalFill(ticket, request, std::move(response));
+            cache->FinishExternalFill(ticket, std::move(response));
           } else {
             cache->AbandonExternalFill(ticket);
           }

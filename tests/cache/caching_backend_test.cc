@@ -534,7 +534,7 @@ TEST_F(CachingBackendTest, ExternalFillsForMissesAndForLoneReadsOfHeldRanges) {
   std::optional<uint64_t> miss = cache_->BeginExternalFill(Get("k", false), kAnySize);
   ASSERT_TRUE(miss.has_value());
   EXPECT_TRUE(cache_->BeginExternalFill(Get("other", false), kAnySize).has_value());  // also a miss
-  cache_->FinishExternalFill(*miss, Get("k", false), Value(10, "k", "v1"));
+  cache_->FinishExternalFill(*miss, Value(10, "k", "v1"));
   EXPECT_EQ(cache_->EntriesForTest(), 1u);
   EXPECT_EQ(Counter("etcd_grpc_proxy_cache_misses_total"), 2u);
 
@@ -551,7 +551,7 @@ TEST_F(CachingBackendTest, LoneLinearizableReadOfAHeldRangeRefreshesIt) {
   // A second read while the first is out goes through Range() (its probe).
   EXPECT_FALSE(cache_->BeginExternalFill(Get("k", false), kAnySize).has_value());
   PushEvents(11, {"k"});  // invalidates "k"; etcd's answer below is at 11
-  cache_->FinishExternalFill(*lone, Get("k", false), Value(11, "k", "v2"));
+  cache_->FinishExternalFill(*lone, Value(11, "k", "v2"));
   EXPECT_EQ(Hit({}, Get("k", true)).kvs(0).value(), "v2");
   // Ended (here abandoned) tickets free the way for the next lone read.
   std::optional<uint64_t> next = cache_->BeginExternalFill(Get("k", false), kAnySize);
@@ -571,7 +571,7 @@ TEST_F(CachingBackendTest, StraightReadRefreshesAHeldEntryUnlessItIsTooLarge) {
   Fill("k", "v1", 10);
   std::optional<uint64_t> lone = cache_->BeginExternalFill(Get("k", false), kAnySize);
   ASSERT_TRUE(lone.has_value());
-  cache_->FinishExternalFill(*lone, Get("k", false), Value(12, "k", "v1"));
+  cache_->FinishExternalFill(*lone, Value(12, "k", "v1"));
   const RangeResponse hit = Hit({}, Get("k", true));
   EXPECT_EQ(hit.header().revision(), 12);
   EXPECT_EQ(hit.kvs(0).value(), "v1");
