@@ -1,6 +1,7 @@
 #include "coalesce/watch_coalescer.h"
 
 #include <algorithm>
+#include <memory>
 #include <limits>
 #include <optional>
 #include <string_view>
@@ -53,6 +54,26 @@ int64_t RevisionOf(const WatchResponse& r) {
   if (r.canceled()) return 0;
   if (r.events_size() > 0) return LastRevision(r);
   return r.header().revision();
+}
+
+// Whether a watcher with these filters leaves event `e` out.
+bool FilteredOut(const ::mvccpb::Event& e, bool no_put, bool no_delete) {
+  return (e.type() == ::mvccpb::Event::PUT && no_put) ||
+         (e.type() == ::mvccpb::Event::DELETE && no_delete);
+}
+
+// `src`'s events from revision `from` on that pass the filters, added to
+// `out`. Field by field: the upstream watcher always asks for prev_kv, and
+// most clients do not, so it is not copied only to be cleared.
+void AddEvents(const WatchResponse& src, int64_t from, bool prev_kv, bool no_put, bool no_delete,
+               WatchResponse& out) {
+  for (const auto& e : src.events()) {
+    if (e.kv().mod_revision() < from || FilteredOut(e, no_put, no_delete)) continue;
+    ::mvccpb::Event* ne = out.add_events();
+    ne->set_type(e.type());
+    if (e.has_kv()) *ne->mutable_kv() = e.kv();
+    if (prev_kv && e.has_prev_kv()) *ne->mutable_prev_kv() = e.prev_kv();
+  }
 }
 
 }  // namespace
@@ -525,7 +546,7 @@ std::vector<WatchAction> WatchCoalescer::OnUpstreamLost(UpstreamStreamId stream)
 }
 
 std::vector<WatchAction> WatchCoalescer::OnUpstreamResponse(UpstreamStreamId stream,
-                                                            const WatchResponse& response) {
+                                                            WatchResponse response) {
   std::vector<WatchAction> actions;
   auto sit = streams_.find(stream);
   if (sit == streams_.end()) return actions;
@@ -553,7 +574,8 @@ std::vector<WatchAction> WatchCoalescer::OnUpstreamResponse(UpstreamStreamId str
   if (response.canceled() || response.compact_revision() != 0) {
     HandleUpstreamCancel(gid, response, actions);
   } else if (response.events_size() > 0) {
-    HandleEvents(gid, response, actions);
+    const size_t bytes = response.ByteSizeLong();
+    HandleEvents(gid, {std::make_shared<const WatchResponse>(std::move(response)), bytes}, actions);
   } else {
     HandleProgress(gid, response, actions);
   }
@@ -598,19 +620,19 @@ void WatchCoalescer::HandleUpstreamCancel(GroupId id, const WatchResponse& resp,
   }
 }
 
-void WatchCoalescer::HandleEvents(GroupId id, const WatchResponse& resp,
+void WatchCoalescer::HandleEvents(GroupId id, HeldResponse held,
                                   std::vector<WatchAction>& actions) {
   Group& g = groups_.at(id);
-  const int64_t last = LastRevision(resp);
+  const int64_t last = LastRevision(*held.response);
   if (last < g.next) return;  // nothing new (cannot happen with etcd; cheap to check)
   g.next = last + 1;
   if (g.joinable) {
-    g.history.push_back(resp);
-    g.history_bytes += resp.ByteSizeLong();
+    g.history.push_back(held);
+    g.history_bytes += held.bytes;
     while (!g.history.empty() && (g.history.size() > options_.history_responses ||
                                   g.history_bytes > options_.history_bytes)) {
-      g.covers_from = LastRevision(g.history.front()) + 1;
-      g.history_bytes -= g.history.front().ByteSizeLong();
+      g.covers_from = LastRevision(*g.history.front().response) + 1;
+      g.history_bytes -= g.history.front().bytes;
       g.history.pop_front();
     }
   }
@@ -624,7 +646,7 @@ void WatchCoalescer::HandleEvents(GroupId id, const WatchResponse& resp,
     if (cit == clients_.end()) continue;
     auto wit = cit->second.watchers.find(watch_id);
     if (wit == cit->second.watchers.end() || wit->second.group != id) continue;
-    Deliver(client, wit->second, resp, actions);
+    Deliver(client, wit->second, held, actions);
   }
   MaybeMerge(id, actions);
 }
@@ -688,30 +710,24 @@ void WatchCoalescer::HandleProgress(GroupId id, const WatchResponse& resp,
   MaybeMerge(id, actions);
 }
 
-void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const WatchResponse& resp,
+void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const HeldResponse& held,
                              std::vector<WatchAction>& actions) {
+  const WatchResponse& resp = *held.response;
   const int64_t last = LastRevision(resp);
   if (last < w.next) return;
-  WatchResponse out;
-  *out.mutable_header() = resp.header();
-  out.set_watch_id(w.watch_id);
-  int64_t first = 0;
+  int64_t first = 0;       // the first event from w.next on
+  int64_t last_kept = 0;   // the last one the filters keep
+  int kept = 0;
   for (const auto& e : resp.events()) {
     if (e.kv().mod_revision() < w.next) continue;
     if (first == 0) first = e.kv().mod_revision();
-    if (e.type() == ::mvccpb::Event::PUT && w.no_put) continue;
-    if (e.type() == ::mvccpb::Event::DELETE && w.no_delete) continue;
-    // Field by field: the upstream watcher always asks for prev_kv, and most
-    // clients do not, so it is not copied only to be cleared.
-    ::mvccpb::Event* ne = out.add_events();
-    ne->set_type(e.type());
-    if (e.has_kv()) *ne->mutable_kv() = e.kv();
-    if (w.prev_kv && e.has_prev_kv()) *ne->mutable_prev_kv() = e.prev_kv();
+    if (FilteredOut(e, w.no_put, w.no_delete)) continue;
+    last_kept = e.kv().mod_revision();
+    ++kept;
   }
   Client& c = clients_.at(client);
-  if (out.events_size() > 0 && !c.out.empty() &&
-      (c.out.size() >= QueueLimit(c) ||
-       c.out_bytes + out.ByteSizeLong() > options_.client_queue_bytes)) {
+  if (kept > 0 && !c.out.empty() &&
+      (c.out.size() >= QueueLimit(c) || c.out_bytes + held.bytes > options_.client_queue_bytes)) {
     // Too slow: this response is not queued; the watcher leaves its group
     // and is resynced from this response's first event once the client has
     // read half its queue. What is already queued stays (so every resync
@@ -725,10 +741,27 @@ void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const Watch
     actions.push_back(WatchWake{client});
     return;
   }
+  const int64_t from = w.next;
   w.next = last + 1;
-  if (out.events_size() == 0) return;
+  if (kept == 0) return;
   w.last_header = resp.header();
-  if (!w.fragment || out.events_size() < 2 || out.ByteSizeLong() < options_.fragment_bytes) {
+  if (!w.fragment || kept < 2) {
+    Queued q;
+    q.events = held.response;
+    q.watch_id = w.watch_id;
+    q.from = from;
+    q.prev_kv = w.prev_kv;
+    q.no_put = w.no_put;
+    q.no_delete = w.no_delete;
+    q.bytes = held.bytes;
+    Push(client, std::move(q), last_kept, actions);
+    return;
+  }
+  WatchResponse out;
+  *out.mutable_header() = resp.header();
+  out.set_watch_id(w.watch_id);
+  AddEvents(resp, from, w.prev_kv, w.no_put, w.no_delete, out);
+  if (out.ByteSizeLong() < options_.fragment_bytes) {
     Push(client, std::move(out), actions);
     return;
   }
@@ -754,11 +787,20 @@ void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const Watch
 
 void WatchCoalescer::Push(WatchClientId client, WatchResponse resp,
                           std::vector<WatchAction>& actions) {
+  const int64_t revision = RevisionOf(resp);
+  Queued q;
+  q.bytes = resp.ByteSizeLong();
+  q.built = std::make_unique<WatchResponse>(std::move(resp));
+  Push(client, std::move(q), revision, actions);
+}
+
+void WatchCoalescer::Push(WatchClientId client, Queued q, int64_t revision,
+                          std::vector<WatchAction>& actions) {
   Client& c = clients_.at(client);
   const bool was_empty = c.out.empty();
-  c.high_water = std::max(c.high_water, RevisionOf(resp));
-  c.out_bytes += resp.ByteSizeLong();
-  c.out.push_back(std::move(resp));
+  c.high_water = std::max(c.high_water, revision);
+  c.out_bytes += q.bytes;
+  c.out.push_back(std::move(q));
   if (was_empty) actions.push_back(WatchWake{client});
 }
 
@@ -769,8 +811,16 @@ std::pair<std::optional<WatchResponse>, std::vector<WatchAction>> WatchCoalescer
   if (cit == clients_.end()) return result;
   Client& c = cit->second;
   if (!c.out.empty()) {
-    c.out_bytes -= c.out.front().ByteSizeLong();
-    result.first = std::move(c.out.front());
+    Queued& q = c.out.front();
+    c.out_bytes -= q.bytes;
+    if (q.events == nullptr) {
+      result.first = std::move(*q.built);
+    } else {
+      WatchResponse& out = result.first.emplace();
+      *out.mutable_header() = q.events->header();
+      out.set_watch_id(q.watch_id);
+      AddEvents(*q.events, q.from, q.prev_kv, q.no_put, q.no_delete, out);
+    }
     c.out.pop_front();
   }
   // The client reads again: resync its dropped watchers once its queue is

@@ -59,6 +59,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -196,7 +197,7 @@ class WatchCoalescer {
 
   // One response read from upstream stream `stream`. Ignored when stale.
   std::vector<WatchAction> OnUpstreamResponse(UpstreamStreamId stream,
-                                              const ::etcdserverpb::WatchResponse& response);
+                                              ::etcdserverpb::WatchResponse response);
 
   // Upstream stream `stream` ended (any status). Its live watchers move to a
   // new stream of the same identity (WatchOpenUpstream) and are created
@@ -249,6 +250,29 @@ class WatchCoalescer {
     bool fragment = false;
     ::etcdserverpb::ResponseHeader last_header;
   };
+  // An upstream event response, shared by its group's history and by the
+  // queue entries of every watcher it goes to.
+  struct HeldResponse {
+    std::shared_ptr<const ::etcdserverpb::WatchResponse> response;
+    size_t bytes = 0;  // its encoded size
+  };
+  // One response queued for a client. An event response is kept as the
+  // upstream one plus this watcher's view of it, and built only when taken
+  // (PopResponse): a fan-out to N watchers costs N small entries while the
+  // upstream reader waits, and each copy is made by the thread sending it.
+  struct Queued {
+    // The response, unless `events` is set (a pointer: entries move often).
+    std::unique_ptr<::etcdserverpb::WatchResponse> built;
+    std::shared_ptr<const ::etcdserverpb::WatchResponse> events;
+    int64_t watch_id = 0;
+    int64_t from = 0;  // events below this revision are not the watcher's
+    bool prev_kv = false;
+    bool no_put = false;
+    bool no_delete = false;
+    // Its encoded size; for `events`, the upstream response's (about the
+    // same or more: the view only drops events and fields).
+    size_t bytes = 0;
+  };
   struct Client {
     std::string token;
     bool require_leader = false;
@@ -256,8 +280,8 @@ class WatchCoalescer {
     int64_t next_auto_id = 0;
     std::deque<::etcdserverpb::WatchRequest> requests;
     bool busy = false;  // a probe for the front request is in flight
-    std::deque<::etcdserverpb::WatchResponse> out;
-    size_t out_bytes = 0;  // encoded size of `out`
+    std::deque<Queued> out;
+    size_t out_bytes = 0;  // the entries' `bytes`, summed
     // The highest revision this stream was already given: created headers,
     // events, progress notifications and replies. A progress reply is never
     // below it (clientv3 resumes every watcher from a progress reply).
@@ -271,7 +295,7 @@ class WatchCoalescer {
     int64_t upstream_watch_id = 0;  // 0 until the create is written
     int64_t next = 0;               // every event below it was received
     int64_t covers_from = 0;        // history holds every event in [covers_from, next)
-    std::deque<::etcdserverpb::WatchResponse> history;
+    std::deque<HeldResponse> history;
     size_t history_bytes = 0;  // encoded size of `history`
     std::set<std::pair<WatchClientId, int64_t>> receivers;
   };
@@ -330,14 +354,15 @@ class WatchCoalescer {
   void RemoveGroup(GroupId id, bool cancel_upstream, std::vector<WatchAction>& actions);
   void SendCreate(GroupId id, std::vector<WatchAction>& actions);
   // Delivers one upstream event response to one c-watcher.
-  void Deliver(WatchClientId client, ClientWatcher& w, const ::etcdserverpb::WatchResponse& resp,
+  void Deliver(WatchClientId client, ClientWatcher& w, const HeldResponse& held,
                std::vector<WatchAction>& actions);
   void Push(WatchClientId client, ::etcdserverpb::WatchResponse resp,
             std::vector<WatchAction>& actions);
+  // Queues `q`, which tells its client about revisions up to `revision`.
+  void Push(WatchClientId client, Queued q, int64_t revision, std::vector<WatchAction>& actions);
   void HandleUpstreamCancel(GroupId id, const ::etcdserverpb::WatchResponse& resp,
                             std::vector<WatchAction>& actions);
-  void HandleEvents(GroupId id, const ::etcdserverpb::WatchResponse& resp,
-                    std::vector<WatchAction>& actions);
+  void HandleEvents(GroupId id, HeldResponse held, std::vector<WatchAction>& actions);
   void HandleProgress(GroupId id, const ::etcdserverpb::WatchResponse& resp,
                       std::vector<WatchAction>& actions);
   // Moves the watcher of dedicated group `id` into its key's shared group

@@ -115,7 +115,9 @@ class WatchCoalescingImpl : public std::enable_shared_from_this<WatchCoalescingI
    public:
     Upstream(WatchCoalescingImpl* impl, UpstreamStreamId sid, std::string token, bool rl)
         : impl_(impl), sid_(sid), token_(std::move(token)), require_leader_(rl) {}
-    void OnResponse(WatchResponse response) override { impl_->UpstreamResponse(sid_, response); }
+    void OnResponse(WatchResponse response) override {
+      impl_->UpstreamResponse(sid_, std::move(response));
+    }
     void OnDone(absl::Status status) override {
       const std::shared_ptr<Upstream> self = shared_from_this();
       const std::shared_ptr<WatchCoalescingImpl> impl = impl_->shared_from_this();
@@ -151,9 +153,11 @@ class WatchCoalescingImpl : public std::enable_shared_from_this<WatchCoalescingI
   // at a time (upstream writes must keep their order).
   void Drain();
   void Execute(WatchAction& action);
-  void Pump(WatchClientId id);
+  // Delivers what client `id` has credit for (after adding `add_credits`),
+  // or its end; one thread at a time per client.
+  void Pump(WatchClientId id, int add_credits = 0);
   void OpenUpstream(UpstreamStreamId sid, std::string token, bool require_leader);
-  void UpstreamResponse(UpstreamStreamId sid, const WatchResponse& response);
+  void UpstreamResponse(UpstreamStreamId sid, WatchResponse response);
   void UpstreamDone(UpstreamStreamId sid, absl::Status status);
   void ProbeDone(ProbeId probe, absl::StatusOr<::etcdserverpb::ResponseHeader> result);
   // Logs new resyncs of the core (rate-limited).
@@ -257,15 +261,7 @@ void WatchCoalescingImpl::ClientWrite(WatchClientId id, WatchRequest request) {
   Drain();
 }
 
-void WatchCoalescingImpl::ClientReadNext(WatchClientId id) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = clients_.find(id);
-    if (it == clients_.end()) return;
-    ++it->second.credits;
-  }
-  Pump(id);
-}
+void WatchCoalescingImpl::ClientReadNext(WatchClientId id) { Pump(id, /*add_credits=*/1); }
 
 void WatchCoalescingImpl::ClientFinish(WatchClientId id, absl::Status status) {
   {
@@ -279,24 +275,31 @@ void WatchCoalescingImpl::ClientFinish(WatchClientId id, absl::Status status) {
   Pump(id);
 }
 
-void WatchCoalescingImpl::Pump(WatchClientId id) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = clients_.find(id);
-    if (it == clients_.end() || it->second.delivering) return;
-    it->second.delivering = true;
-  }
+void WatchCoalescingImpl::Pump(WatchClientId id, int add_credits) {
+  // One lock per response: the credit, the claim to deliver and the first
+  // response are taken together (a reader taking responses one by one
+  // goes through here once per response).
+  bool claimed = false;
   while (true) {
     api::StreamObserver<WatchResponse>* observer;
     std::optional<WatchResponse> response;
     std::optional<absl::Status> done;
+    bool drain = false;
     {
       absl::MutexLock lock(&mu_);
-      ClientState& c = clients_.at(id);
+      auto it = clients_.find(id);
+      if (it == clients_.end()) return;
+      ClientState& c = it->second;
+      if (!claimed) {
+        c.credits += add_credits;
+        // Whoever delivers sees the credit on its next turn.
+        if (c.delivering) return;
+        c.delivering = claimed = true;
+      }
       observer = c.observer;
       if (c.finish.has_value()) {
         done = std::move(*c.finish);
-        clients_.erase(id);
+        clients_.erase(it);
       } else if (c.credits > 0 && !shut_down_) {
         auto [r, actions] = core_.PopResponse(id);
         Enqueue(std::move(actions));
@@ -306,8 +309,10 @@ void WatchCoalescingImpl::Pump(WatchClientId id) {
         }
       }
       if (!done.has_value() && !response.has_value()) c.delivering = false;
+      // Actions queued while another thread drains are taken by it.
+      drain = !outbox_.empty() && !draining_;
     }
-    Drain();
+    if (drain) Drain();
     if (done.has_value()) {
       observer->OnDone(std::move(*done));
       return;
@@ -452,7 +457,7 @@ void WatchCoalescingImpl::OpenUpstream(UpstreamStreamId sid, std::string token,
   handle->ReadNext();
 }
 
-void WatchCoalescingImpl::UpstreamResponse(UpstreamStreamId sid, const WatchResponse& response) {
+void WatchCoalescingImpl::UpstreamResponse(UpstreamStreamId sid, WatchResponse response) {
   std::shared_ptr<api::WatchStream> handle;
   {
     absl::MutexLock lock(&mu_);
@@ -472,7 +477,7 @@ void WatchCoalescingImpl::UpstreamResponse(UpstreamStreamId sid, const WatchResp
       }
     }
     handle = up.handle;
-    Enqueue(core_.OnUpstreamResponse(sid, response));
+    Enqueue(core_.OnUpstreamResponse(sid, std::move(response)));
   }
   Drain();
   if (handle != nullptr) handle->ReadNext();
