@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "api/server/grpc_status.h"
@@ -124,8 +125,11 @@ class Headers {
   size_t size() const { return nv_.size(); }
 
  private:
-  std::vector<nghttp2_rcbuf*> bufs_;
-  std::vector<nghttp2_nv> nv_;
+  // Inline room for a gRPC request's usual fields (method, scheme, path,
+  // authority, te, content-type, user-agent, encodings, timeout, token):
+  // no allocation per field on the path every request takes.
+  absl::InlinedVector<nghttp2_rcbuf*, 20> bufs_;
+  absl::InlinedVector<nghttp2_nv, 10> nv_;
 };
 
 // A grpc-message value: gRPC's percent-encoding of bytes outside 0x20-0x7E
@@ -420,6 +424,12 @@ struct FrameRelay::Loop {
   // Local streams with a deadline, soonest first.
   std::set<std::pair<Clock::time_point, Stream*>> deadlines;
 
+  // Sets up the loop's epoll and starts its thread.
+  absl::Status Start();
+  // Asks the thread to stop (FrameRelay::Stop); Join() then waits for it,
+  // frees what the loop held and tells whether its local calls drained.
+  void RequestStop(absl::Duration grace);
+  bool Join();
   void Run();
   void AddClient(int fd);
   Conn* NewConn(ConnKind kind, int fd, bool server);
@@ -479,50 +489,60 @@ struct FrameRelay::Loop {
 };
 
 namespace {
-// The loop of the calling thread's callbacks (one relay per process is the
-// norm, but keep it per loop: set around every nghttp2 call).
+// The loop of the calling thread's callbacks (set by each loop's thread).
 thread_local FrameRelay::Loop* current_loop = nullptr;
 }  // namespace
 
-FrameRelay::FrameRelay(FrameRelayOptions options)
-    : loop_(std::make_unique<Loop>(std::move(options))) {}
+FrameRelay::FrameRelay(FrameRelayOptions options) {
+  const int n = options.loops > 0
+                    ? options.loops
+                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 0; i < n; ++i) loops_.push_back(std::make_unique<Loop>(options));
+}
 
 FrameRelay::~FrameRelay() { Stop(absl::ZeroDuration()); }
 
 absl::Status FrameRelay::Start() {
-  Loop& l = *loop_;
-  l.epfd = epoll_create1(EPOLL_CLOEXEC);
-  l.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (l.epfd < 0 || l.wakefd < 0) {
+  for (const std::unique_ptr<Loop>& loop : loops_) {
+    if (absl::Status s = loop->Start(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FrameRelay::Loop::Start() {
+  epfd = epoll_create1(EPOLL_CLOEXEC);
+  wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (epfd < 0 || wakefd < 0) {
     return absl::UnavailableError(
         absl::StrCat("grpc-proxy: frame relay: ", common::ErrnoText(errno)));
   }
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = nullptr;  // the wake fd
-  epoll_ctl(l.epfd, EPOLL_CTL_ADD, l.wakefd, &ev);
+  epoll_ctl(epfd, EPOLL_CTL_ADD, wakefd, &ev);
 
-  nghttp2_session_callbacks_new(&l.callbacks);
-  nghttp2_session_callbacks_set_on_begin_headers_callback(l.callbacks, &Loop::OnBeginHeaders);
-  nghttp2_session_callbacks_set_on_header_callback2(l.callbacks, &Loop::OnHeader);
-  nghttp2_session_callbacks_set_on_frame_recv_callback(l.callbacks, &Loop::OnFrameRecv);
-  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(l.callbacks, &Loop::OnDataChunk);
-  nghttp2_session_callbacks_set_on_stream_close_callback(l.callbacks, &Loop::OnStreamClose);
-  nghttp2_option_new(&l.option);
+  nghttp2_session_callbacks_new(&callbacks);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, &Loop::OnBeginHeaders);
+  nghttp2_session_callbacks_set_on_header_callback2(callbacks, &Loop::OnHeader);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, &Loop::OnFrameRecv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, &Loop::OnDataChunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, &Loop::OnStreamClose);
+  nghttp2_option_new(&option);
   // Windows open only as bytes leave on the other side (end-to-end flow control).
-  nghttp2_option_set_no_auto_window_update(l.option, 1);
-  const int wakefd = l.wakefd;
-  l.mailbox = std::make_shared<LocalMailbox>([wakefd] {
+  nghttp2_option_set_no_auto_window_update(option, 1);
+  const int fd = wakefd;
+  mailbox = std::make_shared<LocalMailbox>([fd] {
     const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
+    [[maybe_unused]] ssize_t n = write(fd, &one, sizeof(one));
   });
-  l.started = true;
-  l.thread = std::thread([&l] { l.Run(); });
+  started = true;
+  thread = std::thread([this] { Run(); });
   return absl::OkStatus();
 }
 
 void FrameRelay::Serve(int fd) {
-  Loop& l = *loop_;
+  // Round robin: a connection stays on its loop for life.
+  Loop& l = *loops_[next_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()];
   {
     std::lock_guard<std::mutex> lock(l.mu);
     if (!l.started || l.stop_requested) {
@@ -536,32 +556,42 @@ void FrameRelay::Serve(int fd) {
 }
 
 bool FrameRelay::Stop(absl::Duration grace) {
-  Loop& l = *loop_;
+  // Every loop drains at once; then each is joined.
+  for (const std::unique_ptr<Loop>& loop : loops_) loop->RequestStop(grace);
+  bool drained = true;
+  for (const std::unique_ptr<Loop>& loop : loops_) drained = loop->Join() && drained;
+  return drained;
+}
+
+void FrameRelay::Loop::RequestStop(absl::Duration grace) {
   {
-    std::lock_guard<std::mutex> lock(l.mu);
-    if (!l.stop_requested) {
-      l.stop_requested = true;
-      l.stop_deadline = Clock::now() + std::chrono::milliseconds(absl::ToInt64Milliseconds(
-                                           std::min(grace, absl::Hours(1))));
+    std::lock_guard<std::mutex> lock(mu);
+    if (!stop_requested) {
+      stop_requested = true;
+      stop_deadline = Clock::now() + std::chrono::milliseconds(absl::ToInt64Milliseconds(
+                                         std::min(grace, absl::Hours(1))));
     }
   }
-  if (l.thread.joinable()) {
+  if (thread.joinable()) {
     const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = write(l.wakefd, &one, sizeof(one));
-    l.thread.join();
+    [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
   }
+}
+
+bool FrameRelay::Loop::Join() {
+  if (thread.joinable()) thread.join();
   // No wake-up may reach the event fd once it is closed.
-  if (l.mailbox != nullptr) l.mailbox->Close();
-  for (int fd : l.incoming) close(fd);
-  l.incoming.clear();
-  if (l.callbacks != nullptr) nghttp2_session_callbacks_del(l.callbacks);
-  l.callbacks = nullptr;
-  if (l.option != nullptr) nghttp2_option_del(l.option);
-  l.option = nullptr;
-  if (l.epfd >= 0) close(l.epfd);
-  if (l.wakefd >= 0) close(l.wakefd);
-  l.epfd = l.wakefd = -1;
-  return l.local_calls_drained;
+  if (mailbox != nullptr) mailbox->Close();
+  for (int fd : incoming) close(fd);
+  incoming.clear();
+  if (callbacks != nullptr) nghttp2_session_callbacks_del(callbacks);
+  callbacks = nullptr;
+  if (option != nullptr) nghttp2_option_del(option);
+  option = nullptr;
+  if (epfd >= 0) close(epfd);
+  if (wakefd >= 0) close(wakefd);
+  epfd = wakefd = -1;
+  return local_calls_drained;
 }
 
 void FrameRelay::Loop::Run() {

@@ -1,11 +1,13 @@
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -67,6 +69,10 @@ struct FrameRelayOptions {
   // answers with etcd's own error.
   uint64_t max_send_bytes = 0;
   common::MetricsRegistry* metrics = nullptr;
+  // Loop threads, each serving its share of the client connections with its
+  // own connection to etcd (0: one per core). The callbacks above may run on
+  // any of them at once.
+  int loops = 0;
 };
 
 // The grpc-proxy's HTTP/2 front for plaintext clients: it serves each client
@@ -93,8 +99,10 @@ struct FrameRelayOptions {
 // Flow control is end to end: a client's window is opened only as its bytes
 // leave for etcd, and etcd's only as they leave for the client.
 //
-// One thread runs an epoll loop over every connection (loop-confined state);
-// Serve() and Stop() may be called from any thread.
+// Each of a few threads runs an epoll loop over its share of the client
+// connections (handed out in turn), with its own connection to etcd and its
+// own mailbox (loop-confined state); Serve() and Stop() may be called from
+// any thread.
 class FrameRelay {
  public:
   explicit FrameRelay(FrameRelayOptions options);
@@ -102,7 +110,7 @@ class FrameRelay {
   FrameRelay(const FrameRelay&) = delete;
   FrameRelay& operator=(const FrameRelay&) = delete;
 
-  // Starts the loop thread. Unavailable when epoll or eventfd fail.
+  // Starts the loop threads. Unavailable when epoll or eventfd fail.
   absl::Status Start();
 
   // Takes ownership of a connected client socket whose first bytes are the
@@ -110,18 +118,19 @@ class FrameRelay {
   void Serve(int fd);
 
   // Sends GOAWAY to every client, lets open streams finish for up to `grace`,
-  // then closes every connection and joins the thread. Idempotent. Returns
+  // then closes every connection and joins the threads. Idempotent. Returns
   // false when some local call's backend had not confirmed its end within
   // the drain time: the Backend chain may still be running it, so it must
   // not be destroyed.
   bool Stop(absl::Duration grace);
 
-  // The loop's state (frame_relay.cc); named here only so that the file's
+  // A loop's state (frame_relay.cc); named here only so that the file's
   // nghttp2 callbacks can reach it.
   struct Loop;
 
  private:
-  std::unique_ptr<Loop> loop_;
+  std::vector<std::unique_ptr<Loop>> loops_;
+  std::atomic<size_t> next_loop_{0};
 };
 
 }  // namespace keel::proxy::grpcproxy

@@ -30,6 +30,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -304,6 +305,7 @@ class FakeBackend final : public api::Backend {
     api::CallContext ctx;
     std::shared_ptr<const google::protobuf::Message> request;  // a copy of what was sent
     bool completed = false;                                    // Reply/Fail already ran
+    std::thread::id thread;                                    // the thread that called
   };
 
   FakeBackend() = default;
@@ -331,7 +333,7 @@ class FakeBackend final : public api::Backend {
       return UnaryCall{};
     }
     const Pending& p = calls_[i];
-    return UnaryCall{p.method, p.ctx, p.request, !p.complete};
+    return UnaryCall{p.method, p.ctx, p.request, !p.complete, p.thread};
   }
   // The method name of call `i` ("" if no such call).
   std::string Method(size_t i) const { return Call(i).method; }
@@ -521,6 +523,7 @@ class FakeBackend final : public api::Backend {
     std::shared_ptr<const google::protobuf::Message> request;
     const google::protobuf::Descriptor* response_type = nullptr;
     Completer complete;  // empty once completed
+    std::thread::id thread;
   };
   struct AutoAnswer {
     std::shared_ptr<const google::protobuf::Message> response;  // null: fail with `error`
@@ -549,7 +552,8 @@ class FakeBackend final : public api::Backend {
       absl::MutexLock lock(&mu_);
       auto it = auto_.find(method);
       if (it != auto_.end()) answer = it->second;
-      Pending p{std::move(method), ctx, std::move(request), response_type, nullptr};
+      Pending p{std::move(method), ctx, std::move(request), response_type, nullptr,
+                std::this_thread::get_id()};
       if (!answer.has_value()) p.complete = std::move(complete);
       calls_.push_back(std::move(p));
     }

@@ -3,14 +3,18 @@
 // the routes being those of a namespaced proxy) reaches the chain's Backend
 // with the client's metadata, its answer and status reach the client, a
 // client that gives up fires the call's CancelSignal, and Stop() reports a
-// call the chain never ended, so that the chain is not destroyed under it.
+// call the chain never ended, so that the chain is not destroyed under it;
+// connections are spread over the relay's loops.
 
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <memory>
+#include <set>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "api/etcdserverpb/rpc.grpc.pb.h"
 #include "common/metrics.h"
@@ -130,6 +134,65 @@ TEST_F(FrameRelayLocalTest, StopReportsACallTheChainNeverEnded) {
   EXPECT_FALSE(relay_->Stop(absl::ZeroDuration()));
   client.join();
   fake_.FailAllPending(absl::CancelledError("test over"));
+}
+
+// Client connections are handed to the loops in turn, so that a proxy uses
+// more than one core: six connections over three loops reach the chain from
+// three threads, every call gets its own answer, and Stop() hears from every
+// loop (one hung call on any of them is reported).
+TEST_F(FrameRelayLocalTest, ConnectionsAreSpreadOverTheLoops) {
+  FakeBackend fake;
+  FrameRelayOptions options;
+  options.routes = routes_.get();
+  options.upstream_endpoint = [] { return std::string("127.0.0.1:1"); };
+  options.serve_internal = [](int fd) { ::close(fd); };
+  options.chain = &fake;
+  options.metrics = &metrics_;
+  options.loops = 3;
+  FrameRelay relay(std::move(options));
+  ASSERT_TRUE(relay.Start().ok());
+  constexpr int kConns = 6;
+  std::vector<std::unique_ptr<etcdserverpb::KV::Stub>> stubs;
+  for (int i = 0; i < kConns; ++i) {
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+    relay.Serve(fds[0]);
+    stubs.push_back(
+        etcdserverpb::KV::NewStub(grpc::CreateInsecureChannelFromFd("relay", fds[1])));
+  }
+  std::vector<etcdserverpb::RangeResponse> responses(kConns);
+  std::vector<grpc::Status> statuses(kConns);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kConns; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    etcdserverpb::RangeRequest req;
+    req.set_key("k" + std::to_string(i));
+    clients.emplace_back([&, i, req] {
+      statuses[i] = stubs[i]->Range(contexts[i].get(), req, &responses[i]);
+    });
+    // One call at a time, so that call i is the one of connection i.
+    ASSERT_TRUE(fake.WaitForUnaryCalls(i + 1, kWait));
+  }
+  std::set<std::thread::id> threads;
+  for (int i = 0; i < kConns; ++i) threads.insert(fake.Call(i).thread);
+  EXPECT_EQ(threads.size(), 3u);
+  // Each connection's answer reaches that connection; the last call is left
+  // hanging.
+  for (int i = 0; i + 1 < kConns; ++i) {
+    etcdserverpb::RangeResponse answer;
+    answer.set_count(100 + i);
+    fake.Reply(i, answer);
+  }
+  for (int i = 0; i + 1 < kConns; ++i) {
+    clients[i].join();
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(responses[i].count(), 100 + i);
+  }
+  EXPECT_FALSE(relay.Stop(absl::ZeroDuration()));
+  clients.back().join();
+  fake.FailAllPending(absl::CancelledError("test over"));
 }
 
 }  // namespace
