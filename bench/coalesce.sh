@@ -19,9 +19,12 @@
 #              keep-alive streams. lease-N: every lease starts at once, so
 #              all N keep-alives come in one burst every 2 s; lease-N-spread:
 #              each lease starts at a random point of the first 2 s, as
-#              independent clients would.
+#              independent clients would. direct-1s: the same leases sent to
+#              etcd on one stream, as a coalescing proxy sends them.
 #  range-*     one key read by 64 clients, serializable (etcd's proxy serves
-#              it from its cache) and linearizable; req/s and proxy CPU.
+#              it from its cache) and linearizable; req/s and proxy CPU,
+#              over RANGE_ROUNDS rounds (target order rotated per round):
+#              the median req/s, the CPU summed over the rounds.
 # KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default <checkout>/build/bin.
 # Writes bench/results/coalesce-<date>.md.
 set -uo pipefail
@@ -38,7 +41,7 @@ while (($#)); do
     --quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
     --transport) TRANSPORT=$2; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) BIN_DIR=$1 ;;
   esac
   shift
@@ -46,9 +49,10 @@ done
 
 if ((QUICK)); then
   WATCHERS=(1000); CONNS=(1 100); LEASES=(1000); PUTS=20; LEASE_T=6; T=2; LIMIT=600
+  RANGE_ROUNDS=1
 else
   WATCHERS=(1000 10000); CONNS=(1 100 1000); LEASES=(1000 10000); PUTS=50; LEASE_T=10; T=5
-  LIMIT=2400
+  LIMIT=2400; RANGE_ROUNDS=3
 fi
 KEEL="$BIN_DIR/keel"
 [[ -x "$KEEL" ]] || { echo "coalesce.sh: no keel binary at $KEEL (pass its directory)" >&2; exit 2; }
@@ -83,7 +87,7 @@ start_proxy() {
       start kpx "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KPX" \
         --endpoints "127.0.0.1:$P_ETCD"
       PORT=$P_KPX ;;
-    direct) PORT=$P_ETCD ;;
+    direct|direct-1s) PORT=$P_ETCD ;;
   esac
   wait_etcd "127.0.0.1:$PORT" >/dev/null
 }
@@ -98,9 +102,11 @@ run() {
   port=$PORT
   pid=$(proxy_pid "$target")
   if [[ -n "$pid" ]]; then idle=$(rss_kb "$pid"); c0=$(cpu_ticks "$pid"); fi
+  # RSS is sampled only for loads with a count (watchers, leases): on 2
+  # cores the sampler's own forks would tax a throughput cell.
   (
     local p=0 r
-    while [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; do
+    while [[ -n "$pid" ]] && ((count > 0)) && kill -0 "$pid" 2>/dev/null; do
       r=$(rss_kb "$pid" 2>/dev/null || echo 0)
       ((r > p)) && p=$r && echo "$p" >"$WORK/peak"
       sleep 0.1
@@ -150,13 +156,21 @@ for n in "${LEASES[@]}"; do
         lease-keepalive --leases "$n" --streams $((n / 10)) --ttl 6 --interval 2s \
         ${spread:+--spread} --metrics-url "$METRICS"
     done
+    # What etcd itself takes to answer them all on one stream, as it gets
+    # them from a proxy that coalesces (the floor for both proxies' p99).
+    run direct-1s "lease-$n$spread" "$n" -- --conns 1 --clients 64 --duration "${LEASE_T}s" \
+      lease-keepalive --leases "$n" --streams 1 --ttl 6 --interval 2s \
+      ${spread:+--spread} --metrics-url "$METRICS"
   done
 done
-for cell in range-s1-c64 range-l1-c64 range-s1-c256; do
-  cons=${cell#range-}; cons=${cons:0:1}; clients=${cell##*-c}
-  for t in "${TARGETS[@]}"; do
-    run "$t" "$cell" 0 -- --conns 1 --clients "$clients" --duration "${T}s" \
-      range bench-range-key --consistency "$cons"
+for ((round = 0; round < RANGE_ROUNDS; round++)); do
+  for cell in range-s1-c64 range-l1-c64 range-s1-c256; do
+    cons=${cell#range-}; cons=${cons:0:1}; clients=${cell##*-c}
+    for ((i = 0; i < ${#TARGETS[@]}; i++)); do
+      t=${TARGETS[(i + round) % ${#TARGETS[@]}]}
+      run "$t" "$cell" 0 -- --conns 1 --clients "$clients" --duration "${T}s" \
+        range bench-range-key --consistency "$cons"
+    done
   done
 done
 ELAPSED=$((SECONDS - START))
@@ -165,7 +179,14 @@ ELAPSED=$((SECONDS - START))
 import json, sys
 res, out, elapsed, etcd_version, transport = sys.argv[1:]
 rows = [json.loads(l) for l in open(res) if l.strip()]
-get = {(r["target"], r["load"]): r for r in rows}
+get = {}
+runs = {}  # (target, load) -> every round's row
+for r in rows:
+    get.setdefault((r["target"], r["load"]), r)
+    runs.setdefault((r["target"], r["load"]), []).append(r)
+def median(v):
+    v = sorted(v)
+    return None if not v else (v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)
 loads = list(dict.fromkeys(r["load"] for r in rows))
 f = lambda v, fmt="{:,.0f}": "—" if v is None else fmt.format(v)
 def ratio(a, b):
@@ -190,12 +211,13 @@ for load in loads:
             f(fan.get("requests")), f(fan.get("error_count")),
             f((j.get("server") or {}).get("watchers")), f(growth, "{:.2f}")))
 L += ["", "## Lease keep-alives: N leases over N/10 streams, one keep-alive per lease every 2 s "
-      "(-spread: leases started at random points of the first 2 s instead of in one burst)", "",
+      "(-spread: leases started at random points of the first 2 s instead of in one burst); "
+      "direct-1s: etcd directly with every lease on one stream, as a coalescing proxy sends them", "",
       "| load | target | replies | p50 ms | p99 ms | errors | member keep-alive streams | proxy CPU s |",
       "|---|---|---|---|---|---|---|---|"]
 for load in loads:
     if not load.startswith("lease"): continue
-    for t in ("direct", "etcd-px", "keel-px"):
+    for t in ("direct", "direct-1s", "etcd-px", "keel-px"):
         r = get.get((t, load))
         if r is None: continue
         j = r["report"]; pc = j.get("percentiles") or {}
@@ -203,16 +225,18 @@ for load in loads:
             f(pc.get("p50", 0) * 1e3, "{:.2f}"), f(pc.get("p99", 0) * 1e3, "{:.2f}"),
             f(j.get("error_count")), f((j.get("server") or {}).get("keepalive_streams")),
             f(r["cpu_s"], "{:.2f}")))
-L += ["", "## One key read by many clients (etcd's proxy caches serializable reads)", "",
+L += ["", "## One key read by many clients (etcd's proxy caches serializable reads); "
+      "median req/s of {} round(s), CPU over all".format(max(len(v) for k, v in runs.items() if k[1].startswith("range")) if any(k[1].startswith("range") for k in runs) else 0), "",
       "| load | direct req/s | etcd-px req/s | keel-px req/s | keel ÷ etcd-px | keel ÷ direct | etcd-px µs CPU/req | keel-px µs CPU/req |",
       "|---|---|---|---|---|---|---|---|"]
 for load in loads:
     if not load.startswith("range"): continue
-    rps = {t: (get.get((t, load)) or {}).get("report", {}).get("rps") for t in ("direct", "etcd-px", "keel-px")}
+    rps = {t: median([r["report"]["rps"] for r in runs.get((t, load), []) if r["report"].get("rps")])
+           for t in ("direct", "etcd-px", "keel-px")}
     def cpu(t):
-        r = get.get((t, load))
-        if r is None or r["cpu_s"] is None or not r["report"].get("requests"): return None
-        return r["cpu_s"] * 1e6 / r["report"]["requests"]
+        rs = [r for r in runs.get((t, load), []) if r["cpu_s"] is not None]
+        n = sum(r["report"].get("requests") or 0 for r in rs)
+        return sum(r["cpu_s"] for r in rs) * 1e6 / n if n else None
     L.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(load, f(rps["direct"]),
         f(rps["etcd-px"]), f(rps["keel-px"]), f(ratio(rps["keel-px"], rps["etcd-px"]), "{:.2f}×"),
         f(ratio(rps["keel-px"], rps["direct"]), "{:.2f}×"), f(cpu("etcd-px"), "{:.0f}"),
