@@ -15,7 +15,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <deque>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -307,9 +306,12 @@ struct Stream {
   std::unique_ptr<LocalCall> local;
   // A local stream's ReadNext is owed once its client takes what is waiting.
   bool local_wants_read = false;
-  // Where each local response still waiting in `down` ends (absolute): it
-  // counts as sent once its last byte has left.
-  std::deque<size_t> local_ends;
+  // Where each local response still waiting in `down` ends (absolute), from
+  // local_ends_done on: it counts as sent once its last byte has left. (A
+  // vector, not a deque: a deque allocates even when empty, and most streams
+  // are not local.)
+  std::vector<size_t> local_ends;
+  size_t local_ends_done = 0;
   // A linearizable Range the cache does not hold, sent straight to etcd: its
   // OK answer fills the cache under this ticket (FrameRelayOptions::end_fill).
   std::optional<uint64_t> fill;
@@ -1610,9 +1612,18 @@ ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* b
       s->down.erase(0, s->down_sent - s->down_base);
       s->down_base = s->down_sent;
     }
-    for (; !s->local_ends.empty() && s->local_ends.front() <= s->down_sent;
-         s->local_ends.pop_front()) {
+    for (; s->local_ends_done < s->local_ends.size() &&
+           s->local_ends[s->local_ends_done] <= s->down_sent;
+         ++s->local_ends_done) {
       s->route->metrics->Sent();
+    }
+    if (s->local_ends_done == s->local_ends.size() ||
+        (s->local_ends_done >= 1024 && 2 * s->local_ends_done >= s->local_ends.size())) {
+      // Drop what was counted (a client that never quite catches up must not
+      // grow the list for ever).
+      s->local_ends.erase(s->local_ends.begin(),
+                          s->local_ends.begin() + static_cast<ptrdiff_t>(s->local_ends_done));
+      s->local_ends_done = 0;
     }
     if (s->local_wants_read && s->local != nullptr &&
         s->down_total() - s->down_sent < kLocalBacklog) {
