@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "api/errors.h"
+#include "google/protobuf/wire_format_lite.h"
 
 namespace keel::coalesce {
 namespace {
@@ -55,6 +56,12 @@ int64_t RevisionOf(const WatchResponse& r) {
   if (r.events_size() > 0) return LastRevision(r);
   return r.header().revision();
 }
+
+using google::protobuf::internal::WireFormatLite;
+
+// A length-delimited field of `n` bytes (field numbers below 16: a one-byte
+// tag).
+size_t FieldBytes(size_t n) { return 1 + WireFormatLite::LengthDelimitedSize(n); }
 
 // Whether a watcher with these filters leaves event `e` out.
 bool FilteredOut(const ::mvccpb::Event& e, bool no_put, bool no_delete) {
@@ -574,8 +581,7 @@ std::vector<WatchAction> WatchCoalescer::OnUpstreamResponse(UpstreamStreamId str
   if (response.canceled() || response.compact_revision() != 0) {
     HandleUpstreamCancel(gid, response, actions);
   } else if (response.events_size() > 0) {
-    const size_t bytes = response.ByteSizeLong();
-    HandleEvents(gid, {std::make_shared<const WatchResponse>(std::move(response)), bytes}, actions);
+    HandleEvents(gid, Measured(std::move(response)), actions);
   } else {
     HandleProgress(gid, response, actions);
   }
@@ -620,19 +626,35 @@ void WatchCoalescer::HandleUpstreamCancel(GroupId id, const WatchResponse& resp,
   }
 }
 
-void WatchCoalescer::HandleEvents(GroupId id, HeldResponse held,
+WatchCoalescer::SharedEvents WatchCoalescer::Measured(WatchResponse response) {
+  auto held = std::make_shared<UpstreamEvents>();
+  held->bytes = response.ByteSizeLong();
+  held->header_bytes = FieldBytes(response.header().ByteSizeLong());
+  held->event_bytes.reserve(static_cast<size_t>(response.events_size()));
+  for (const ::mvccpb::Event& e : response.events()) {
+    UpstreamEvents::EventBytes b;
+    if (e.type() != ::mvccpb::Event::PUT) b.type = 1 + WireFormatLite::EnumSize(e.type());
+    if (e.has_kv()) b.kv = FieldBytes(e.kv().ByteSizeLong());
+    if (e.has_prev_kv()) b.prev_kv = FieldBytes(e.prev_kv().ByteSizeLong());
+    held->event_bytes.push_back(b);
+  }
+  held->response = std::move(response);
+  return held;
+}
+
+void WatchCoalescer::HandleEvents(GroupId id, SharedEvents held,
                                   std::vector<WatchAction>& actions) {
   Group& g = groups_.at(id);
-  const int64_t last = LastRevision(*held.response);
+  const int64_t last = LastRevision(held->response);
   if (last < g.next) return;  // nothing new (cannot happen with etcd; cheap to check)
   g.next = last + 1;
   if (g.joinable) {
     g.history.push_back(held);
-    g.history_bytes += held.bytes;
+    g.history_bytes += held->bytes;
     while (!g.history.empty() && (g.history.size() > options_.history_responses ||
                                   g.history_bytes > options_.history_bytes)) {
-      g.covers_from = LastRevision(*g.history.front().response) + 1;
-      g.history_bytes -= g.history.front().bytes;
+      g.covers_from = LastRevision(g.history.front()->response) + 1;
+      g.history_bytes -= g.history.front()->bytes;
       g.history.pop_front();
     }
   }
@@ -710,24 +732,30 @@ void WatchCoalescer::HandleProgress(GroupId id, const WatchResponse& resp,
   MaybeMerge(id, actions);
 }
 
-void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const HeldResponse& held,
+void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const SharedEvents& held,
                              std::vector<WatchAction>& actions) {
-  const WatchResponse& resp = *held.response;
+  const WatchResponse& resp = held->response;
   const int64_t last = LastRevision(resp);
   if (last < w.next) return;
-  int64_t first = 0;       // the first event from w.next on
-  int64_t last_kept = 0;   // the last one the filters keep
+  int64_t first = 0;      // the first event from w.next on
+  int64_t last_kept = 0;  // the last one the filters keep
   int kept = 0;
-  for (const auto& e : resp.events()) {
+  // The view's encoded size, as protobuf would count it.
+  size_t bytes = held->header_bytes;
+  if (w.watch_id != 0) bytes += 1 + WireFormatLite::Int64Size(w.watch_id);
+  for (int i = 0; i < resp.events_size(); ++i) {
+    const ::mvccpb::Event& e = resp.events(i);
     if (e.kv().mod_revision() < w.next) continue;
     if (first == 0) first = e.kv().mod_revision();
     if (FilteredOut(e, w.no_put, w.no_delete)) continue;
     last_kept = e.kv().mod_revision();
     ++kept;
+    const UpstreamEvents::EventBytes& b = held->event_bytes[i];
+    bytes += FieldBytes(b.type + b.kv + (w.prev_kv ? b.prev_kv : 0));
   }
   Client& c = clients_.at(client);
   if (kept > 0 && !c.out.empty() &&
-      (c.out.size() >= QueueLimit(c) || c.out_bytes + held.bytes > options_.client_queue_bytes)) {
+      (c.out.size() >= QueueLimit(c) || c.out_bytes + bytes > options_.client_queue_bytes)) {
     // Too slow: this response is not queued; the watcher leaves its group
     // and is resynced from this response's first event once the client has
     // read half its queue. What is already queued stays (so every resync
@@ -747,13 +775,13 @@ void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const HeldR
   w.last_header = resp.header();
   if (!w.fragment || kept < 2) {
     Queued q;
-    q.events = held.response;
+    q.events = held;
     q.watch_id = w.watch_id;
     q.from = from;
     q.prev_kv = w.prev_kv;
     q.no_put = w.no_put;
     q.no_delete = w.no_delete;
-    q.bytes = held.bytes;
+    q.bytes = bytes;
     Push(client, std::move(q), last_kept, actions);
     return;
   }
@@ -817,9 +845,9 @@ std::pair<std::optional<WatchResponse>, std::vector<WatchAction>> WatchCoalescer
       result.first = std::move(*q.built);
     } else {
       WatchResponse& out = result.first.emplace();
-      *out.mutable_header() = q.events->header();
+      *out.mutable_header() = q.events->response.header();
       out.set_watch_id(q.watch_id);
-      AddEvents(*q.events, q.from, q.prev_kv, q.no_put, q.no_delete, out);
+      AddEvents(q.events->response, q.from, q.prev_kv, q.no_put, q.no_delete, out);
     }
     c.out.pop_front();
   }

@@ -250,12 +250,22 @@ class WatchCoalescer {
     bool fragment = false;
     ::etcdserverpb::ResponseHeader last_header;
   };
-  // An upstream event response, shared by its group's history and by the
-  // queue entries of every watcher it goes to.
-  struct HeldResponse {
-    std::shared_ptr<const ::etcdserverpb::WatchResponse> response;
-    size_t bytes = 0;  // its encoded size
+  // An upstream event response and the encoded sizes a watcher's view of it
+  // is made of; shared by its group's history and by every view queued.
+  struct UpstreamEvents {
+    ::etcdserverpb::WatchResponse response;
+    size_t bytes = 0;         // the response's encoded size
+    size_t header_bytes = 0;  // its header field, as a view carries it
+    // Per event, each field with its tag and length (0 when absent).
+    struct EventBytes {
+      size_t type = 0;
+      size_t kv = 0;
+      size_t prev_kv = 0;
+    };
+    std::vector<EventBytes> event_bytes;
   };
+  using SharedEvents = std::shared_ptr<const UpstreamEvents>;
+  static SharedEvents Measured(::etcdserverpb::WatchResponse response);
   // One response queued for a client. An event response is kept as the
   // upstream one plus this watcher's view of it, and built only when taken
   // (PopResponse): a fan-out to N watchers costs N small entries while the
@@ -263,15 +273,13 @@ class WatchCoalescer {
   struct Queued {
     // The response, unless `events` is set (a pointer: entries move often).
     std::unique_ptr<::etcdserverpb::WatchResponse> built;
-    std::shared_ptr<const ::etcdserverpb::WatchResponse> events;
+    SharedEvents events;
     int64_t watch_id = 0;
     int64_t from = 0;  // events below this revision are not the watcher's
     bool prev_kv = false;
     bool no_put = false;
     bool no_delete = false;
-    // Its encoded size; for `events`, the upstream response's (about the
-    // same or more: the view only drops events and fields).
-    size_t bytes = 0;
+    size_t bytes = 0;  // its encoded size (of the view, once built)
   };
   struct Client {
     std::string token;
@@ -295,7 +303,7 @@ class WatchCoalescer {
     int64_t upstream_watch_id = 0;  // 0 until the create is written
     int64_t next = 0;               // every event below it was received
     int64_t covers_from = 0;        // history holds every event in [covers_from, next)
-    std::deque<HeldResponse> history;
+    std::deque<SharedEvents> history;
     size_t history_bytes = 0;  // encoded size of `history`
     std::set<std::pair<WatchClientId, int64_t>> receivers;
   };
@@ -354,7 +362,7 @@ class WatchCoalescer {
   void RemoveGroup(GroupId id, bool cancel_upstream, std::vector<WatchAction>& actions);
   void SendCreate(GroupId id, std::vector<WatchAction>& actions);
   // Delivers one upstream event response to one c-watcher.
-  void Deliver(WatchClientId client, ClientWatcher& w, const HeldResponse& held,
+  void Deliver(WatchClientId client, ClientWatcher& w, const SharedEvents& held,
                std::vector<WatchAction>& actions);
   void Push(WatchClientId client, ::etcdserverpb::WatchResponse resp,
             std::vector<WatchAction>& actions);
@@ -362,7 +370,7 @@ class WatchCoalescer {
   void Push(WatchClientId client, Queued q, int64_t revision, std::vector<WatchAction>& actions);
   void HandleUpstreamCancel(GroupId id, const ::etcdserverpb::WatchResponse& resp,
                             std::vector<WatchAction>& actions);
-  void HandleEvents(GroupId id, HeldResponse held, std::vector<WatchAction>& actions);
+  void HandleEvents(GroupId id, SharedEvents held, std::vector<WatchAction>& actions);
   void HandleProgress(GroupId id, const ::etcdserverpb::WatchResponse& resp,
                       std::vector<WatchAction>& actions);
   // Moves the watcher of dedicated group `id` into its key's shared group

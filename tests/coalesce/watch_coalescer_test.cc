@@ -660,6 +660,52 @@ TEST(WatchCoalescer, QueueAndHistoryAreBoundedByBytes) {
   sim.CheckAll();
 }
 
+// A client's queue is charged what its watchers' responses weigh, not what
+// etcd sent the proxy: the upstream watcher always asks for prev_kv, and a
+// watcher without it must not be resynced as if it had it. The bound holds
+// to the byte: responses that sum to exactly the bound stay queued, one byte
+// less and the last one is resynced.
+TEST(WatchCoalescer, QueueIsChargedWhatEachWatcherGets) {
+  constexpr int kWatchers = 10;
+  const std::string big(500, 'v');
+  // The run: ten watchers of one stream, none with prev_kv; a small put
+  // (read at once), then a big one over a big value (so etcd's response
+  // carries a big prev_kv) left queued. Returns the sizes of the big one's
+  // responses as the client got them.
+  auto run = [&](size_t queue_bytes, uint64_t* resyncs) {
+    WatchCoalescerOptions options;
+    options.client_queue_bytes = queue_bytes;
+    WatchSim sim(options);
+    sim.AddClient(1);
+    std::vector<size_t> recs;
+    for (int i = 0; i < kWatchers; ++i) recs.push_back(sim.Create(1, CreateReq("a")));
+    sim.Settle();
+    sim.Put("a", big);
+    sim.Settle();
+    sim.Put("a", big + "!");
+    while (sim.DeliverAny()) {
+    }
+    *resyncs = sim.core.resyncs_total();
+    sim.Settle();
+    size_t total = 0;
+    for (size_t r : recs) {
+      EXPECT_EQ(sim.cws[r].events.size(), 2u);
+      EXPECT_FALSE(sim.cws[r].events.back().has_prev_kv());
+      total += sim.cws[r].responses.back().ByteSizeLong();
+    }
+    sim.CheckAll();
+    return total;
+  };
+  uint64_t resyncs = 0;
+  const size_t total = run(16 << 20, &resyncs);
+  EXPECT_EQ(resyncs, 0u);
+  ASSERT_GT(total, 0u);
+  EXPECT_EQ(run(total, &resyncs), total);
+  EXPECT_EQ(resyncs, 0u);
+  run(total - 1, &resyncs);
+  EXPECT_EQ(resyncs, 1u);
+}
+
 // A historical watcher with no group for its key becomes that key's shared
 // group once etcd has answered it: later watchers on the key join it.
 TEST(WatchCoalescer, CaughtUpHistoricalWatcherBecomesTheSharedGroup) {
