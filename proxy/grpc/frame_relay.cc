@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -90,6 +91,7 @@ spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
 
 // A header block as nghttp2 received it: its name and value buffers are
 // referenced, not copied, and handed back to nghttp2 as they are.
+template <size_t kInlineFields>
 class Headers {
  public:
   Headers() = default;
@@ -124,11 +126,10 @@ class Headers {
   size_t size() const { return nv_.size(); }
 
  private:
-  // Inline room for a gRPC request's usual fields (method, scheme, path,
-  // authority, te, content-type, user-agent, encodings, timeout, token):
-  // no allocation per field on the path every request takes.
-  absl::InlinedVector<nghttp2_rcbuf*, 20> bufs_;
-  absl::InlinedVector<nghttp2_nv, 10> nv_;
+  // Inline room for the usual fields: no allocation per field on the path
+  // every call takes.
+  absl::InlinedVector<nghttp2_rcbuf*, 2 * kInlineFields> bufs_;
+  absl::InlinedVector<nghttp2_nv, kInlineFields> nv_;
 };
 
 // A grpc-message value: gRPC's percent-encoding of bytes outside 0x20-0x7E
@@ -182,7 +183,8 @@ std::optional<Clock::duration> GrpcTimeout(std::string_view value) {
 }
 
 // The gRPC status code in a trailer block; UNKNOWN (2) without a valid one.
-int GrpcStatusOf(const Headers& headers) {
+template <size_t N>
+int GrpcStatusOf(const Headers<N>& headers) {
   int code = 2;
   std::optional<std::string_view> status = headers.Find("grpc-status");
   if (!status.has_value() ||
@@ -288,9 +290,11 @@ struct Stream {
   Conn* peer = nullptr;  // upstream or internal; null until routed / after it ended
   int32_t peer_id = -1;
   const RelayRoute* route = nullptr;
-  Headers request_headers;
-  Headers response_headers;
-  Headers trailers;
+  // A gRPC request's usual fields: method, scheme, path, authority, te,
+  // content-type, user-agent, encodings, timeout, token.
+  Headers<10> request_headers;
+  Headers<3> response_headers;  // status, content-type, encoding
+  Headers<2> trailers;          // grpc-status, grpc-message
   bool routed = false;
   bool to_upstream = false;
   bool client_open = true;
@@ -495,10 +499,23 @@ namespace {
 thread_local FrameRelay::Loop* current_loop = nullptr;
 }  // namespace
 
+namespace {
+// Default loops: one per CPU this process may run on, at most kMaxLoops (a
+// loop relays a few hundred thousand calls a second, far beyond what etcd
+// serves; more would only add connections to etcd).
+constexpr int kMaxLoops = 4;
+int DefaultLoops() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0
+                       ? CPU_COUNT(&set)
+                       : static_cast<int>(std::thread::hardware_concurrency());
+  return std::clamp(cpus, 1, kMaxLoops);
+}
+}  // namespace
+
 FrameRelay::FrameRelay(FrameRelayOptions options) {
-  const int n = options.loops > 0
-                    ? options.loops
-                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int n = options.loops > 0 ? options.loops : DefaultLoops();
   for (int i = 0; i < n; ++i) loops_.push_back(std::make_unique<Loop>(options));
 }
 

@@ -39,19 +39,19 @@ struct FrameRelayOptions {
   // Hands one end of a new socketpair to the chain's gRPC server
   // (grpc::AddInsecureChannelFromFd); takes ownership of `fd`.
   std::function<void(int fd)> serve_internal;
-  // Runs on the relay thread when etcd answered OK to a method with an
+  // Runs on a relay loop thread when etcd answered OK to a method with an
   // OkHook, before the client sees the answer. `revision` is the response
   // header's revision (0 when it has none).
   std::function<void(OkHook hook, int64_t revision)> on_ok;
   // For RelayRoute::cache_read methods (Range with the cache on): given the
   // request message of a token-less, non-hasleader call, what the cache can
   // do for it (CachedRange); neither an answer nor a fill sends the call
-  // through the chain. Runs on the relay thread; must not block.
+  // through the chain. Runs on a relay loop thread; must not block.
   std::function<CachedRange(std::string_view request)> cached_range;
   // Ends a CachedRange::fill ticket: `response` is etcd's whole OK answer,
   // or nullopt (the call failed, was sent again through the chain, or its
   // answer was too large to keep). Called exactly once per ticket, on the
-  // relay thread; must not block.
+  // loop thread that began it; must not block.
   std::function<void(uint64_t ticket, std::optional<std::string_view> response)> end_fill;
   // The Backend chain, as the front sees it. When set, RelayRoute::local
   // calls (Watch, LeaseKeepAlive, and unary calls a layer must see) are
@@ -70,8 +70,8 @@ struct FrameRelayOptions {
   uint64_t max_send_bytes = 0;
   common::MetricsRegistry* metrics = nullptr;
   // Loop threads, each serving its share of the client connections with its
-  // own connection to etcd (0: one per core). The callbacks above may run on
-  // any of them at once.
+  // own connection to etcd (0: one per CPU this process may use, at most
+  // 4). The callbacks above may run on several of them at once.
   int loops = 0;
 };
 

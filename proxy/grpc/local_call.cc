@@ -129,7 +129,7 @@ class UnaryLocalCall final : public LocalCall {
   api::CallContext ctx_;
   std::shared_ptr<LocalMailbox> mailbox_;
   Invoke invoke_;
-  State state_ = State::kWaiting;  // relay thread only
+  State state_ = State::kWaiting;  // its relay loop's thread only
 };
 
 using UnaryFactory = std::unique_ptr<LocalCall> (*)(api::Backend& backend,
