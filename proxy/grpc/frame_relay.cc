@@ -72,10 +72,13 @@ constexpr size_t kLocalBacklog = 64 * 1024;
 // confirm their end.
 constexpr auto kLocalDrain = std::chrono::seconds(10);
 // Mailbox rounds per loop turn before the sockets are polled again; within
-// a round, the batches (and response bytes) taken before writing out.
-constexpr int kLocalRounds = 8;
+// a round, the batches (and response bytes) taken before writing out. A
+// round is about one socket buffer: the client starts reading a large
+// fan-out while the rest is taken, and a fan-out over many connections is
+// still one write per connection per round.
+constexpr int kLocalRounds = 16;
 constexpr int kLocalTakes = 1024;
-constexpr size_t kLocalTakeBytes = 1 << 20;
+constexpr size_t kLocalTakeBytes = 64 * 1024;
 // The connection to etcd, as the remote backend's channels treat theirs
 // (remote_endpoints.cc): a connect that has not finished after the dial
 // timeout is given up; with streams open and nothing heard for the keepalive
