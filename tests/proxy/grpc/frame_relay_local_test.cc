@@ -36,19 +36,23 @@ class FrameRelayLocalTest : public ::testing::Test {
   void SetUp() override {
     routes_ = std::make_unique<RelayRoutes>(RelayRouteOptions{/*cache=*/false, /*namespaced=*/true},
                                             &metrics_);
-    FrameRelayOptions options;
-    options.routes = routes_.get();
-    // Nothing here is passed through; a refused loopback port if it were.
-    options.upstream_endpoint = [] { return std::string("127.0.0.1:1"); };
-    options.serve_internal = [](int fd) { ::close(fd); };
-    options.chain = &fake_;
-    options.metrics = &metrics_;
-    relay_ = std::make_unique<FrameRelay>(std::move(options));
+    relay_ = std::make_unique<FrameRelay>(OptionsFor(&fake_));
     ASSERT_TRUE(relay_->Start().ok());
     int fds[2];
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
     relay_->Serve(fds[0]);
     kv_ = etcdserverpb::KV::NewStub(grpc::CreateInsecureChannelFromFd("relay", fds[1]));
+  }
+  // A relay serving every call from `chain`.
+  FrameRelayOptions OptionsFor(api::Backend* chain) {
+    FrameRelayOptions options;
+    options.routes = routes_.get();
+    // Nothing here is passed through; a refused loopback port if it were.
+    options.upstream_endpoint = [] { return std::string("127.0.0.1:1"); };
+    options.serve_internal = [](int fd) { ::close(fd); };
+    options.chain = chain;
+    options.metrics = &metrics_;
+    return options;
   }
   void TearDown() override {
     if (relay_ != nullptr) relay_->Stop(absl::ZeroDuration());
@@ -142,12 +146,7 @@ TEST_F(FrameRelayLocalTest, StopReportsACallTheChainNeverEnded) {
 // loop (a hung call on the first loop is reported, whatever the others say).
 TEST_F(FrameRelayLocalTest, ConnectionsAreSpreadOverTheLoops) {
   FakeBackend fake;
-  FrameRelayOptions options;
-  options.routes = routes_.get();
-  options.upstream_endpoint = [] { return std::string("127.0.0.1:1"); };
-  options.serve_internal = [](int fd) { ::close(fd); };
-  options.chain = &fake;
-  options.metrics = &metrics_;
+  FrameRelayOptions options = OptionsFor(&fake);
   options.loops = 3;
   FrameRelay relay(std::move(options));
   ASSERT_TRUE(relay.Start().ok());
