@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/cpus.h"
 
 namespace keel::bench {
 
@@ -85,7 +86,7 @@ std::string GrpcErrorText(const grpc::Status& status) {
 }
 
 CqPool::CqPool(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) threads = common::UsableCpus();
   for (int i = 0; i < threads; ++i) cqs_.push_back(std::make_unique<grpc::CompletionQueue>());
   for (int i = 0; i < threads; ++i) {
     grpc::CompletionQueue* cq = cqs_[static_cast<size_t>(i)].get();

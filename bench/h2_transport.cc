@@ -29,6 +29,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/cpus.h"
 
 namespace keel::bench {
 
@@ -751,7 +752,7 @@ class H2Transport::Call final : public StreamCall {
 };
 
 H2Transport::H2Transport(int threads, std::string token) : token_(std::move(token)) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) threads = common::UsableCpus();
   for (int i = 0; i < threads; ++i) loops_.push_back(std::make_unique<Loop>());
 }
 

@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "bench/report.h"
 #include "bench/stats.h"
+#include "common/cpus.h"
 #include "common/status.h"
 
 namespace keel::bench {
@@ -277,7 +278,7 @@ absl::Status RunTcpEchoServer(const EchoServerOptions& options) {
   absl::StatusOr<sockaddr_storage> addr = Resolve(options.listen, &len);
   if (!addr.ok()) return addr.status();
   int threads = options.threads;
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) threads = common::UsableCpus();
   std::vector<Fd> listeners;
   absl::StatusOr<Fd> first = Listen(*addr, len);
   if (!first.ok()) {

@@ -50,11 +50,12 @@ spdlog::logger& Log() {
 
 }  // namespace
 
-// Everything the completions need; shared with them because in-flight calls
-// may outlive the CachingBackend.
 // Linearizable reads of held ranges sent straight to etcd at once (by the
 // frame relay); more overlapping ones share Range()'s revision probe.
 constexpr size_t kStraightReads = 1;
+
+// Everything the completions need; shared with them because in-flight calls
+// may outlive the CachingBackend.
 
 struct CachingBackend::State {
   State(api::Backend& backend, CacheOptions opts, common::MetricsRegistry* metrics)

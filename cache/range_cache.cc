@@ -153,7 +153,7 @@ std::optional<RangeResponse> RangeCache::Lookup(std::string_view identity,
 }
 
 bool RangeCache::Has(std::string_view identity, const RangeRequest& request) const {
-  return live_ && Cacheable(request) && by_key_.contains(CacheKey(identity, Normalize(request)));
+  return HeldBytes(identity, request).has_value();
 }
 
 std::optional<uint64_t> RangeCache::HeldBytes(std::string_view identity,

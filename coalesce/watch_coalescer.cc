@@ -1,8 +1,8 @@
 #include "coalesce/watch_coalescer.h"
 
 #include <algorithm>
-#include <memory>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string_view>
 

@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
-#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -29,6 +28,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "api/server/grpc_status.h"
+#include "common/cpus.h"
 #include "common/logging.h"
 #include "common/tcp_listen.h"
 #include "common/url.h"
@@ -423,10 +423,9 @@ struct FrameRelay::Loop {
   // Local streams' backend events; shared with their calls, which may post
   // after the loop is gone (it is closed then).
   std::shared_ptr<LocalMailbox> mailbox;
-  // Local streams whose backend end has not been taken yet.
+  // Local streams whose backend end has not been taken yet (after the
+  // loop's exit: those whose backend never confirmed its end).
   size_t local_calls = 0;
-  // Set by the loop's exit: every local call's backend confirmed its end.
-  bool local_calls_drained = true;
   // A connection to etcd is connecting or has streams: the loop wakes every
   // kLivenessTickMs to check on it (CheckUpstreamLiveness).
   bool watch_upstream = false;
@@ -507,14 +506,7 @@ namespace {
 // loop relays a few hundred thousand calls a second, far beyond what etcd
 // serves; more would only add connections to etcd).
 constexpr int kMaxLoops = 4;
-int DefaultLoops() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0
-                       ? CPU_COUNT(&set)
-                       : static_cast<int>(std::thread::hardware_concurrency());
-  return std::clamp(cpus, 1, kMaxLoops);
-}
+int DefaultLoops() { return std::min(common::UsableCpus(), kMaxLoops); }
 }  // namespace
 
 FrameRelay::FrameRelay(FrameRelayOptions options) {
@@ -613,7 +605,7 @@ bool FrameRelay::Loop::Join() {
   if (epfd >= 0) close(epfd);
   if (wakefd >= 0) close(wakefd);
   epfd = wakefd = -1;
-  return local_calls_drained;
+  return local_calls == 0;
 }
 
 void FrameRelay::Loop::Run() {
@@ -1163,7 +1155,7 @@ void FrameRelay::Loop::MaybeFree(Stream* s) {
   delete s;
 }
 
-// ----- local streams (Watch, LeaseKeepAlive) -----
+// ----- local calls (Watch, LeaseKeepAlive, unary calls a layer must see) -----
 
 void FrameRelay::Loop::StartLocal(Stream* s) {
   s->routed = true;
@@ -1381,7 +1373,6 @@ void FrameRelay::Loop::WaitForLocalCalls() {
   if (local_calls > 0) {
     KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: calls did not end at shutdown",
                    {{"calls", std::to_string(local_calls)}});
-    local_calls_drained = false;
   }
   mailbox->Close();
 }

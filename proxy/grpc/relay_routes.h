@@ -35,9 +35,9 @@ struct RelayRoute {
   // by the relay itself from the cache, and a linearizable one the cache does
   // not hold goes straight to etcd and fills it (FrameRelayOptions::cached_range).
   bool cache_read = false;
-  // Watch and LeaseKeepAlive: served by the relay itself against the Backend
-  // chain (local_call.h) when it has one, instead of through the chain's gRPC
-  // server.
+  // Watch, LeaseKeepAlive and every unary method: served by the relay itself
+  // against the Backend chain (local_call.h) when it has one and the call
+  // must see a layer, instead of through the chain's gRPC server.
   bool local = false;
   // The go-grpc-prometheus counters of the method, shared with the front.
   api::server::MethodMetrics* metrics = nullptr;

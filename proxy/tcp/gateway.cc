@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/cpus.h"
 #include "common/duration.h"
 #include "common/logging.h"
 #include "proxy/tcp/event_loop.h"
@@ -68,7 +69,7 @@ absl::Status Gateway::Start() {
   if (resolved->endpoints.empty()) return absl::InvalidArgumentError("no endpoints");
 
   int loops = options_.loops;
-  if (loops <= 0) loops = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (loops <= 0) loops = common::UsableCpus();
 
   common::AddProcessMetrics(metrics_);
   WorkerShared shared;
