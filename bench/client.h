@@ -1,6 +1,5 @@
 #pragma once
 
-#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -65,7 +64,7 @@ class CqPool {
 };
 
 // The --conns gRPC channels (each its own TCP connection) spread over the
-// endpoints, with stubs and the auth token. Thread-safe after Dial.
+// endpoints, with the auth token. Thread-safe after Dial.
 class Connections {
  public:
   // Dials every channel and waits up to --dial-timeout for it to connect;

@@ -41,7 +41,7 @@ while (($#)); do
     --quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
     --transport) TRANSPORT=$2; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^set /!p}' "$0"; exit 0 ;;
     *) BIN_DIR=$1 ;;
   esac
   shift
@@ -175,18 +175,15 @@ for ((round = 0; round < RANGE_ROUNDS; round++)); do
 done
 ELAPSED=$((SECONDS - START))
 
-"$PY" - "$RES" "$OUT" "$ELAPSED" "$(etcd --version | head -1)" "$TRANSPORT" <<'PYEOF'
-import json, sys
-res, out, elapsed, etcd_version, transport = sys.argv[1:]
+"$PY" - "$RES" "$OUT" "$ELAPSED" "$(etcd --version | head -1)" "$TRANSPORT" "$RANGE_ROUNDS" <<'PYEOF'
+import json, statistics, sys
+res, out, elapsed, etcd_version, transport, range_rounds = sys.argv[1:]
 rows = [json.loads(l) for l in open(res) if l.strip()]
-get = {}
 runs = {}  # (target, load) -> every round's row
 for r in rows:
-    get.setdefault((r["target"], r["load"]), r)
     runs.setdefault((r["target"], r["load"]), []).append(r)
-def median(v):
-    v = sorted(v)
-    return None if not v else (v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)
+get = {k: v[0] for k, v in runs.items()}
+median = lambda v: statistics.median(v) if v else None
 loads = list(dict.fromkeys(r["load"] for r in rows))
 f = lambda v, fmt="{:,.0f}": "—" if v is None else fmt.format(v)
 def ratio(a, b):
@@ -226,7 +223,7 @@ for load in loads:
             f(j.get("error_count")), f((j.get("server") or {}).get("keepalive_streams")),
             f(r["cpu_s"], "{:.2f}")))
 L += ["", "## One key read by many clients (etcd's proxy caches serializable reads); "
-      "median req/s of {} round(s), CPU over all".format(max(len(v) for k, v in runs.items() if k[1].startswith("range")) if any(k[1].startswith("range") for k in runs) else 0), "",
+      "median req/s of {} round(s), CPU over all".format(range_rounds), "",
       "| load | direct req/s | etcd-px req/s | keel-px req/s | keel ÷ etcd-px | keel ÷ direct | etcd-px µs CPU/req | keel-px µs CPU/req |",
       "|---|---|---|---|---|---|---|---|"]
 for load in loads:

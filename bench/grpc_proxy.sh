@@ -32,7 +32,7 @@ while (($#)); do
     --rounds) ROUNDS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --transport) TRANSPORT=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^set /!p}' "$0"; exit 0 ;;
     *) BIN_DIR=$1 ;;
   esac
   shift

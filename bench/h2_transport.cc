@@ -17,12 +17,10 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <deque>
 #include <map>
 #include <thread>
 #include <unordered_map>
@@ -188,11 +186,16 @@ absl::StatusOr<int> Connect(const std::string& target, absl::Duration timeout) {
                                              "; is the endpoint up?)"));
 }
 
+// The length in a gRPC message prefix (`p` holds at least its 5 bytes).
+size_t MessageLength(const char* p) {
+  const auto* u = reinterpret_cast<const uint8_t*>(p);
+  return (size_t{u[1]} << 24) | (size_t{u[2]} << 16) | (size_t{u[3]} << 8) | u[4];
+}
+
 }  // namespace
 
 // One call's state, from submit to close. Loop-confined.
 struct H2Transport::Stream {
-  Conn* conn = nullptr;
   int32_t id = -1;
   // Request bytes not yet handed to nghttp2 (framed messages).
   std::string out;
@@ -240,6 +243,8 @@ class H2Transport::Conn {
   // Hands frames to the socket; false when the connection broke.
   bool Flush();
   bool wants_write() const { return !pending_.empty(); }
+  // Whether the loop watches the socket for EPOLLOUT (Loop::SetWrite).
+  bool write_armed = false;
   // The connection broke: every open call ends with UNAVAILABLE.
   void Fail(const std::string& why);
 
@@ -329,6 +334,8 @@ class H2Transport::Loop {
     ::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
   }
   void SetWrite(Conn* c, bool on) {
+    if (c->write_armed == on) return;
+    c->write_armed = on;
     epoll_event ev{};
     ev.events = EPOLLIN | (on ? EPOLLOUT : 0u);
     ev.data.ptr = c;
@@ -439,7 +446,6 @@ bool H2Transport::Conn::Init() {
 }
 
 int32_t H2Transport::Conn::Submit(const char* method, Stream* s, absl::Duration timeout) {
-  s->conn = this;
   if (dead_) {
     FinishLater(s, grpc::Status(grpc::StatusCode::UNAVAILABLE, dead_reason_));
     return -1;
@@ -551,23 +557,26 @@ int H2Transport::Conn::OnData(nghttp2_session* session, uint8_t, int32_t stream_
   auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (s == nullptr) return 0;
   std::string_view chunk(reinterpret_cast<const char*>(data), len);
-  // Whole messages straight from the chunk when nothing is pending; the
-  // rest through `in`.
-  while (s->in.empty() && chunk.size() >= kGrpcPrefix) {
-    const auto* p = reinterpret_cast<const uint8_t*>(chunk.data());
-    const size_t length = (size_t{p[1]} << 24) | (size_t{p[2]} << 16) | (size_t{p[3]} << 8) | p[4];
-    if (chunk.size() < kGrpcPrefix + length) break;
-    self->Deliver(s, chunk.substr(kGrpcPrefix, length));
-    chunk.remove_prefix(kGrpcPrefix + length);
-  }
-  if (chunk.empty()) return 0;
-  s->in.append(chunk);
-  while (s->in.size() >= kGrpcPrefix) {
-    const auto* p = reinterpret_cast<const uint8_t*>(s->in.data());
-    const size_t length = (size_t{p[1]} << 24) | (size_t{p[2]} << 16) | (size_t{p[3]} << 8) | p[4];
-    if (s->in.size() < kGrpcPrefix + length) break;
-    self->Deliver(s, std::string_view(s->in).substr(kGrpcPrefix, length));
-    s->in.erase(0, kGrpcPrefix + length);
+  while (!chunk.empty()) {
+    // Whole messages straight from the chunk when nothing is pending.
+    if (s->in.empty() && chunk.size() >= kGrpcPrefix &&
+        chunk.size() >= kGrpcPrefix + MessageLength(chunk.data())) {
+      const size_t length = MessageLength(chunk.data());
+      self->Deliver(s, chunk.substr(kGrpcPrefix, length));
+      chunk.remove_prefix(kGrpcPrefix + length);
+      continue;
+    }
+    // A message split across chunks: only its own bytes gather in `in`, so
+    // the next one is read from the chunk again.
+    const size_t want =
+        s->in.size() < kGrpcPrefix ? kGrpcPrefix : kGrpcPrefix + MessageLength(s->in.data());
+    const size_t take = std::min(want - s->in.size(), chunk.size());
+    s->in.append(chunk.substr(0, take));
+    chunk.remove_prefix(take);
+    if (s->in.size() >= kGrpcPrefix && s->in.size() == kGrpcPrefix + MessageLength(s->in.data())) {
+      self->Deliver(s, std::string_view(s->in).substr(kGrpcPrefix));
+      s->in.clear();
+    }
   }
   return 0;
 }

@@ -31,8 +31,9 @@ class Workload {
   // Builds request number `seq` of client loop `client`.
   virtual Request Build(int client, uint64_t seq) = 0;
   // Called once a call succeeded, with its serialized response, before its
-  // latency is recorded (`request.body` has been sent: it is empty here); returns an error message to count instead of the
-  // latency when the response is a logical failure, or "" when it is fine.
+  // latency is recorded (`request.body` has been sent: it is empty here).
+  // Returns an error message to count instead of the latency when the
+  // response is a logical failure, or "" when it is fine.
   virtual std::string Completed(int client, const Request& request, std::string_view response) {
     (void)client;
     (void)request;

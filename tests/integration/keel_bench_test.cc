@@ -45,13 +45,19 @@ class KeelBenchTest : public ::testing::TestWithParam<std::string> {
   }
   void SetUp() override { ASSERT_EQ(start_error_, ""); }
 
-  // Runs keel-bench against the member with --json and the given arguments;
-  // expects exit code 0 and returns the parsed JSON report.
-  static nlohmann::json RunJson(std::vector<std::string> args) {
+  // keel-bench against the member, with --json, this test's transport and
+  // then `args`.
+  static std::vector<std::string> Argv(const std::vector<std::string>& args) {
     std::vector<std::string> argv = {BenchBin(), "--endpoints", cluster_->ClientAddr(0),
                                      "--json",   "--transport", GetParam()};
     argv.insert(argv.end(), args.begin(), args.end());
-    CommandResult r = testutil::RunCommand(argv, {}, kRunTimeout);
+    return argv;
+  }
+
+  // Runs keel-bench against the member with --json and the given arguments;
+  // expects exit code 0 and returns the parsed JSON report.
+  static nlohmann::json RunJson(const std::vector<std::string>& args) {
+    CommandResult r = testutil::RunCommand(Argv(args), {}, kRunTimeout);
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
     nlohmann::json j = nlohmann::json::parse(r.out, nullptr, /*allow_exceptions=*/false);
     EXPECT_FALSE(j.is_discarded()) << "not JSON: " << r.out << r.err;
@@ -70,8 +76,6 @@ class KeelBenchTest : public ::testing::TestWithParam<std::string> {
     return j["header"]["revision"].get<int64_t>();
   }
 
-  static uint64_t U(const nlohmann::json& j, const char* key) { return U64(j, key); }
-
   static EtcdCluster* cluster_;
   static std::string start_error_;
 };
@@ -83,8 +87,8 @@ TEST_P(KeelBenchTest, PutReportsTotalAndMovesRevisionByExactlyTotal) {
   const int64_t before = Revision();
   nlohmann::json j = RunJson(
       {"--total", "300", "--clients", "8", "--conns", "2", "--key-space-size", "50", "put"});
-  EXPECT_EQ(U(j, "requests"), 300u) << j.dump();
-  EXPECT_EQ(U(j, "error_count"), 0u) << j.dump();
+  EXPECT_EQ(U64(j, "requests"), 300u) << j.dump();
+  EXPECT_EQ(U64(j, "error_count"), 0u) << j.dump();
   EXPECT_GT(j.value("rps", 0.0), 0.0);
   EXPECT_EQ(Revision() - before, 300);
 }
@@ -95,12 +99,12 @@ TEST_P(KeelBenchTest, RangeLinearizableAndSerializable) {
   for (const char* consistency : {"l", "s"}) {
     nlohmann::json j = RunJson(
         {"--total", "150", "--clients", "4", "range", "bench-k", "--consistency", consistency});
-    EXPECT_EQ(U(j, "requests"), 150u) << consistency << j.dump();
-    EXPECT_EQ(U(j, "error_count"), 0u) << consistency << j.dump();
+    EXPECT_EQ(U64(j, "requests"), 150u) << consistency << j.dump();
+    EXPECT_EQ(U64(j, "error_count"), 0u) << consistency << j.dump();
   }
   nlohmann::json ranged =
       RunJson({"--total", "20", "range", "bench-a", "bench-z", "--consistency", "s"});
-  EXPECT_EQ(U(ranged, "requests"), 20u) << ranged.dump();
+  EXPECT_EQ(U64(ranged, "requests"), 20u) << ranged.dump();
   EXPECT_EQ(Revision(), before);  // reads write nothing
 }
 
@@ -108,8 +112,8 @@ TEST_P(KeelBenchTest, TxnPutMovesRevisionPerTxn) {
   const int64_t before = Revision();
   nlohmann::json j = RunJson({"--total", "120", "--clients", "4", "--key-space-size", "1000",
                               "--sequential-keys", "txn-put", "--txn-ops", "2"});
-  EXPECT_EQ(U(j, "requests"), 120u) << j.dump();
-  EXPECT_EQ(U(j, "error_count"), 0u) << j.dump();
+  EXPECT_EQ(U64(j, "requests"), 120u) << j.dump();
+  EXPECT_EQ(U64(j, "error_count"), 0u) << j.dump();
   EXPECT_EQ(Revision() - before, 120);  // one revision per txn
 }
 
@@ -117,11 +121,11 @@ TEST_P(KeelBenchTest, TxnMixedSplitsReadsAndWrites) {
   const int64_t before = Revision();
   nlohmann::json j = RunJson({"--total", "400", "--clients", "4", "--key-space-size", "20",
                               "txn-mixed", "--rw-ratio", "1"});
-  EXPECT_EQ(U(j, "requests"), 400u) << j.dump();
-  EXPECT_EQ(U(j, "error_count"), 0u) << j.dump();
+  EXPECT_EQ(U64(j, "requests"), 400u) << j.dump();
+  EXPECT_EQ(U64(j, "error_count"), 0u) << j.dump();
   ASSERT_TRUE(j.contains("read") && j.contains("write")) << j.dump();
-  const uint64_t reads = U(j["read"], "requests");
-  const uint64_t writes = U(j["write"], "requests");
+  const uint64_t reads = U64(j["read"], "requests");
+  const uint64_t writes = U64(j["write"], "requests");
   EXPECT_EQ(reads + writes, 400u);
   EXPECT_GT(reads, 0u);
   EXPECT_GT(writes, 0u);
@@ -133,36 +137,36 @@ TEST_P(KeelBenchTest, WatchDeliversEveryEventToEveryWatcher) {
   // produces 5 events.
   nlohmann::json j = RunJson({"--clients", "2", "watch", "--streams", "2", "--watch-per-stream",
                               "5", "--watched-key-total", "2", "--put-total", "60"});
-  EXPECT_EQ(U(j, "watchers"), 10u) << j.dump();
+  EXPECT_EQ(U64(j, "watchers"), 10u) << j.dump();
   ASSERT_TRUE(j.contains("put") && j.contains("events")) << j.dump();
-  EXPECT_EQ(U(j["put"], "requests"), 60u) << j.dump();
-  EXPECT_EQ(U(j["put"], "error_count"), 0u) << j.dump();
-  EXPECT_EQ(U(j, "expected_events"), 300u) << j.dump();
-  EXPECT_EQ(U(j["events"], "requests"), 300u) << j.dump();
-  EXPECT_EQ(U(j["events"], "error_count"), 0u) << j.dump();
+  EXPECT_EQ(U64(j["put"], "requests"), 60u) << j.dump();
+  EXPECT_EQ(U64(j["put"], "error_count"), 0u) << j.dump();
+  EXPECT_EQ(U64(j, "expected_events"), 300u) << j.dump();
+  EXPECT_EQ(U64(j["events"], "requests"), 300u) << j.dump();
+  EXPECT_EQ(U64(j["events"], "error_count"), 0u) << j.dump();
 }
 
 TEST_P(KeelBenchTest, WatchLatencyWaitsForAllWatchersEachTime) {
   nlohmann::json j =
       RunJson({"watch-latency", "--streams", "3", "--watch-per-stream", "4", "--put-total", "25"});
-  EXPECT_EQ(U(j, "watchers"), 12u) << j.dump();
+  EXPECT_EQ(U64(j, "watchers"), 12u) << j.dump();
   ASSERT_TRUE(j.contains("put") && j.contains("fanout")) << j.dump();
-  EXPECT_EQ(U(j["put"], "requests"), 25u) << j.dump();
-  EXPECT_EQ(U(j["fanout"], "requests"), 25u) << j.dump();
-  EXPECT_EQ(U(j["fanout"], "error_count"), 0u) << j.dump();
+  EXPECT_EQ(U64(j["put"], "requests"), 25u) << j.dump();
+  EXPECT_EQ(U64(j["fanout"], "requests"), 25u) << j.dump();
+  EXPECT_EQ(U64(j["fanout"], "error_count"), 0u) << j.dump();
 }
 
 TEST_P(KeelBenchTest, LeaseKeepaliveCountsRepliesAndServerStreams) {
   nlohmann::json j =
       RunJson({"--total", "400", "--clients", "4", "lease-keepalive", "--leases", "40", "--streams",
                "2", "--metrics-url", cluster_->ClientUrl(0) + "/metrics"});
-  EXPECT_EQ(U(j, "requests"), 400u) << j.dump();
-  EXPECT_EQ(U(j, "error_count"), 0u) << j.dump();
-  EXPECT_EQ(U(j, "leases"), 40u) << j.dump();
+  EXPECT_EQ(U64(j, "requests"), 400u) << j.dump();
+  EXPECT_EQ(U64(j, "error_count"), 0u) << j.dump();
+  EXPECT_EQ(U64(j, "leases"), 40u) << j.dump();
   ASSERT_TRUE(j.contains("server")) << j.dump();
   // Scraped while the run's two streams were open.
   EXPECT_EQ(j["server"].value("keepalive_streams", -1.0), 2.0) << j.dump();
-  EXPECT_EQ(U(j, "revoke_errors"), 0u) << j.dump();
+  EXPECT_EQ(U64(j, "revoke_errors"), 0u) << j.dump();
   // Every lease was revoked at the end.
   CommandResult leases = EtcdCluster::Etcdctl(cluster_->ClientUrl(0), {"lease", "list"});
   EXPECT_EQ(leases.exit_code, 0) << leases.err;
@@ -199,16 +203,13 @@ TEST_P(KeelBenchTest, DeadEndpointFailsClearly) {
 // h2 transport reads them from the trailers), and changes nothing.
 TEST_P(KeelBenchTest, RefusedRequestsAreCountedWithEtcdsError) {
   const int64_t before = Revision();
-  std::vector<std::string> argv = {BenchBin(), "--endpoints", cluster_->ClientAddr(0),
-                                   "--json",   "--transport", GetParam(),
-                                   "--total",  "3",           "--val-size",
-                                   "2000000",  "put"};
-  CommandResult r = testutil::RunCommand(argv, {}, kRunTimeout);
+  CommandResult r =
+      testutil::RunCommand(Argv({"--total", "3", "--val-size", "2000000", "put"}), {}, kRunTimeout);
   EXPECT_NE(r.exit_code, 0) << r.out;  // every request failed
   nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << r.out << r.err;
-  EXPECT_EQ(U(j, "requests"), 0u) << j.dump();
-  EXPECT_EQ(U(j, "error_count"), 3u) << j.dump();
+  EXPECT_EQ(U64(j, "requests"), 0u) << j.dump();
+  EXPECT_EQ(U64(j, "error_count"), 3u) << j.dump();
   EXPECT_EQ(j["errors"].value(
                 "rpc error: code = InvalidArgument desc = etcdserver: request is too large", 0),
             3)
@@ -226,13 +227,10 @@ TEST_P(KeelBenchTest, UserTokenIsSentOnEveryCall) {
     ASSERT_EQ(EtcdCluster::Etcdctl(ep, cmd).exit_code, 0);
   }
   nlohmann::json j = RunJson({"--user", "root:rootpw", "--total", "40", "--clients", "4", "put"});
-  EXPECT_EQ(U(j, "requests"), 40u) << j.dump();
-  EXPECT_EQ(U(j, "error_count"), 0u) << j.dump();
+  EXPECT_EQ(U64(j, "requests"), 40u) << j.dump();
+  EXPECT_EQ(U64(j, "error_count"), 0u) << j.dump();
   // Without the token etcd refuses the puts.
-  std::vector<std::string> argv = {BenchBin(), "--endpoints", cluster_->ClientAddr(0),
-                                   "--json",   "--transport", GetParam(),
-                                   "--total",  "2",           "put"};
-  CommandResult anonymous = testutil::RunCommand(argv, {}, kRunTimeout);
+  CommandResult anonymous = testutil::RunCommand(Argv({"--total", "2", "put"}), {}, kRunTimeout);
   EXPECT_NE(anonymous.out.find("user name is empty"), std::string::npos) << anonymous.out;
   EXPECT_EQ(EtcdCluster::Etcdctl(ep, {"--user=root:rootpw", "auth", "disable"}).exit_code, 0);
   // etcdctl's `auth enable` made a root role too: gone with the user.
