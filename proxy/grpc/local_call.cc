@@ -6,7 +6,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "google/protobuf/message_lite.h"
-#include "proxy/grpc/service_names.h"
+#include "proxy/grpc/grpc_services.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -151,8 +151,8 @@ std::unique_ptr<LocalCall> MakeUnary(api::Backend& backend, const api::CallConte
 const absl::flat_hash_map<std::string, UnaryFactory>& UnaryFactories() {
   static const auto* factories = [] {
     auto* m = new absl::flat_hash_map<std::string, UnaryFactory>();
-#define KEEL_LOCAL_UNARY(service, method, Request, Response) \
-  m->emplace("/" + std::string(k##service) + "/" #method,    \
+#define KEEL_LOCAL_UNARY(service, method, Request, Response)                                 \
+  m->emplace(std::string("/") + remote_services::service::service_full_name() + "/" #method, \
              &MakeUnary<Request, Response, &api::Backend::method>);
     KEEL_UNARY_METHODS(KEEL_LOCAL_UNARY)
 #undef KEEL_LOCAL_UNARY

@@ -4,8 +4,8 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "api/backend.h"
+#include "proxy/grpc/grpc_services.h"
 #include "proxy/grpc/local_call.h"
-#include "proxy/grpc/service_names.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -65,13 +65,13 @@ RelayRoutes::RelayRoutes(const RelayRouteOptions& options, common::MetricsRegist
     routes_.emplace(std::move(path), route);
   };
 #define KEEL_RELAY_ROUTE(service, method, Request, Response) \
-  add(k##service, #method, RpcType::kUnary);
+  add(remote_services::service::service_full_name(), #method, RpcType::kUnary);
   KEEL_UNARY_METHODS(KEEL_RELAY_ROUTE)
 #undef KEEL_RELAY_ROUTE
-  add("etcdserverpb.Watch", "Watch", RpcType::kBidiStream);
-  add(kLease, "LeaseKeepAlive", RpcType::kBidiStream);
-  add(kMaintenance, "Snapshot", RpcType::kServerStream);
-  add(kElection, "Observe", RpcType::kServerStream);
+  add(remote_services::Watch::service_full_name(), "Watch", RpcType::kBidiStream);
+  add(remote_services::Lease::service_full_name(), "LeaseKeepAlive", RpcType::kBidiStream);
+  add(remote_services::Maintenance::service_full_name(), "Snapshot", RpcType::kServerStream);
+  add(remote_services::Election::service_full_name(), "Observe", RpcType::kServerStream);
 }
 
 const RelayRoute* RelayRoutes::Find(std::string_view path) const {

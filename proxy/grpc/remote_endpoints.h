@@ -13,27 +13,13 @@
 
 #include "absl/status/status.h"
 #include "api/backend.h"
-#include "api/etcdserverpb/rpc.grpc.pb.h"
-#include "api/v3electionpb/v3election.grpc.pb.h"
-#include "api/v3lockpb/v3lock.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/support/status.h"
+#include "proxy/grpc/grpc_services.h"
 #include "proxy/grpc/remote_backend.h"
 
 namespace keel::proxy::grpcproxy {
-
-// The generated service classes, by the service names KEEL_UNARY_METHODS uses.
-namespace remote_services {
-using KV = ::etcdserverpb::KV;
-using Watch = ::etcdserverpb::Watch;
-using Lease = ::etcdserverpb::Lease;
-using Cluster = ::etcdserverpb::Cluster;
-using Maintenance = ::etcdserverpb::Maintenance;
-using Auth = ::etcdserverpb::Auth;
-using Lock = ::v3lockpb::Lock;
-using Election = ::v3electionpb::Election;
-}  // namespace remote_services
 
 // How one attempt on one endpoint failed.
 enum class AttemptFailure {
