@@ -423,6 +423,8 @@ struct FrameRelay::Loop {
   // Local streams' backend events; shared with their calls, which may post
   // after the loop is gone (it is closed then).
   std::shared_ptr<LocalMailbox> mailbox;
+  // TakeLocalEvents' batch (kept: its capacity is reused).
+  std::vector<LocalEvent> taken_events;
   // Local streams whose backend end has not been taken yet (after the
   // loop's exit: those whose backend never confirmed its end).
   size_t local_calls = 0;
@@ -470,8 +472,8 @@ struct FrameRelay::Loop {
   void Finished(Stream* s, int grpc_code);
   void StartLocal(Stream* s);
   void FeedLocal(Stream* s);
-  // Returns the bytes of the responses taken.
-  size_t TakeLocalEvents();
+  // Returns the bytes of the responses taken; nullopt when nothing waited.
+  std::optional<size_t> TakeLocalEvents();
   void LocalResponse(Stream* s, std::string message);
   void LocalDone(Stream* s, const absl::Status& status);
   void FailLocal(Stream* s, int grpc_code, std::string message);
@@ -695,9 +697,10 @@ void FrameRelay::Loop::Run() {
     // with a wake-up for what is left.
     for (int round = 0;; ++round) {
       size_t taken = 0;
-      for (int take = 0; take < kLocalTakes && taken < kLocalTakeBytes && !mailbox->Empty();
-           ++take) {
-        taken += TakeLocalEvents();
+      for (int take = 0; take < kLocalTakes && taken < kLocalTakeBytes; ++take) {
+        const std::optional<size_t> bytes = TakeLocalEvents();
+        if (!bytes.has_value()) break;
+        taken += *bytes;
       }
       Settle();
       if (mailbox->Empty()) break;
@@ -1175,7 +1178,7 @@ void FrameRelay::Loop::StartLocal(Stream* s) {
   s->route->metrics->Started();
   if (served_local != nullptr) served_local->Increment();
   ++local_calls;
-  s->local = OpenLocalCall(*s->request_headers.Find(":path"), *options.chain, ctx, mailbox);
+  s->local = s->route->local(*options.chain, ctx, mailbox);
   s->local->tag = s;
   FeedLocal(s);
   if (s->up_eof && s->local != nullptr) s->local->WritesDone();
@@ -1218,9 +1221,10 @@ void FrameRelay::Loop::FeedLocal(Stream* s) {
 }
 
 // Takes one batch: what was posted until now (more may come inline).
-size_t FrameRelay::Loop::TakeLocalEvents() {
+std::optional<size_t> FrameRelay::Loop::TakeLocalEvents() {
+  if (!mailbox->Take(taken_events)) return std::nullopt;
   size_t bytes = 0;
-  for (LocalEvent& event : mailbox->Take()) {
+  for (LocalEvent& event : taken_events) {
     auto* s = static_cast<Stream*>(event.call->tag);
     if (event.done.has_value()) {
       LocalDone(s, *event.done);

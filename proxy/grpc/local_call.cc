@@ -11,8 +11,6 @@
 namespace keel::proxy::grpcproxy {
 namespace {
 
-constexpr std::string_view kWatchPath = "/etcdserverpb.Watch/Watch";
-constexpr std::string_view kLeaseKeepAlivePath = "/etcdserverpb.Lease/LeaseKeepAlive";
 constexpr size_t kGrpcPrefix = 5;
 
 // `message` serialized behind its gRPC prefix (uncompressed, 4-byte
@@ -74,19 +72,17 @@ class BidiLocalCall final : public LocalCall, public api::StreamObserver<Respons
   std::atomic<bool> done_{false};
 };
 
-// A unary Backend call as a LocalCall: the request is sent to the backend
-// as soon as it arrives; the response (if OK) and then the status come back
-// as events. The relay's Cancel fires the call's CancelSignal, as the
-// front's reactor does when a client goes away.
-template <class Request, class Response>
+// A unary Backend call (Backend::*Method) as a LocalCall: the request is
+// sent to the backend as soon as it arrives; the response (if OK) and then
+// the status come back as events. The relay's Cancel fires the call's
+// CancelSignal, as the front's reactor does when a client goes away.
+template <class Request, class Response,
+          void (api::Backend::*Method)(const api::CallContext&, Request, api::Done<Response>)>
 class UnaryLocalCall final : public LocalCall {
  public:
-  using Invoke = void (*)(api::Backend& backend, const api::CallContext& ctx, Request request,
-                          api::Done<Response> done);
-
   UnaryLocalCall(api::Backend& backend, const api::CallContext& ctx,
-                 std::shared_ptr<LocalMailbox> mailbox, Invoke invoke)
-      : backend_(backend), ctx_(ctx), mailbox_(std::move(mailbox)), invoke_(invoke) {
+                 std::shared_ptr<LocalMailbox> mailbox)
+      : backend_(backend), ctx_(ctx), mailbox_(std::move(mailbox)) {
     ctx_.cancel = std::make_shared<api::CancelSignal>();
   }
 
@@ -98,10 +94,11 @@ class UnaryLocalCall final : public LocalCall {
     // The relay may destroy this call once the status event is taken: the
     // callback uses nothing of it but its address.
     std::shared_ptr<LocalMailbox> mailbox = mailbox_;
-    invoke_(backend_, ctx_, std::move(request), [this, mailbox](absl::StatusOr<Response> result) {
-      if (result.ok()) mailbox->Post(LocalEvent{this, Framed(*result), std::nullopt});
-      mailbox->Post(LocalEvent{this, std::string(), result.status()});
-    });
+    (backend_.*Method)(ctx_, std::move(request),
+                       [this, mailbox](absl::StatusOr<Response> result) {
+                         if (result.ok()) mailbox->Post(LocalEvent{this, Framed(*result), std::nullopt});
+                         mailbox->Post(LocalEvent{this, std::string(), result.status()});
+                       });
     return true;
   }
   void WritesDone() override {
@@ -128,42 +125,55 @@ class UnaryLocalCall final : public LocalCall {
   api::Backend& backend_;
   api::CallContext ctx_;
   std::shared_ptr<LocalMailbox> mailbox_;
-  Invoke invoke_;
   State state_ = State::kWaiting;  // its relay loop's thread only
 };
 
-using UnaryFactory = std::unique_ptr<LocalCall> (*)(api::Backend& backend,
-                                                    const api::CallContext& ctx,
-                                                    std::shared_ptr<LocalMailbox> mailbox);
-
 template <class Request, class Response,
           void (api::Backend::*Method)(const api::CallContext&, Request, api::Done<Response>)>
-std::unique_ptr<LocalCall> MakeUnary(api::Backend& backend, const api::CallContext& ctx,
+std::unique_ptr<LocalCall> OpenUnary(api::Backend& backend, const api::CallContext& ctx,
                                      std::shared_ptr<LocalMailbox> mailbox) {
-  return std::make_unique<UnaryLocalCall<Request, Response>>(
-      backend, ctx, std::move(mailbox),
-      [](api::Backend& b, const api::CallContext& c, Request r, api::Done<Response> d) {
-        (b.*Method)(c, std::move(r), std::move(d));
-      });
+  return std::make_unique<UnaryLocalCall<Request, Response, Method>>(backend, ctx,
+                                                                     std::move(mailbox));
 }
 
-// Every unary method by path ("/etcdserverpb.KV/Range").
-const absl::flat_hash_map<std::string, UnaryFactory>& UnaryFactories() {
+std::unique_ptr<LocalCall> OpenWatch(api::Backend& backend, const api::CallContext& ctx,
+                                     std::shared_ptr<LocalMailbox> mailbox) {
+  auto call = std::make_unique<
+      BidiLocalCall<::etcdserverpb::WatchRequest, ::etcdserverpb::WatchResponse>>(
+      std::move(mailbox));
+  call->Start([&](api::StreamObserver<::etcdserverpb::WatchResponse>* observer) {
+    return backend.Watch(ctx, observer);
+  });
+  return call;
+}
+
+std::unique_ptr<LocalCall> OpenLeaseKeepAlive(api::Backend& backend, const api::CallContext& ctx,
+                                              std::shared_ptr<LocalMailbox> mailbox) {
+  auto call = std::make_unique<BidiLocalCall<::etcdserverpb::LeaseKeepAliveRequest,
+                                             ::etcdserverpb::LeaseKeepAliveResponse>>(
+      std::move(mailbox));
+  call->Start([&](api::StreamObserver<::etcdserverpb::LeaseKeepAliveResponse>* observer) {
+    return backend.LeaseKeepAlive(ctx, observer);
+  });
+  return call;
+}
+
+// Every local call by path ("/etcdserverpb.KV/Range").
+const absl::flat_hash_map<std::string, LocalCallFactory>& Factories() {
   static const auto* factories = [] {
-    auto* m = new absl::flat_hash_map<std::string, UnaryFactory>();
-#define KEEL_LOCAL_UNARY(service, method, Request, Response)                                 \
+    auto* m = new absl::flat_hash_map<std::string, LocalCallFactory>();
+#define KEEL_LOCAL_UNARY(service, method, Request, Response)                                  \
   m->emplace(std::string("/") + remote_services::service::service_full_name() + "/" #method, \
-             &MakeUnary<Request, Response, &api::Backend::method>);
+             &OpenUnary<Request, Response, &api::Backend::method>);
     KEEL_UNARY_METHODS(KEEL_LOCAL_UNARY)
 #undef KEEL_LOCAL_UNARY
+    m->emplace(std::string("/") + remote_services::Watch::service_full_name() + "/Watch",
+               &OpenWatch);
+    m->emplace(std::string("/") + remote_services::Lease::service_full_name() + "/LeaseKeepAlive",
+               &OpenLeaseKeepAlive);
     return m;
   }();
   return *factories;
-}
-
-const UnaryFactory* FindUnary(std::string_view path) {
-  auto it = UnaryFactories().find(absl::string_view(path.data(), path.size()));
-  return it == UnaryFactories().end() ? nullptr : &it->second;
 }
 
 }  // namespace
@@ -181,11 +191,11 @@ void LocalMailbox::Post(LocalEvent event) {
   if (wake) wake_();
 }
 
-std::vector<LocalEvent> LocalMailbox::Take() {
-  std::vector<LocalEvent> events;
+bool LocalMailbox::Take(std::vector<LocalEvent>& events) {
+  events.clear();
   absl::MutexLock lock(&mu_);
   events.swap(events_);
-  return events;
+  return !events.empty();
 }
 
 bool LocalMailbox::Empty() {
@@ -198,34 +208,9 @@ void LocalMailbox::Close() {
   closed_ = true;
 }
 
-bool IsLocalCallPath(std::string_view path) {
-  return path == kWatchPath || path == kLeaseKeepAlivePath || FindUnary(path) != nullptr;
-}
-
-std::unique_ptr<LocalCall> OpenLocalCall(std::string_view path, api::Backend& backend,
-                                         const api::CallContext& ctx,
-                                         std::shared_ptr<LocalMailbox> mailbox) {
-  if (const UnaryFactory* unary = FindUnary(path))
-    return (*unary)(backend, ctx, std::move(mailbox));
-  if (path == kWatchPath) {
-    auto call = std::make_unique<
-        BidiLocalCall<::etcdserverpb::WatchRequest, ::etcdserverpb::WatchResponse>>(
-        std::move(mailbox));
-    call->Start([&](api::StreamObserver<::etcdserverpb::WatchResponse>* observer) {
-      return backend.Watch(ctx, observer);
-    });
-    return call;
-  }
-  if (path == kLeaseKeepAlivePath) {
-    auto call = std::make_unique<BidiLocalCall<::etcdserverpb::LeaseKeepAliveRequest,
-                                               ::etcdserverpb::LeaseKeepAliveResponse>>(
-        std::move(mailbox));
-    call->Start([&](api::StreamObserver<::etcdserverpb::LeaseKeepAliveResponse>* observer) {
-      return backend.LeaseKeepAlive(ctx, observer);
-    });
-    return call;
-  }
-  return nullptr;
+LocalCallFactory LocalCallFactoryFor(std::string_view path) {
+  auto it = Factories().find(absl::string_view(path.data(), path.size()));
+  return it == Factories().end() ? nullptr : it->second;
 }
 
 }  // namespace keel::proxy::grpcproxy

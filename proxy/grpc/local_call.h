@@ -48,8 +48,10 @@ class LocalMailbox {
   // The calling thread is the one that Take()s: its posts need no wake-up.
   void SetReaderThread();
   void Post(LocalEvent event);
-  // Every event posted so far, in order.
-  std::vector<LocalEvent> Take();
+  // Every event posted so far, in order, into `events` (cleared first; its
+  // capacity goes back to the mailbox for the next posts). False when there
+  // was none.
+  bool Take(std::vector<LocalEvent>& events);
   bool Empty();
   // No more wake-ups (the relay's loop is gone): once it returns, `wake` is
   // not running and never runs again; later posts are kept unread.
@@ -90,16 +92,15 @@ class LocalCall {
   void* tag = nullptr;
 };
 
-// Whether `path` ("/etcdserverpb.Watch/Watch") is a call OpenLocalCall
-// serves: Watch, LeaseKeepAlive and every unary method.
-bool IsLocalCallPath(std::string_view path);
-
-// Opens the backend stream of `path` on `backend` and asks for its first
-// response, or prepares the unary call of `path` (sent on its Write). Null
-// when the path is not a local call (see IsLocalCallPath).
+// Opens one local call on `backend`: a Watch or LeaseKeepAlive stream (its
+// first response already asked for), or a unary call (sent on its Write).
 // `backend` and `mailbox` must outlive the call's `done` event.
-std::unique_ptr<LocalCall> OpenLocalCall(std::string_view path, api::Backend& backend,
-                                         const api::CallContext& ctx,
-                                         std::shared_ptr<LocalMailbox> mailbox);
+using LocalCallFactory = std::unique_ptr<LocalCall> (*)(api::Backend& backend,
+                                                        const api::CallContext& ctx,
+                                                        std::shared_ptr<LocalMailbox> mailbox);
+
+// The factory of the call at `path` ("/etcdserverpb.Watch/Watch"): Watch,
+// LeaseKeepAlive and every unary method; null for any other path.
+LocalCallFactory LocalCallFactoryFor(std::string_view path);
 
 }  // namespace keel::proxy::grpcproxy

@@ -61,7 +61,7 @@ RelayRoutes::RelayRoutes(const RelayRouteOptions& options, common::MetricsRegist
     std::string path = "/" + std::string(service) + "/" + std::string(method);
     // Streams the relay serves itself, and unary calls that must run
     // through the chain (the rest go straight to etcd).
-    route.local = IsLocalCallPath(path) && (type != RpcType::kUnary || !route.pass_through);
+    if (type != RpcType::kUnary || !route.pass_through) route.local = LocalCallFactoryFor(path);
     routes_.emplace(std::move(path), route);
   };
 #define KEEL_RELAY_ROUTE(service, method, Request, Response) \

@@ -7,6 +7,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "api/server/method_metrics.h"
 #include "common/metrics.h"
+#include "proxy/grpc/local_call.h"
 
 namespace keel::proxy::grpcproxy {
 
@@ -35,10 +36,11 @@ struct RelayRoute {
   // by the relay itself from the cache, and a linearizable one the cache does
   // not hold goes straight to etcd and fills it (FrameRelayOptions::cached_range).
   bool cache_read = false;
-  // Watch, LeaseKeepAlive and every unary method: served by the relay itself
-  // against the Backend chain (local_call.h) when it has one and the call
-  // must see a layer, instead of through the chain's gRPC server.
-  bool local = false;
+  // Watch, LeaseKeepAlive and every unary method that must see a layer:
+  // served by the relay itself against the Backend chain (when it has one)
+  // with this factory, instead of through the chain's gRPC server; null for
+  // the others.
+  LocalCallFactory local = nullptr;
   // The go-grpc-prometheus counters of the method, shared with the front.
   api::server::MethodMetrics* metrics = nullptr;
 };
