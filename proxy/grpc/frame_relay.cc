@@ -154,6 +154,37 @@ std::string PercentEncoded(std::string_view message) {
   return out;
 }
 
+// Appends the gRPC prefix of an uncompressed message of `length` bytes.
+void AppendGrpcPrefix(std::string& out, size_t length) {
+  const auto n = static_cast<uint32_t>(length);
+  const char prefix[kGrpcPrefix] = {0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
+                                    static_cast<char>(n >> 8), static_cast<char>(n)};
+  out.append(prefix, kGrpcPrefix);
+}
+
+// The inverse of PercentEncoded (a malformed escape is kept as it is).
+std::string PercentDecoded(std::string_view value) {
+  const auto nibble = [](char ch) -> int {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(value.size());
+  for (size_t i = 0; i < value.size(); ++i) {
+    const int high = value[i] == '%' && i + 2 < value.size() ? nibble(value[i + 1]) : -1;
+    const int low = high >= 0 ? nibble(value[i + 2]) : -1;
+    if (low >= 0) {
+      out.push_back(static_cast<char>(high * 16 + low));
+      i += 2;
+    } else {
+      out.push_back(value[i]);
+    }
+  }
+  return out;
+}
+
 nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
   return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
           reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
@@ -196,6 +227,15 @@ int GrpcStatusOf(const Headers<N>& headers) {
     return 2;
   }
   return code;
+}
+
+// The status a response's trailers (or trailers-only headers) carry.
+template <size_t N>
+absl::Status StatusOf(const Headers<N>& headers) {
+  const int code = GrpcStatusOf(headers);
+  if (code == 0) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(code),
+                      PercentDecoded(headers.Find("grpc-message").value_or("")));
 }
 
 // Follows the gRPC length-prefixed messages of one direction of a stream.
@@ -285,8 +325,74 @@ int64_t HeaderRevision(const std::string& head) {
 enum class ConnKind { kClient, kUpstream, kInternal };
 
 struct Conn;
+struct Stream;
 
-// One client stream and the stream it is relayed to.
+// A stream the chain opened to etcd (FrameRelay::OpenToEtcd), shared by its
+// handle and its loop.
+struct EtcdStreamLink {
+  std::shared_ptr<EtcdStreamObserver> observer;
+  std::string path;
+  std::string token;
+  bool require_leader = false;
+  // Loop thread only: its relay stream (null before it is opened and after
+  // it ended), and whether OnEnd was called.
+  Stream* stream = nullptr;
+  bool ended = false;
+};
+
+// What a handle asks of its loop.
+struct EtcdCommand {
+  enum class Kind { kOpen, kWrite, kWritesDone, kCancel };
+  Kind kind = Kind::kOpen;
+  std::shared_ptr<EtcdStreamLink> link;
+  std::string message;  // kWrite: gRPC-prefixed
+};
+
+// A loop's queue of EtcdCommands, shared with the handles (which may outlive
+// the loop: it is closed then). Posting to an empty queue wakes the loop, so
+// a burst of writes costs one wake-up.
+struct EtcdCommandQueue {
+  std::mutex mu;
+  std::vector<EtcdCommand> commands;  // guarded by mu
+  bool closed = false;                // guarded by mu
+  int wakefd = -1;                    // written under mu until closed
+  // Until when (steady clock, in ns) etcd could not be reached: opens are
+  // refused meanwhile (the chain's gRPC client takes them, and fails over).
+  std::atomic<int64_t> down_until{INT64_MIN};
+
+  bool Post(EtcdCommand command) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (closed) return false;
+    commands.push_back(std::move(command));
+    if (commands.size() == 1) {
+      const uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
+    }
+    return true;
+  }
+};
+
+class EtcdStreamHandle final : public EtcdStream {
+ public:
+  EtcdStreamHandle(std::shared_ptr<EtcdCommandQueue> queue, std::shared_ptr<EtcdStreamLink> link)
+      : queue_(std::move(queue)), link_(std::move(link)) {}
+  void Write(std::string message) override {
+    std::string framed;
+    framed.reserve(kGrpcPrefix + message.size());
+    AppendGrpcPrefix(framed, message.size());
+    framed.append(message);
+    queue_->Post({EtcdCommand::Kind::kWrite, link_, std::move(framed)});
+  }
+  void WritesDone() override { queue_->Post({EtcdCommand::Kind::kWritesDone, link_, {}}); }
+  void Cancel() override { queue_->Post({EtcdCommand::Kind::kCancel, link_, {}}); }
+
+ private:
+  const std::shared_ptr<EtcdCommandQueue> queue_;
+  const std::shared_ptr<EtcdStreamLink> link_;
+};
+
+// One client stream and the stream it is relayed to; or a stream the chain
+// opened to etcd (for_chain), which has no client side.
 struct Stream {
   Conn* client = nullptr;  // null once the client side is gone
   int32_t client_id = 0;
@@ -324,6 +430,9 @@ struct Stream {
   std::optional<uint64_t> fill;
   // A local stream's deadline (the client's grpc-timeout); max() without one.
   Clock::time_point deadline = Clock::time_point::max();
+  // A stream the chain opened (OpenToEtcd): etcd's answers go to its
+  // observer; `down` holds the part of a message not complete yet.
+  std::shared_ptr<EtcdStreamLink> for_chain;
 
   // Client -> peer. `up` holds the bytes from absolute offset up_base on.
   std::string up;
@@ -376,7 +485,8 @@ struct Conn {
 using namespace frame_relay_detail;  // NOLINT: this file's own helpers
 
 struct FrameRelay::Loop {
-  explicit Loop(FrameRelayOptions o) : options(std::move(o)) {
+  explicit Loop(FrameRelayOptions o)
+      : options(std::move(o)), etcd_commands(std::make_shared<EtcdCommandQueue>()) {
     if (options.metrics != nullptr) {
       const std::string help = "Streams the frame relay passed, by where they went.";
       to_etcd = options.metrics->GetCounter("keel_grpc_relay_streams_total", help,
@@ -390,6 +500,10 @@ struct FrameRelay::Loop {
       replays = options.metrics->GetCounter(
           "keel_grpc_relay_replays_total",
           "Requests sent again through the chain after the connection to etcd broke.");
+      chain_streams = options.metrics->GetGauge(
+          "keel_grpc_relay_chain_streams",
+          "Streams the backend chain has open to etcd through the frame relay (the "
+          "coalescers' upstream watches and keep-alives).");
     }
   }
 
@@ -399,6 +513,7 @@ struct FrameRelay::Loop {
   common::Counter* replays = nullptr;
   common::Counter* from_cache = nullptr;
   common::Counter* served_local = nullptr;
+  common::Gauge* chain_streams = nullptr;
   int epfd = -1;
   int wakefd = -1;
   std::thread thread;
@@ -425,6 +540,11 @@ struct FrameRelay::Loop {
   std::shared_ptr<LocalMailbox> mailbox;
   // TakeLocalEvents' batch (kept: its capacity is reused).
   std::vector<LocalEvent> taken_events;
+  // The chain's streams to etcd: their handles' commands (taken once the
+  // loop runs; opened before that, they wait), and the batch
+  // TakeEtcdCommands works on.
+  const std::shared_ptr<EtcdCommandQueue> etcd_commands;
+  std::vector<EtcdCommand> taken_commands;
   // Local streams whose backend end has not been taken yet (after the
   // loop's exit: those whose backend never confirmed its end).
   size_t local_calls = 0;
@@ -479,6 +599,18 @@ struct FrameRelay::Loop {
   void FailLocal(Stream* s, int grpc_code, std::string message);
   void EndWithStatus(Stream* s, int grpc_code, std::string message);
   void WaitForLocalCalls();
+  // The chain's streams to etcd (OpenToEtcd). TakeEtcdCommands carries out
+  // what their handles asked; false when nothing was asked.
+  bool TakeEtcdCommands();
+  void OpenForChain(const std::shared_ptr<EtcdStreamLink>& link);
+  void ChainStreamData(Stream* s, const uint8_t* data, size_t len);
+  // Ends a chain stream's observer (once) and forgets its relay stream.
+  void EndForChain(Stream* s, absl::Status status);
+  void EndLink(EtcdStreamLink& link, absl::Status status);
+  // At the loop's end (or in Join, if it never ran): opens not carried out
+  // end with UNAVAILABLE, and later ones are refused (OpenToEtcd).
+  void EndEtcdCommands();
+  void MarkEtcdDown();
   void ExpireDeadlines();
   bool CheckUpstreamLiveness();
 
@@ -518,6 +650,10 @@ FrameRelay::FrameRelay(FrameRelayOptions options) {
 
 FrameRelay::~FrameRelay() { Stop(absl::ZeroDuration()); }
 
+void FrameRelay::SetChain(api::Backend* chain) {
+  for (const std::unique_ptr<Loop>& loop : loops_) loop->options.chain = chain;
+}
+
 absl::Status FrameRelay::Start() {
   for (const std::unique_ptr<Loop>& loop : loops_) {
     if (absl::Status s = loop->Start(); !s.ok()) return s;
@@ -546,6 +682,14 @@ absl::Status FrameRelay::Loop::Start() {
   nghttp2_option_new(&option);
   // Windows open only as bytes leave on the other side (end-to-end flow control).
   nghttp2_option_set_no_auto_window_update(option, 1);
+  {
+    std::lock_guard<std::mutex> lock(etcd_commands->mu);
+    etcd_commands->wakefd = wakefd;
+    if (!etcd_commands->commands.empty()) {  // opened before Start()
+      const uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
+    }
+  }
   const int fd = wakefd;
   mailbox = std::make_shared<LocalMailbox>([fd] {
     const uint64_t one = 1;
@@ -598,6 +742,7 @@ bool FrameRelay::Loop::Join() {
   if (thread.joinable()) thread.join();
   // No wake-up may reach the event fd once it is closed.
   if (mailbox != nullptr) mailbox->Close();
+  EndEtcdCommands();
   for (int fd : incoming) close(fd);
   incoming.clear();
   if (callbacks != nullptr) nghttp2_session_callbacks_del(callbacks);
@@ -702,6 +847,9 @@ void FrameRelay::Loop::Run() {
         if (!bytes.has_value()) break;
         taken += *bytes;
       }
+      // The chain's writes to etcd (a coalescer's keep-alives, often made
+      // by the events just taken) leave in the same writes.
+      TakeEtcdCommands();
       Settle();
       if (mailbox->Empty()) break;
       if (round == kLocalRounds) {
@@ -717,6 +865,8 @@ void FrameRelay::Loop::Run() {
   std::vector<Conn*> all(conns.begin(), conns.end());
   for (Conn* c : all) Kill(c);
   Settle();
+  // The chain's streams to etcd ended with their connections.
+  EndEtcdCommands();
   WaitForLocalCalls();
   current_loop = nullptr;
 }
@@ -885,7 +1035,7 @@ void FrameRelay::Loop::Destroy(Conn* c) {
       c->owner->internal = nullptr;
     }
     if (c->kind == ConnKind::kUpstream && !c->ever_connected) {
-      upstream_down_until = Clock::now() + kUpstreamRetry;
+      MarkEtcdDown();
       KEEL_LOG_EVENT(Log(), spdlog::level::warn,
                      "frame relay: cannot reach etcd, relaying through the chain for now", {});
     }
@@ -921,7 +1071,7 @@ Conn* FrameRelay::Loop::Upstream() {
   if (getaddrinfo(host_port->host.c_str(), std::to_string(host_port->port).c_str(), &hints,
                   &result) != 0 ||
       result == nullptr) {
-    upstream_down_until = Clock::now() + kUpstreamRetry;
+    MarkEtcdDown();
     return nullptr;
   }
   const int fd = socket(result->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -930,7 +1080,7 @@ Conn* FrameRelay::Loop::Upstream() {
   freeaddrinfo(result);
   if (fd < 0 || (rc < 0 && !in_progress)) {
     if (fd >= 0) close(fd);
-    upstream_down_until = Clock::now() + kUpstreamRetry;
+    MarkEtcdDown();
     return nullptr;
   }
   const int one = 1;
@@ -1037,10 +1187,8 @@ bool FrameRelay::Loop::AnswerFromCache(Stream* s) {
   s->local_code = 0;
   s->response_submitted = true;
   s->down_eof = true;
-  const uint32_t n = static_cast<uint32_t>(body->size());
-  const char prefix[kGrpcPrefix] = {0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
-                                    static_cast<char>(n >> 8), static_cast<char>(n)};
-  s->down.assign(prefix, kGrpcPrefix);
+  s->down.clear();
+  AppendGrpcPrefix(s->down, body->size());
   s->down.append(*body);
   // The request will not leave: its window goes back now.
   nghttp2_session_consume(s->client->session, s->client_id, s->up_total() - s->up_consumed);
@@ -1119,6 +1267,10 @@ void FrameRelay::Loop::FailToClient(Stream* s, int grpc_code, std::string_view m
 void FrameRelay::Loop::PeerEnded(Stream* s, uint32_t error_code, bool replay_safe) {
   s->peer_open = false;
   s->peer = nullptr;
+  if (s->for_chain != nullptr) {
+    EndForChain(s, absl::UnavailableError("keel: the connection to etcd was lost"));
+    return;
+  }
   if (s->client_open && !s->response_submitted && s->replayable &&
       (replay_safe || (s->to_upstream && s->route->read_only))) {
     Replay(s);
@@ -1381,6 +1533,176 @@ void FrameRelay::Loop::WaitForLocalCalls() {
   mailbox->Close();
 }
 
+// ----- the chain's streams to etcd (OpenToEtcd) -----
+
+std::unique_ptr<EtcdStream> FrameRelay::OpenToEtcd(std::string_view path,
+                                                   const api::CallContext& ctx,
+                                                   std::shared_ptr<EtcdStreamObserver> observer) {
+  // A deadline stays with the gRPC client, which enforces it.
+  if (ctx.deadline != absl::InfiniteFuture() || loops_.empty()) return nullptr;
+  Loop& l = *loops_[next_etcd_stream_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()];
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  if (now < l.etcd_commands->down_until.load(std::memory_order_relaxed)) return nullptr;
+  auto link = std::make_shared<EtcdStreamLink>();
+  link->observer = std::move(observer);
+  link->path = std::string(path);
+  link->token = ctx.token;
+  link->require_leader = ctx.require_leader;
+  if (!l.etcd_commands->Post({EtcdCommand::Kind::kOpen, link, {}})) return nullptr;
+  return std::make_unique<EtcdStreamHandle>(l.etcd_commands, std::move(link));
+}
+
+void FrameRelay::Loop::MarkEtcdDown() {
+  upstream_down_until = Clock::now() + kUpstreamRetry;
+  etcd_commands->down_until.store(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(upstream_down_until.time_since_epoch())
+          .count(),
+      std::memory_order_relaxed);
+}
+
+bool FrameRelay::Loop::TakeEtcdCommands() {
+  {
+    std::lock_guard<std::mutex> lock(etcd_commands->mu);
+    if (etcd_commands->commands.empty()) return false;
+    taken_commands.swap(etcd_commands->commands);
+  }
+  for (EtcdCommand& command : taken_commands) {
+    Stream* s = command.link->stream;
+    const bool open = s != nullptr && s->peer_open;
+    switch (command.kind) {
+      case EtcdCommand::Kind::kOpen:
+        OpenForChain(command.link);
+        break;
+      case EtcdCommand::Kind::kWrite:
+      case EtcdCommand::Kind::kWritesDone:
+        if (!open || s->up_eof) break;
+        if (command.kind == EtcdCommand::Kind::kWrite) {
+          s->up.append(command.message);
+        } else {
+          s->up_eof = true;
+        }
+        nghttp2_session_resume_data(s->peer->session, s->peer_id);
+        MarkDirty(s->peer);
+        break;
+      case EtcdCommand::Kind::kCancel:
+        if (open) {
+          nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id,
+                                    NGHTTP2_CANCEL);
+          MarkDirty(s->peer);
+        }
+        // The stream itself goes when its close comes.
+        EndLink(*command.link, absl::CancelledError("keel: the stream to etcd was cancelled"));
+        break;
+    }
+  }
+  taken_commands.clear();
+  return true;
+}
+
+void FrameRelay::Loop::OpenForChain(const std::shared_ptr<EtcdStreamLink>& link) {
+  if (link->ended) return;  // cancelled before it was opened
+  Conn* up = Upstream();
+  if (up == nullptr) {
+    EndLink(*link, absl::UnavailableError("keel: cannot reach etcd"));
+    return;
+  }
+  absl::InlinedVector<nghttp2_nv, 8> headers = {
+      MakeNv(":method", "POST"),   MakeNv(":scheme", "http"),
+      MakeNv(":path", link->path), MakeNv(":authority", up->endpoint),
+      MakeNv("te", "trailers"),    MakeNv("content-type", "application/grpc")};
+  if (!link->token.empty()) headers.push_back(MakeNv("token", link->token));
+  if (link->require_leader) headers.push_back(MakeNv("hasleader", "true"));
+  auto* s = new Stream();
+  s->client_open = false;
+  s->routed = true;
+  s->replayable = false;  // ReadUp drops what has left
+  s->for_chain = link;
+  nghttp2_data_provider provider{};
+  provider.source.ptr = s;
+  provider.read_callback = &Loop::ReadUp;
+  const int32_t id =
+      nghttp2_submit_request(up->session, nullptr, headers.data(), headers.size(), &provider, s);
+  if (id < 0) {
+    delete s;
+    EndLink(*link, absl::UnavailableError("keel: cannot open a stream to etcd"));
+    return;
+  }
+  s->peer = up;
+  s->peer_id = id;
+  s->peer_open = true;
+  up->streams.insert(s);
+  link->stream = s;
+  if (chain_streams != nullptr) chain_streams->Add(1);
+  watch_upstream = true;
+  MarkDirty(up);
+}
+
+// Hands every complete message to the observer, straight from `data` when
+// nothing is held from an earlier chunk.
+void FrameRelay::Loop::ChainStreamData(Stream* s, const uint8_t* data, size_t len) {
+  EtcdStreamLink& link = *s->for_chain;
+  if (link.ended) return;
+  if (!s->down.empty()) {
+    s->down.append(reinterpret_cast<const char*>(data), len);
+    data = reinterpret_cast<const uint8_t*>(s->down.data());
+    len = s->down.size();
+  }
+  size_t offset = 0;
+  while (!link.ended && len - offset >= kGrpcPrefix) {
+    const uint8_t* p = data + offset;
+    const uint64_t length =
+        (uint64_t{p[1]} << 24) | (uint64_t{p[2]} << 16) | (uint64_t{p[3]} << 8) | uint64_t{p[4]};
+    if (len - offset - kGrpcPrefix < length) break;
+    if (p[0] != 0) {  // never asked for (no grpc-accept-encoding)
+      nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id, NGHTTP2_CANCEL);
+      MarkDirty(s->peer);
+      EndLink(link, absl::InternalError("keel: etcd sent a compressed message"));
+      break;
+    }
+    link.observer->OnMessage(
+        std::string_view(reinterpret_cast<const char*>(p + kGrpcPrefix), length));
+    offset += kGrpcPrefix + length;
+  }
+  if (link.ended) {
+    s->down.clear();
+  } else if (s->down.empty()) {
+    s->down.assign(reinterpret_cast<const char*>(data) + offset, len - offset);
+  } else {
+    s->down.erase(0, offset);
+  }
+}
+
+void FrameRelay::Loop::EndForChain(Stream* s, absl::Status status) {
+  EndLink(*s->for_chain, std::move(status));
+  s->for_chain->stream = nullptr;
+  if (chain_streams != nullptr) chain_streams->Add(-1);
+  MaybeFree(s);
+}
+
+void FrameRelay::Loop::EndEtcdCommands() {
+  {
+    std::lock_guard<std::mutex> lock(etcd_commands->mu);
+    etcd_commands->closed = true;
+    etcd_commands->wakefd = -1;
+    taken_commands.swap(etcd_commands->commands);
+  }
+  for (EtcdCommand& command : taken_commands) {
+    if (command.kind == EtcdCommand::Kind::kOpen) {
+      EndLink(*command.link, absl::UnavailableError("keel: the frame relay stopped"));
+    }
+  }
+  taken_commands.clear();
+}
+
+void FrameRelay::Loop::EndLink(EtcdStreamLink& link, absl::Status status) {
+  if (link.ended) return;
+  link.ended = true;
+  // Released after the call: the observer may be freed once OnEnd returns.
+  std::shared_ptr<EtcdStreamObserver> observer = std::move(link.observer);
+  observer->OnEnd(std::move(status));
+}
+
 // ----- nghttp2 callbacks -----
 
 int FrameRelay::Loop::OnBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame,
@@ -1444,6 +1766,23 @@ int FrameRelay::Loop::OnFrameRecv(nghttp2_session* session, const nghttp2_frame*
     return 0;
   }
   // From the peer.
+  if (s->for_chain != nullptr) {
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_HEADERS) {
+      s->have_trailers = true;
+    }
+    if (end_stream && s->peer == c && s->peer_id == frame->hd.stream_id) {
+      s->down_eof = true;
+      // Trailers, or a trailers-only response.
+      l->EndLink(*s->for_chain,
+                 s->have_trailers ? StatusOf(s->trailers) : StatusOf(s->response_headers));
+      if (nghttp2_session_get_stream_local_close(session, s->peer_id) == 0) {
+        // The call is over (as for gRPC's client): our half ends too.
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->peer_id, NGHTTP2_CANCEL);
+        l->MarkDirty(c);
+      }
+    }
+    return 0;
+  }
   if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
     if (!s->client_open || s->client == nullptr || s->response_submitted) return 0;
     s->response_submitted = true;
@@ -1517,6 +1856,13 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
   // client cannot stall the others; the stream window, given back as bytes
   // leave for the client, still bounds what is held per stream.
   nghttp2_session_consume_connection(session, len);
+  if (s->for_chain != nullptr) {
+    // Its observer takes each message at once (the chain's upstream streams
+    // are always read): the window goes back on receipt.
+    nghttp2_session_consume_stream(session, stream_id, len);
+    if (s->peer == c && s->peer_id == stream_id) l->ChainStreamData(s, data, len);
+    return 0;
+  }
   if (s->peer != c || s->peer_id != stream_id || !s->client_open || s->client == nullptr) {
     nghttp2_session_consume_stream(session, stream_id, len);
     return 0;
@@ -1560,6 +1906,13 @@ int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
   }
   if (s->peer != c || s->peer_id != stream_id) return 0;  // an earlier attempt's stream
   c->streams.erase(s);
+  if (s->for_chain != nullptr) {
+    s->peer_open = false;
+    s->peer = nullptr;
+    l->EndForChain(s, absl::UnavailableError(absl::StrCat(
+                          "keel: etcd reset the stream (HTTP/2 error ", error_code, ")")));
+    return 0;
+  }
   s->down_consumed = s->down_total();  // the connection window was given back on receipt
   if (error_code == NGHTTP2_NO_ERROR && s->down_eof) {
     s->peer_open = false;

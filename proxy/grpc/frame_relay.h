@@ -30,6 +30,34 @@ struct CachedRange {
   std::optional<uint64_t> fill;
 };
 
+// Receives what etcd sends on a stream the Backend chain opened through the
+// relay (FrameRelay::OpenToEtcd). Called on one relay loop thread, never
+// overlapping, in order; OnEnd is the last call, exactly once. Must not
+// block.
+class EtcdStreamObserver {
+ public:
+  virtual ~EtcdStreamObserver() = default;
+  // One response message, without its gRPC prefix.
+  virtual void OnMessage(std::string_view message) = 0;
+  // The stream ended: etcd's status, CANCELLED after Cancel(), UNAVAILABLE
+  // when the connection to etcd was lost or could not be made.
+  virtual void OnEnd(absl::Status status) = 0;
+};
+
+// The chain's handle on a stream to etcd through the relay. Thread-safe;
+// calls are carried out in order on the stream's loop. Destroying it does not
+// end the stream (Cancel does).
+class EtcdStream {
+ public:
+  virtual ~EtcdStream() = default;
+  // Sends one request message (serialized, without its gRPC prefix).
+  virtual void Write(std::string message) = 0;
+  // Half-closes: no more requests; responses go on.
+  virtual void WritesDone() = 0;
+  // Resets the stream; OnEnd(CANCELLED) follows unless it had ended.
+  virtual void Cancel() = 0;
+};
+
 struct FrameRelayOptions {
   // How each method is treated; must outlive the relay.
   const RelayRoutes* routes = nullptr;
@@ -90,6 +118,9 @@ struct FrameRelayOptions {
 // and the coalescers' fan-out reaches the relay's thread through one mailbox
 // (one wake-up for many events).
 //
+// The chain's own streams to etcd (the coalescers' upstream streams) may
+// ride the same connections (OpenToEtcd).
+//
 // Failure: while etcd cannot be reached, pass-through methods run through the
 // chain (whose remote backend fails over). A request whose connection to etcd
 // broke before an answer is sent again through the chain when that is safe
@@ -110,12 +141,30 @@ class FrameRelay {
   FrameRelay(const FrameRelay&) = delete;
   FrameRelay& operator=(const FrameRelay&) = delete;
 
+  // Sets FrameRelayOptions::chain; only before Start(). (The chain may be
+  // built after the relay, so that its streams to etcd are opened through
+  // it from the first: see OpenToEtcd.)
+  void SetChain(api::Backend* chain);
+
   // Starts the loop threads. Unavailable when epoll or eventfd fail.
   absl::Status Start();
 
   // Takes ownership of a connected client socket whose first bytes are the
   // HTTP/2 preface (still unread). Closes it if the relay is stopped.
   void Serve(int fd);
+
+  // Opens a stream to etcd for the chain (a coalescer's upstream Watch or
+  // LeaseKeepAlive) on one of the relay's connections to etcd: its messages
+  // cost the relay's framing, not a gRPC client call, and share the writes
+  // of the calls passed through. `path` is the method's ("/etcdserverpb.
+  // Lease/LeaseKeepAlive"); ctx's token and require_leader go as metadata.
+  // The observer is kept until its OnEnd. Null when the relay cannot carry it
+  // now: stopped, ctx has a deadline, or etcd could not be reached lately
+  // (the caller uses its gRPC client then, which fails over). May be called
+  // before Start(): the stream opens once the relay runs (or ends with
+  // UNAVAILABLE if it is stopped without having run).
+  std::unique_ptr<EtcdStream> OpenToEtcd(std::string_view path, const api::CallContext& ctx,
+                                         std::shared_ptr<EtcdStreamObserver> observer);
 
   // Sends GOAWAY to every client, lets open streams finish for up to `grace`,
   // then closes every connection and joins the threads. Idempotent. Returns
@@ -131,6 +180,7 @@ class FrameRelay {
  private:
   std::vector<std::unique_ptr<Loop>> loops_;
   std::atomic<size_t> next_loop_{0};
+  std::atomic<size_t> next_etcd_stream_loop_{0};
 };
 
 }  // namespace keel::proxy::grpcproxy

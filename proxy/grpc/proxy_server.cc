@@ -35,6 +35,7 @@
 #include "proxy/grpc/health.h"
 #include "proxy/grpc/registration.h"
 #include "proxy/grpc/relay_routes.h"
+#include "proxy/grpc/relay_streams.h"
 #include "proxy/grpc/remote_backend.h"
 #include "proxy/grpc/tls.h"
 
@@ -128,11 +129,68 @@ absl::Status ProxyServer::Start() {
     remote.max_send_bytes = static_cast<int>(config_.max_send_bytes);
     remote.max_recv_bytes = static_cast<int>(config_.max_recv_bytes);
     remote_ = std::make_unique<RemoteBackend>(std::move(remote));
-    lease_coalescing_ = std::make_unique<coalesce::LeaseCoalescingBackend>(*remote_, &metrics_);
+    relay_streams_ = std::make_unique<RelayStreamsBackend>(*remote_);
+    const bool cache_on = config_.range_cache_max_bytes > 0;
+    // The relay speaks plain HTTP/2 on both sides and does not decode
+    // responses, so TLS to etcd and a response size limit keep to gRPC.
+    if (!server_tls_on && !config_.endpoints_tls && config_.max_recv_bytes >= INT32_MAX &&
+        FrameRelayWanted()) {
+      relay_routes_ = std::make_unique<RelayRoutes>(
+          RelayRouteOptions{cache_on, !config_.ns.empty()}, &metrics_);
+      FrameRelayOptions relay;
+      relay.routes = relay_routes_.get();
+      relay.upstream_endpoint = [this] { return remote_->CurrentEndpoint(); };
+      relay.serve_internal = [this](int fd) {
+        grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd);
+      };
+      if (cache_on) {
+        // The cache is built below, before the relay starts.
+        relay.on_ok = [this](OkHook hook, int64_t revision) {
+          auto* cache = static_cast<cache::CachingBackend*>(cache_.get());
+          if (hook == OkHook::kNoteWriteRevision) cache->NoteWriteAcknowledged(revision);
+          if (hook == OkHook::kFlushCache) cache->FlushForAuthChange();
+        };
+        relay.cached_range = [this](std::string_view message) -> CachedRange {
+          auto* cache = static_cast<cache::CachingBackend*>(cache_.get());
+          ::etcdserverpb::RangeRequest request;
+          if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
+            return {};  // the chain's gRPC server answers a bad message
+          }
+          if (!request.serializable()) {
+            return {std::nullopt, cache->BeginExternalFill(request, kMaxFillResponseBytes)};
+          }
+          std::optional<::etcdserverpb::RangeResponse> hit = cache->TryServeSerializable(request);
+          if (!hit.has_value()) return {};
+          return {hit->SerializeAsString(), std::nullopt};
+        };
+        relay.end_fill = [this](uint64_t ticket, std::optional<std::string_view> response_bytes) {
+          auto* cache = static_cast<cache::CachingBackend*>(cache_.get());
+          ::etcdserverpb::RangeResponse response;
+          if (response_bytes.has_value() &&
+              response.ParseFromArray(response_bytes->data(),
+                                      static_cast<int>(response_bytes->size()))) {
+            cache->FinishExternalFill(ticket, std::move(response));
+          } else {
+            cache->AbandonExternalFill(ticket);
+          }
+        };
+      }
+      relay.max_request_bytes =
+          static_cast<uint64_t>(config_.max_send_bytes + kRequestOverheadBytes);
+      relay.max_concurrent_streams = config_.max_concurrent_streams;
+      relay.max_send_bytes = static_cast<uint64_t>(config_.max_send_bytes);
+      relay.metrics = &metrics_;
+      relay_ = std::make_unique<FrameRelay>(std::move(relay));
+      // Before the layers above are built: the coalescers' and the cache's
+      // upstream streams go over the relay's connections from the first.
+      relay_streams_->Attach(relay_.get());
+    }
+    lease_coalescing_ =
+        std::make_unique<coalesce::LeaseCoalescingBackend>(*relay_streams_, &metrics_);
     watch_coalescing_ =
         std::make_unique<coalesce::WatchCoalescingBackend>(*lease_coalescing_, &metrics_);
     api::Backend* inner = watch_coalescing_.get();
-    if (config_.range_cache_max_bytes > 0) {
+    if (cache_on) {
       cache::CacheOptions cache_options;
       cache_options.max_bytes = static_cast<uint64_t>(config_.range_cache_max_bytes);
       cache_ = std::make_unique<cache::CachingBackend>(*inner, cache_options, &metrics_);
@@ -177,53 +235,8 @@ absl::Status ProxyServer::Start() {
     }
     if (server_tls_on) port_ = tls_port;
 
-    // The relay speaks plain HTTP/2 on both sides and does not decode
-    // responses, so TLS to etcd and a response size limit keep to gRPC.
-    if (!server_tls_on && !config_.endpoints_tls && config_.max_recv_bytes >= INT32_MAX &&
-        FrameRelayWanted()) {
-      relay_routes_ = std::make_unique<RelayRoutes>(
-          RelayRouteOptions{cache_ != nullptr, namespace_ != nullptr}, &metrics_);
-      FrameRelayOptions relay;
-      relay.routes = relay_routes_.get();
-      relay.upstream_endpoint = [this] { return remote_->CurrentEndpoint(); };
-      relay.serve_internal = [this](int fd) {
-        grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd);
-      };
-      if (auto* cache = static_cast<cache::CachingBackend*>(cache_.get())) {
-        relay.on_ok = [cache](OkHook hook, int64_t revision) {
-          if (hook == OkHook::kNoteWriteRevision) cache->NoteWriteAcknowledged(revision);
-          if (hook == OkHook::kFlushCache) cache->FlushForAuthChange();
-        };
-        relay.cached_range = [cache](std::string_view message) -> CachedRange {
-          ::etcdserverpb::RangeRequest request;
-          if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
-            return {};  // the chain's gRPC server answers a bad message
-          }
-          if (!request.serializable()) {
-            return {std::nullopt, cache->BeginExternalFill(request, kMaxFillResponseBytes)};
-          }
-          std::optional<::etcdserverpb::RangeResponse> hit = cache->TryServeSerializable(request);
-          if (!hit.has_value()) return {};
-          return {hit->SerializeAsString(), std::nullopt};
-        };
-        relay.end_fill = [cache](uint64_t ticket, std::optional<std::string_view> response_bytes) {
-          ::etcdserverpb::RangeResponse response;
-          if (response_bytes.has_value() &&
-              response.ParseFromArray(response_bytes->data(),
-                                      static_cast<int>(response_bytes->size()))) {
-            cache->FinishExternalFill(ticket, std::move(response));
-          } else {
-            cache->AbandonExternalFill(ticket);
-          }
-        };
-      }
-      relay.chain = cluster_view_.get();
-      relay.max_request_bytes =
-          static_cast<uint64_t>(config_.max_send_bytes + kRequestOverheadBytes);
-      relay.max_concurrent_streams = config_.max_concurrent_streams;
-      relay.max_send_bytes = static_cast<uint64_t>(config_.max_send_bytes);
-      relay.metrics = &metrics_;
-      relay_ = std::make_unique<FrameRelay>(std::move(relay));
+    if (relay_ != nullptr) {
+      relay_->SetChain(cluster_view_.get());
       if (absl::Status s = relay_->Start(); !s.ok()) return s;
     }
 
@@ -283,7 +296,9 @@ void ProxyServer::Stop(absl::Duration grace) {
   CloseFd(listen_fd_);
   CloseFd(wake_pipe_[0]);
   CloseFd(wake_pipe_[1]);
-  // Before the gRPC server: the relay's streams into it finish first.
+  // Before the gRPC server: the relay's streams into it finish first. The
+  // coalescers' upstream streams move to the gRPC client as it stops.
+  if (relay_streams_ != nullptr) relay_streams_->Detach();
   const bool chain_idle = relay_ == nullptr || relay_->Stop(grace);
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
@@ -303,6 +318,7 @@ void ProxyServer::Stop(absl::Duration grace) {
     [[maybe_unused]] auto* cache = cache_.release();
     [[maybe_unused]] auto* watch = watch_coalescing_.release();
     [[maybe_unused]] auto* lease = lease_coalescing_.release();
+    [[maybe_unused]] auto* relay_streams = relay_streams_.release();
     [[maybe_unused]] auto* remote = remote_.release();
   }
   // The layers go in the reverse order of their construction: each one's
@@ -318,6 +334,7 @@ void ProxyServer::Stop(absl::Duration grace) {
   cache_.reset();
   watch_coalescing_.reset();
   lease_coalescing_.reset();
+  relay_streams_.reset();
   remote_.reset();
 }
 

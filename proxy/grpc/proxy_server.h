@@ -25,6 +25,7 @@ class Front;
 namespace keel::proxy::grpcproxy {
 
 class RemoteBackend;
+class RelayStreamsBackend;
 class ClusterViewBackend;
 class FrameRelay;
 class RelayRoutes;
@@ -34,7 +35,9 @@ class Registration;
 // The running grpc-proxy: the Backend chain
 //   Front -> ClusterViewBackend -> [NamespaceBackend if --namespace]
 //         -> [CachingBackend unless --range-cache-max-bytes=0]
-//         -> WatchCoalescingBackend -> LeaseCoalescingBackend -> RemoteBackend
+//         -> WatchCoalescingBackend -> LeaseCoalescingBackend
+//         -> RelayStreamsBackend (their upstream streams over the relay)
+//         -> RemoteBackend
 // behind a grpc::Server on --listen-addr, resolver registration and
 // /health, /metrics, /backend/metrics, /version over HTTP/1.1.
 //
@@ -93,6 +96,8 @@ class ProxyServer {
   const ProxyConfig config_;
   common::MetricsRegistry metrics_;
   std::unique_ptr<RemoteBackend> remote_;
+  // The coalescers' upstream streams over the relay (when there is one).
+  std::unique_ptr<RelayStreamsBackend> relay_streams_;
   std::unique_ptr<api::Backend> lease_coalescing_;
   std::unique_ptr<api::Backend> watch_coalescing_;
   std::unique_ptr<api::Backend> cache_;      // null with --range-cache-max-bytes=0

@@ -178,6 +178,8 @@ TEST_F(GrpcProxyCoalesceTest, KeepAliveStreamsShareOneUpstreamStream) {
            Metric(etcd_.ClientPort(0), kHandled, kMethod).value_or(0);
   };
   const double idle = open_upstream_streams();
+  const std::string kChainStreams = "keel_grpc_relay_chain_streams";
+  const double idle_on_relay = ProxyMetric(*proxy_, kChainStreams).value_or(-1);
 
   auto stub = etcdserverpb::Lease::NewStub(via_);
   constexpr int kStreams = 10;
@@ -195,6 +197,9 @@ TEST_F(GrpcProxyCoalesceTest, KeepAliveStreamsShareOneUpstreamStream) {
     EXPECT_GT(reply.ttl(), 0);
   }
   EXPECT_EQ(open_upstream_streams(), idle + 1);
+  // That stream is carried by the frame relay's connection to etcd, not by
+  // the proxy's gRPC client.
+  EXPECT_EQ(ProxyMetric(*proxy_, kChainStreams).value_or(-1), idle_on_relay + 1);
 
   // A revoke reaches every client as etcd answers it: TTL 0.
   grpc::ClientContext revoke_ctx;

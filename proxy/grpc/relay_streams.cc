@@ -1,0 +1,177 @@
+#include "proxy/grpc/relay_streams.h"
+
+#include <deque>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "proxy/grpc/grpc_services.h"
+
+namespace keel::proxy::grpcproxy {
+namespace {
+
+// One stream's responses between the relay's loop and the Backend observer:
+// decoded on the loop, delivered one per ReadNext() credit, never
+// overlapping, then OnDone once (after what was queued, unless cancelled).
+template <class Response>
+class RelayBidiState final : public EtcdStreamObserver {
+ public:
+  explicit RelayBidiState(api::StreamObserver<Response>* observer) : observer_(observer) {}
+
+  void OnMessage(std::string_view message) override {
+    Response response;
+    {
+      absl::MutexLock lock(&mu_);
+      if (end_.has_value() || cancelled_) return;
+      if (!response.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
+        // Ends here; the handle's destruction resets the relay's stream.
+        end_ = absl::InternalError("keel: etcd's response message could not be decoded");
+        queue_.clear();
+      } else {
+        queue_.push_back(std::move(response));
+      }
+    }
+    Pump();
+  }
+
+  void OnEnd(absl::Status status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!end_.has_value()) end_ = std::move(status);
+    }
+    Pump();
+  }
+
+  void ReadNext() {
+    {
+      absl::MutexLock lock(&mu_);
+      ++credits_;
+    }
+    Pump();
+  }
+
+  // Drops what is queued; OnDone comes with the stream's end (CANCELLED
+  // from the relay, or the end it had reached).
+  void Cancel() {
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      queue_.clear();
+    }
+    Pump();
+  }
+
+ private:
+  void Pump() {
+    mu_.Lock();
+    if (delivering_) {  // the thread delivering takes what was added
+      mu_.Unlock();
+      return;
+    }
+    delivering_ = true;
+    while (true) {
+      if (!queue_.empty() && credits_ > 0) {
+        Response response = std::move(queue_.front());
+        queue_.pop_front();
+        --credits_;
+        mu_.Unlock();
+        observer_->OnResponse(std::move(response));
+        mu_.Lock();
+        continue;
+      }
+      if (end_.has_value() && queue_.empty() && !done_) {
+        done_ = true;  // delivering_ stays set: nothing follows OnDone
+        const absl::Status status = *end_;
+        mu_.Unlock();
+        observer_->OnDone(status);
+        return;
+      }
+      break;
+    }
+    delivering_ = false;
+    mu_.Unlock();
+  }
+
+  api::StreamObserver<Response>* const observer_;
+  absl::Mutex mu_;
+  std::deque<Response> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t credits_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<absl::Status> end_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool delivering_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+template <class Request, class Response>
+class RelayBidiStream final : public api::BidiStream<Request> {
+ public:
+  RelayBidiStream(std::shared_ptr<RelayBidiState<Response>> state, std::unique_ptr<EtcdStream> etcd)
+      : state_(std::move(state)), etcd_(std::move(etcd)) {}
+  // Before OnDone this cancels (OnDone still comes); after it, the reset
+  // reaches a stream that has ended and does nothing.
+  ~RelayBidiStream() override { Cancel(); }
+
+  void Write(Request request) override { etcd_->Write(request.SerializeAsString()); }
+  void WritesDone() override { etcd_->WritesDone(); }
+  void ReadNext() override { state_->ReadNext(); }
+  void Cancel() override {
+    state_->Cancel();
+    etcd_->Cancel();
+  }
+
+ private:
+  const std::shared_ptr<RelayBidiState<Response>> state_;
+  const std::unique_ptr<EtcdStream> etcd_;
+};
+
+std::string MethodPath(const char* service, std::string_view method) {
+  return std::string("/") + service + "/" + std::string(method);
+}
+
+}  // namespace
+
+void RelayStreamsBackend::Attach(FrameRelay* relay) {
+  absl::MutexLock lock(&mu_);
+  relay_ = relay;
+}
+
+void RelayStreamsBackend::Detach() {
+  absl::MutexLock lock(&mu_);
+  relay_ = nullptr;
+}
+
+template <class Request, class Response>
+std::unique_ptr<api::BidiStream<Request>> RelayStreamsBackend::OpenOnRelay(
+    std::string_view path, const api::CallContext& ctx, api::StreamObserver<Response>* observer) {
+  auto state = std::make_shared<RelayBidiState<Response>>(observer);
+  std::unique_ptr<EtcdStream> etcd;
+  {
+    // Held while opening: Detach() returning means no open is under way.
+    absl::MutexLock lock(&mu_);
+    if (relay_ != nullptr) etcd = relay_->OpenToEtcd(path, ctx, state);
+  }
+  if (etcd == nullptr) return nullptr;
+  return std::make_unique<RelayBidiStream<Request, Response>>(std::move(state), std::move(etcd));
+}
+
+std::unique_ptr<api::WatchStream> RelayStreamsBackend::Watch(
+    const api::CallContext& ctx, api::StreamObserver<::etcdserverpb::WatchResponse>* observer) {
+  static const std::string kPath = MethodPath(remote_services::Watch::service_full_name(), "Watch");
+  if (auto stream = OpenOnRelay<::etcdserverpb::WatchRequest>(kPath, ctx, observer)) {
+    return stream;
+  }
+  return inner().Watch(ctx, observer);
+}
+
+std::unique_ptr<api::LeaseKeepAliveStream> RelayStreamsBackend::LeaseKeepAlive(
+    const api::CallContext& ctx,
+    api::StreamObserver<::etcdserverpb::LeaseKeepAliveResponse>* observer) {
+  static const std::string kPath =
+      MethodPath(remote_services::Lease::service_full_name(), "LeaseKeepAlive");
+  if (auto stream = OpenOnRelay<::etcdserverpb::LeaseKeepAliveRequest>(kPath, ctx, observer)) {
+    return stream;
+  }
+  return inner().LeaseKeepAlive(ctx, observer);
+}
+
+}  // namespace keel::proxy::grpcproxy

@@ -1,0 +1,346 @@
+// The chain's streams to etcd over the frame relay (FrameRelay::OpenToEtcd,
+// RelayStreamsBackend) against a real etcd 3.4 member: keep-alives and
+// watches are answered as on etcd's own stream (and ride the relay, not the
+// gRPC client: the relay's gauge and etcd's own stream count say so);
+// etcd's status and message come through; Cancel, a stopped relay and a
+// dead etcd end a stream with the status the Backend contract names, and
+// new streams then go to the gRPC client, which keeps working.
+
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "api/backend.h"
+#include "common/http_server.h"
+#include "common/metrics.h"
+#include "gtest/gtest.h"
+#include "proxy/grpc/frame_relay.h"
+#include "proxy/grpc/relay_streams.h"
+#include "proxy/grpc/remote_backend.h"
+#include "tests/testutil/await.h"
+#include "tests/testutil/etcd_cluster.h"
+
+namespace keel::proxy::grpcproxy {
+namespace {
+
+using ::etcdserverpb::LeaseKeepAliveRequest;
+using ::etcdserverpb::LeaseKeepAliveResponse;
+using ::etcdserverpb::WatchRequest;
+using ::etcdserverpb::WatchResponse;
+using ::keel::testutil::Await;
+using ::keel::testutil::EtcdCluster;
+
+// Generous: the box is a loaded 2-core VM.
+constexpr absl::Duration kWait = absl::Seconds(30);
+constexpr char kChainStreams[] = "keel_grpc_relay_chain_streams";
+
+// Records one stream of a Backend, always asking for the next response (as
+// the coalescers do). Destruction cancels it and waits for its OnDone.
+template <class Request, class Response>
+class Recorder : public api::StreamObserver<Response> {
+ public:
+  template <class Open>
+  explicit Recorder(Open open) {
+    handle_ = open(this);
+    handle_->ReadNext();
+  }
+  ~Recorder() override {
+    handle_->Cancel();
+    EXPECT_TRUE(WaitDone().has_value()) << "OnDone did not come";
+  }
+
+  api::BidiStream<Request>& stream() { return *handle_; }
+
+  void OnResponse(Response response) override {
+    {
+      absl::MutexLock lock(&mu_);
+      EXPECT_FALSE(done_.has_value()) << "response after OnDone";
+      responses_.push_back(std::move(response));
+    }
+    handle_->ReadNext();
+  }
+  void OnDone(absl::Status status) override {
+    absl::MutexLock lock(&mu_);
+    EXPECT_FALSE(done_.has_value()) << "OnDone ran twice";
+    done_ = std::move(status);
+  }
+
+  // Response `i` (0-based), waiting for it; nullopt if it did not come.
+  std::optional<Response> Get(size_t i) {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this, i]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return responses_.size() > i || done_.has_value();
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&ready), kWait);
+    if (responses_.size() <= i) return std::nullopt;
+    return responses_[i];
+  }
+  std::optional<absl::Status> WaitDone() {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_.has_value(); };
+    mu_.AwaitWithTimeout(absl::Condition(&ready), kWait);
+    return done_;
+  }
+
+ private:
+  std::unique_ptr<api::BidiStream<Request>> handle_;
+  absl::Mutex mu_;
+  std::vector<Response> responses_ ABSL_GUARDED_BY(mu_);
+  std::optional<absl::Status> done_ ABSL_GUARDED_BY(mu_);
+};
+
+using KeepAlive = Recorder<LeaseKeepAliveRequest, LeaseKeepAliveResponse>;
+using WatchRecorder = Recorder<WatchRequest, WatchResponse>;
+
+// What FrameRelay::OpenToEtcd's observer saw.
+class EndRecorder : public EtcdStreamObserver {
+ public:
+  void OnMessage(std::string_view) override {}
+  void OnEnd(absl::Status status) override {
+    absl::MutexLock lock(&mu_);
+    EXPECT_FALSE(end_.has_value()) << "OnEnd ran twice";
+    end_ = std::move(status);
+  }
+  std::optional<absl::Status> WaitEnd() {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return end_.has_value(); };
+    mu_.AwaitWithTimeout(absl::Condition(&ready), kWait);
+    return end_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::optional<absl::Status> end_ ABSL_GUARDED_BY(mu_);
+};
+
+LeaseKeepAliveRequest Ask(int64_t lease_id) {
+  LeaseKeepAliveRequest r;
+  r.set_id(lease_id);
+  return r;
+}
+
+// The sum of etcd's grpc_server_started_total for `method`; -1 if unread.
+double EtcdStreamsStarted(int port, const std::string& method) {
+  absl::StatusOr<common::HttpResponse> page =
+      common::HttpGet(common::HostPort{"127.0.0.1", port}, "/metrics", absl::Seconds(10));
+  if (!page.ok() || page->status != 200) return -1;
+  std::istringstream lines(page->body);
+  std::string line;
+  double sum = 0;
+  while (std::getline(lines, line)) {
+    if (line.rfind("grpc_server_started_total{", 0) != 0) continue;
+    if (line.find("grpc_method=\"" + method + "\"") == std::string::npos) continue;
+    sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
+class RelayStreamsEtcdTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string error;
+    ASSERT_TRUE(etcd_.Start(&error)) << error;
+    RemoteOptions remote;
+    remote.endpoints = {etcd_.ClientAddr(0)};
+    remote_ = std::make_unique<RemoteBackend>(std::move(remote));
+    streams_ = std::make_unique<RelayStreamsBackend>(*remote_);
+    relay_ = NewRelay();
+  }
+  void TearDown() override {
+    streams_->Detach();
+    relay_.reset();
+    streams_.reset();
+    remote_.reset();
+  }
+
+  std::unique_ptr<FrameRelay> NewRelay() {
+    FrameRelayOptions options;
+    options.upstream_endpoint = [this] { return etcd_.ClientAddr(0); };
+    options.metrics = &metrics_;
+    options.loops = 1;
+    return std::make_unique<FrameRelay>(std::move(options));
+  }
+
+  int64_t Grant(int64_t ttl) {
+    etcdserverpb::LeaseGrantRequest req;
+    req.set_ttl(ttl);
+    auto resp = Await<etcdserverpb::LeaseGrantResponse>(
+        [&](auto done) { remote_->LeaseGrant({}, std::move(req), std::move(done)); });
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? resp->id() : 0;
+  }
+
+  std::unique_ptr<KeepAlive> OpenKeepAlive(api::CallContext ctx = {}) {
+    return std::make_unique<KeepAlive>(
+        [&](KeepAlive* r) { return streams_->LeaseKeepAlive(ctx, r); });
+  }
+
+  int64_t ChainStreams() { return metrics_.GetGauge(kChainStreams, "")->Value(); }
+
+  EtcdCluster etcd_;
+  common::MetricsRegistry metrics_;
+  std::unique_ptr<RemoteBackend> remote_;
+  std::unique_ptr<RelayStreamsBackend> streams_;
+  std::unique_ptr<FrameRelay> relay_;
+};
+
+// A keep-alive through the relay is etcd's own answer, on a stream etcd
+// counts once; half-closing ends it with OK, as etcd ends it.
+TEST_F(RelayStreamsEtcdTest, KeepAlivesRideTheRelay) {
+  // Opened before the relay runs (as the proxy's chain does): it waits.
+  streams_->Attach(relay_.get());
+  const int64_t lease = Grant(60);
+  const double before = EtcdStreamsStarted(etcd_.ClientPort(0), "LeaseKeepAlive");
+  auto client = OpenKeepAlive();
+  ASSERT_TRUE(relay_->Start().ok());
+  client->stream().Write(Ask(lease));
+  client->stream().Write(Ask(lease + 1000));  // no such lease
+  std::optional<LeaseKeepAliveResponse> first = client->Get(0);
+  std::optional<LeaseKeepAliveResponse> second = client->Get(1);
+  ASSERT_TRUE(first.has_value() && second.has_value());
+  EXPECT_EQ(first->id(), lease);
+  EXPECT_GT(first->ttl(), 50);
+  EXPECT_GT(first->header().revision(), 0);
+  EXPECT_EQ(second->id(), lease + 1000);
+  EXPECT_EQ(second->ttl(), 0);
+  EXPECT_EQ(ChainStreams(), 1);
+  EXPECT_EQ(EtcdStreamsStarted(etcd_.ClientPort(0), "LeaseKeepAlive"), before + 1);
+
+  client->stream().WritesDone();
+  std::optional<absl::Status> done = client->WaitDone();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_TRUE(done->ok()) << *done;
+  client.reset();
+  for (int i = 0; i < 100 && ChainStreams() != 0; ++i) absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(ChainStreams(), 0);
+}
+
+// A watch through the relay gets etcd's created reply and events; Cancel
+// ends it with CANCELLED.
+TEST_F(RelayStreamsEtcdTest, WatchesRideTheRelayAndCancel) {
+  ASSERT_TRUE(relay_->Start().ok());
+  streams_->Attach(relay_.get());
+  WatchRecorder watch([&](WatchRecorder* r) { return streams_->Watch({}, r); });
+  WatchRequest create;
+  create.mutable_create_request()->set_key("k");
+  watch.stream().Write(create);
+  std::optional<WatchResponse> created = watch.Get(0);
+  ASSERT_TRUE(created.has_value());
+  EXPECT_TRUE(created->created());
+  EXPECT_EQ(ChainStreams(), 1);
+
+  etcdserverpb::PutRequest put;
+  put.set_key("k");
+  put.set_value(std::string(100000, 'v'));  // several DATA frames
+  auto put_done = Await<etcdserverpb::PutResponse>(
+      [&](auto done) { remote_->Put({}, std::move(put), std::move(done)); });
+  ASSERT_TRUE(put_done.ok());
+  std::optional<WatchResponse> event = watch.Get(1);
+  ASSERT_TRUE(event.has_value());
+  ASSERT_EQ(event->events_size(), 1);
+  EXPECT_EQ(event->events(0).kv().value().size(), 100000u);
+  EXPECT_EQ(event->events(0).kv().mod_revision(), put_done->header().revision());
+
+  watch.stream().Cancel();
+  std::optional<absl::Status> done = watch.WaitDone();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->code(), absl::StatusCode::kCancelled) << *done;
+}
+
+// etcd's status and message reach the observer (here a trailers-only
+// answer to a method etcd does not have).
+TEST_F(RelayStreamsEtcdTest, EtcdsStatusComesThrough) {
+  ASSERT_TRUE(relay_->Start().ok());
+  auto observer = std::make_shared<EndRecorder>();
+  std::unique_ptr<EtcdStream> stream =
+      relay_->OpenToEtcd("/etcdserverpb.Lease/NoSuchMethod", {}, observer);
+  ASSERT_NE(stream, nullptr);
+  stream->Write("");
+  std::optional<absl::Status> end = observer->WaitEnd();
+  ASSERT_TRUE(end.has_value());
+  EXPECT_EQ(end->code(), absl::StatusCode::kUnimplemented) << *end;
+  EXPECT_NE(end->message().find("NoSuchMethod"), std::string::npos) << *end;
+}
+
+// Stopping the relay ends its streams with UNAVAILABLE (a coalescer then
+// reopens); from then on streams go to the gRPC client, which still works.
+// A relay that never ran ends what was opened on it too.
+TEST_F(RelayStreamsEtcdTest, StoppedRelayEndsItsStreamsAndTheGrpcClientTakesOver) {
+  ASSERT_TRUE(relay_->Start().ok());
+  streams_->Attach(relay_.get());
+  const int64_t lease = Grant(60);
+  auto on_relay = OpenKeepAlive();
+  on_relay->stream().Write(Ask(lease));
+  ASSERT_TRUE(on_relay->Get(0).has_value());
+
+  relay_->Stop(absl::ZeroDuration());
+  std::optional<absl::Status> done = on_relay->WaitDone();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->code(), absl::StatusCode::kUnavailable) << *done;
+  EXPECT_EQ(
+      relay_->OpenToEtcd("/etcdserverpb.Lease/LeaseKeepAlive", {}, std::make_shared<EndRecorder>()),
+      nullptr);
+
+  auto on_grpc = OpenKeepAlive();
+  on_grpc->stream().Write(Ask(lease));
+  std::optional<LeaseKeepAliveResponse> reply = on_grpc->Get(0);
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->id(), lease);
+  EXPECT_EQ(ChainStreams(), 0);
+
+  std::unique_ptr<FrameRelay> never_started = NewRelay();
+  auto observer = std::make_shared<EndRecorder>();
+  ASSERT_NE(never_started->OpenToEtcd("/etcdserverpb.Lease/LeaseKeepAlive", {}, observer), nullptr);
+  never_started.reset();
+  std::optional<absl::Status> end = observer->WaitEnd();
+  ASSERT_TRUE(end.has_value());
+  EXPECT_EQ(end->code(), absl::StatusCode::kUnavailable) << *end;
+}
+
+// etcd going away ends a stream on the relay with UNAVAILABLE; while it
+// cannot be reached, new streams go to the gRPC client; once it is back, a
+// keep-alive through the backend works again.
+TEST_F(RelayStreamsEtcdTest, LostEtcdEndsTheStreamAndNothingHangs) {
+  ASSERT_TRUE(relay_->Start().ok());
+  streams_->Attach(relay_.get());
+  const int64_t lease = Grant(60);
+  auto client = OpenKeepAlive();
+  client->stream().Write(Ask(lease));
+  ASSERT_TRUE(client->Get(0).has_value());
+
+  etcd_.Stop(0);
+  std::optional<absl::Status> done = client->WaitDone();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->code(), absl::StatusCode::kUnavailable) << *done;
+  client.reset();
+
+  // The next open finds no etcd: it ends with UNAVAILABLE (and the relay
+  // refuses opens for a while: the gRPC client, which fails over, takes them).
+  auto observer = std::make_shared<EndRecorder>();
+  ASSERT_NE(relay_->OpenToEtcd("/etcdserverpb.Lease/LeaseKeepAlive", {}, observer), nullptr);
+  std::optional<absl::Status> end = observer->WaitEnd();
+  ASSERT_TRUE(end.has_value());
+  EXPECT_EQ(end->code(), absl::StatusCode::kUnavailable) << *end;
+
+  etcd_.Restart(0);
+  ASSERT_TRUE(etcd_.WaitServing(0));
+  std::optional<LeaseKeepAliveResponse> reply;
+  for (int attempt = 0; attempt < 50 && !reply.has_value(); ++attempt) {
+    auto again = OpenKeepAlive();
+    again->stream().Write(Ask(lease));
+    reply = again->Get(0);
+    if (!reply.has_value()) absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->id(), lease);
+  EXPECT_GT(reply->ttl(), 0);
+}
+
+}  // namespace
+}  // namespace keel::proxy::grpcproxy
