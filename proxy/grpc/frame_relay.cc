@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -355,6 +356,7 @@ struct EtcdCommandQueue {
   std::mutex mu;
   std::vector<EtcdCommand> commands;  // guarded by mu
   bool closed = false;                // guarded by mu
+  bool opens_refused = false;         // guarded by mu: the relay is stopping
   int wakefd = -1;                    // written under mu until closed
   // Until when (steady clock, in ns) etcd could not be reached: opens are
   // refused meanwhile (the chain's gRPC client takes them, and fails over).
@@ -362,7 +364,7 @@ struct EtcdCommandQueue {
 
   bool Post(EtcdCommand command) {
     std::lock_guard<std::mutex> lock(mu);
-    if (closed) return false;
+    if (closed || (opens_refused && command.kind == EtcdCommand::Kind::kOpen)) return false;
     commands.push_back(std::move(command));
     if (commands.size() == 1) {
       const uint64_t one = 1;
@@ -521,9 +523,17 @@ struct FrameRelay::Loop {
   std::vector<int> incoming;     // guarded by mu
   bool stop_requested = false;   // guarded by mu
   Clock::time_point stop_deadline;  // guarded by mu
+  // Stop() waits for the clients to be closed (and learns whether the local
+  // calls drained); the destructor then asks the loop to end.
+  std::condition_variable clients_closed_cv;
+  bool clients_closed = false;  // guarded by mu
+  bool local_drained = true;    // guarded by mu
+  bool close_requested = false;  // guarded by mu
   bool stopped = false;          // loop thread only
   bool started = false;
-  bool shutting_down = false;  // loop thread only: no new connections, no replays
+  // Loop thread only: clients closed (no new connections, no replays, no
+  // new streams to etcd); only the chain's streams go on.
+  bool shutting_down = false;
 
   absl::flat_hash_set<Conn*> conns;
   std::vector<Conn*> dirty;
@@ -556,10 +566,14 @@ struct FrameRelay::Loop {
 
   // Sets up the loop's epoll and starts its thread.
   absl::Status Start();
-  // Asks the thread to stop (FrameRelay::Stop); Join() then waits for it,
-  // frees what the loop held and tells whether its local calls drained.
+  // Asks the thread to close its clients (FrameRelay::Stop);
+  // WaitClientsClosed() waits for that and tells whether the local calls
+  // drained. Join() ends the loop (and the chain's streams), waits for its
+  // thread and frees what it held.
   void RequestStop(absl::Duration grace);
-  bool Join();
+  bool WaitClientsClosed();
+  void Join();
+  void CloseClients();
   void Run();
   void AddClient(int fd);
   Conn* NewConn(ConnKind kind, int fd, bool server);
@@ -648,7 +662,10 @@ FrameRelay::FrameRelay(FrameRelayOptions options) {
   for (int i = 0; i < n; ++i) loops_.push_back(std::make_unique<Loop>(options));
 }
 
-FrameRelay::~FrameRelay() { Stop(absl::ZeroDuration()); }
+FrameRelay::~FrameRelay() {
+  Stop(absl::ZeroDuration());
+  for (const std::unique_ptr<Loop>& loop : loops_) loop->Join();
+}
 
 void FrameRelay::SetChain(api::Backend* chain) {
   for (const std::unique_ptr<Loop>& loop : loops_) loop->options.chain = chain;
@@ -716,14 +733,20 @@ void FrameRelay::Serve(int fd) {
 }
 
 bool FrameRelay::Stop(absl::Duration grace) {
-  // Every loop drains at once; then each is joined.
+  // Every loop drains at once; then each is waited for.
   for (const std::unique_ptr<Loop>& loop : loops_) loop->RequestStop(grace);
   bool drained = true;
-  for (const std::unique_ptr<Loop>& loop : loops_) drained = loop->Join() && drained;
+  for (const std::unique_ptr<Loop>& loop : loops_) {
+    drained = loop->WaitClientsClosed() && drained;
+  }
   return drained;
 }
 
 void FrameRelay::Loop::RequestStop(absl::Duration grace) {
+  {
+    std::lock_guard<std::mutex> lock(etcd_commands->mu);
+    etcd_commands->opens_refused = true;
+  }
   {
     std::lock_guard<std::mutex> lock(mu);
     if (!stop_requested) {
@@ -738,8 +761,23 @@ void FrameRelay::Loop::RequestStop(absl::Duration grace) {
   }
 }
 
-bool FrameRelay::Loop::Join() {
-  if (thread.joinable()) thread.join();
+bool FrameRelay::Loop::WaitClientsClosed() {
+  std::unique_lock<std::mutex> lock(mu);
+  if (!thread.joinable()) return local_calls == 0;  // never ran
+  clients_closed_cv.wait(lock, [this] { return clients_closed; });
+  return local_drained;
+}
+
+void FrameRelay::Loop::Join() {
+  if (thread.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      close_requested = true;
+    }
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
+    thread.join();
+  }
   // No wake-up may reach the event fd once it is closed.
   if (mailbox != nullptr) mailbox->Close();
   EndEtcdCommands();
@@ -752,7 +790,6 @@ bool FrameRelay::Loop::Join() {
   if (epfd >= 0) close(epfd);
   if (wakefd >= 0) close(wakefd);
   epfd = wakefd = -1;
-  return local_calls == 0;
 }
 
 void FrameRelay::Loop::Run() {
@@ -763,15 +800,17 @@ void FrameRelay::Loop::Run() {
   while (true) {
     int timeout_ms = -1;
     bool stopping = false;
+    bool closing = false;
     Clock::time_point deadline;
     {
       std::lock_guard<std::mutex> lock(mu);
       stopping = stop_requested;
+      closing = close_requested;
       deadline = stop_deadline;
       for (int fd : incoming) AddClient(fd);
       incoming.clear();
     }
-    if (stopping) {
+    if (stopping && !shutting_down) {
       if (!goaway_sent) {
         goaway_sent = true;
         for (Conn* c : conns) {
@@ -787,9 +826,15 @@ void FrameRelay::Loop::Run() {
       for (Conn* c : conns) {
         if (c->kind == ConnKind::kClient) open_streams += c->streams.size();
       }
-      if (open_streams == 0 || Clock::now() >= deadline) break;
-      timeout_ms = 20;
+      if (open_streams == 0 || Clock::now() >= deadline) {
+        CloseClients();
+      } else {
+        timeout_ms = 20;
+      }
     }
+    // The chain's streams to etcd go on until the relay is destroyed (the
+    // chain, ended before it, closes them itself).
+    if (closing && shutting_down) break;
     if (watch_upstream) {
       timeout_ms = timeout_ms < 0 ? kLivenessTickMs : std::min(timeout_ms, kLivenessTickMs);
     }
@@ -859,16 +904,34 @@ void FrameRelay::Loop::Run() {
       }
     }
   }
-  // Close everything: the chain's gRPC server sees its connections end and
-  // cancels their calls; etcd sees the relayed streams end.
-  shutting_down = true;
+  // What is left: the connections to etcd, and the chain's streams on them.
+  TakeEtcdCommands();
   std::vector<Conn*> all(conns.begin(), conns.end());
   for (Conn* c : all) Kill(c);
   Settle();
-  // The chain's streams to etcd ended with their connections.
   EndEtcdCommands();
-  WaitForLocalCalls();
   current_loop = nullptr;
+}
+
+// Closes every client connection: the chain's gRPC server sees its
+// connections end and cancels their calls; etcd sees the relayed streams
+// end. Then waits for the local calls' ends, and tells Stop() the clients
+// are done.
+void FrameRelay::Loop::CloseClients() {
+  shutting_down = true;
+  std::vector<Conn*> clients;
+  for (Conn* c : conns) {
+    if (c->kind != ConnKind::kUpstream) clients.push_back(c);
+  }
+  for (Conn* c : clients) Kill(c);
+  Settle();
+  WaitForLocalCalls();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    clients_closed = true;
+    local_drained = local_calls == 0;
+  }
+  clients_closed_cv.notify_all();
 }
 
 void FrameRelay::Loop::Settle() {

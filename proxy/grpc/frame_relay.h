@@ -31,9 +31,10 @@ struct CachedRange {
 };
 
 // Receives what etcd sends on a stream the Backend chain opened through the
-// relay (FrameRelay::OpenToEtcd). Called on one relay loop thread, never
-// overlapping, in order; OnEnd is the last call, exactly once. Must not
-// block.
+// relay (FrameRelay::OpenToEtcd). Called on one relay loop thread (or, for a
+// stream still waiting when a relay that never ran is destroyed, on the
+// destroying thread), never overlapping, in order; OnEnd is the last call,
+// exactly once. Must not block.
 class EtcdStreamObserver {
  public:
   virtual ~EtcdStreamObserver() = default;
@@ -137,7 +138,7 @@ struct FrameRelayOptions {
 class FrameRelay {
  public:
   explicit FrameRelay(FrameRelayOptions options);
-  ~FrameRelay();  // Stop()s
+  ~FrameRelay();  // Stop()s, then ends the chain's streams and the threads
   FrameRelay(const FrameRelay&) = delete;
   FrameRelay& operator=(const FrameRelay&) = delete;
 
@@ -159,7 +160,7 @@ class FrameRelay {
   // of the calls passed through. `path` is the method's ("/etcdserverpb.
   // Lease/LeaseKeepAlive"); ctx's token and require_leader go as metadata.
   // The observer is kept until its OnEnd. Null when the relay cannot carry it
-  // now: stopped, ctx has a deadline, or etcd could not be reached lately
+  // now: stopping, ctx has a deadline, or etcd could not be reached lately
   // (the caller uses its gRPC client then, which fails over). May be called
   // before Start(): the stream opens once the relay runs (or ends with
   // UNAVAILABLE if it is stopped without having run).
@@ -167,10 +168,13 @@ class FrameRelay {
                                          std::shared_ptr<EtcdStreamObserver> observer);
 
   // Sends GOAWAY to every client, lets open streams finish for up to `grace`,
-  // then closes every connection and joins the threads. Idempotent. Returns
-  // false when some local call's backend had not confirmed its end within
-  // the drain time: the Backend chain may still be running it, so it must
-  // not be destroyed.
+  // then closes every client connection and waits for the local calls to
+  // end. Idempotent. Returns false when some local call's backend had not
+  // confirmed its end within the drain time: the Backend chain may still be
+  // running it, so it must not be destroyed. The chain's streams to etcd
+  // (OpenToEtcd) go on until the relay is destroyed, so that the chain,
+  // destroyed before it, closes them itself (quietly); destroying the relay
+  // ends what is left with UNAVAILABLE and joins the threads.
   bool Stop(absl::Duration grace);
 
   // A loop's state (frame_relay.cc); named here only so that the file's

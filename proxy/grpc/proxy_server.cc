@@ -297,7 +297,8 @@ void ProxyServer::Stop(absl::Duration grace) {
   CloseFd(wake_pipe_[0]);
   CloseFd(wake_pipe_[1]);
   // Before the gRPC server: the relay's streams into it finish first. The
-  // coalescers' upstream streams move to the gRPC client as it stops.
+  // chain's streams to etcd on the relay go on until the layers are gone
+  // (they close them); new ones go to the gRPC client.
   if (relay_streams_ != nullptr) relay_streams_->Detach();
   const bool chain_idle = relay_ == nullptr || relay_->Stop(grace);
   if (grpc_server_ != nullptr) {
@@ -322,10 +323,9 @@ void ProxyServer::Stop(absl::Duration grace) {
     [[maybe_unused]] auto* remote = remote_.release();
   }
   // The layers go in the reverse order of their construction: each one's
-  // inner Backend must outlive it.
+  // inner Backend must outlive it. The relay goes after the coalescers, whose
+  // upstream streams it carries.
   registration_.reset();
-  relay_.reset();
-  relay_routes_.reset();
   grpc_server_.reset();
   health_.reset();
   front_.reset();
@@ -334,6 +334,8 @@ void ProxyServer::Stop(absl::Duration grace) {
   cache_.reset();
   watch_coalescing_.reset();
   lease_coalescing_.reset();
+  relay_.reset();
+  relay_routes_.reset();
   relay_streams_.reset();
   remote_.reset();
 }

@@ -18,19 +18,28 @@ class RelayBidiState final : public EtcdStreamObserver {
  public:
   explicit RelayBidiState(api::StreamObserver<Response>* observer) : observer_(observer) {}
 
+  // The relay's handle, to reset the stream when etcd's message cannot be
+  // decoded. (Weak: the relay keeps this state until the stream's end.)
+  void SetEtcdStream(std::weak_ptr<EtcdStream> etcd) {
+    absl::MutexLock lock(&mu_);
+    etcd_ = std::move(etcd);
+  }
+
   void OnMessage(std::string_view message) override {
     Response response;
+    std::shared_ptr<EtcdStream> reset;
     {
       absl::MutexLock lock(&mu_);
       if (end_.has_value() || cancelled_) return;
       if (!response.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
-        // Ends here; the handle's destruction resets the relay's stream.
         end_ = absl::InternalError("keel: etcd's response message could not be decoded");
         queue_.clear();
+        reset = etcd_.lock();
       } else {
         queue_.push_back(std::move(response));
       }
     }
+    if (reset != nullptr) reset->Cancel();
     Pump();
   }
 
@@ -94,6 +103,7 @@ class RelayBidiState final : public EtcdStreamObserver {
 
   api::StreamObserver<Response>* const observer_;
   absl::Mutex mu_;
+  std::weak_ptr<EtcdStream> etcd_ ABSL_GUARDED_BY(mu_);
   std::deque<Response> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t credits_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<absl::Status> end_ ABSL_GUARDED_BY(mu_);
@@ -105,7 +115,7 @@ class RelayBidiState final : public EtcdStreamObserver {
 template <class Request, class Response>
 class RelayBidiStream final : public api::BidiStream<Request> {
  public:
-  RelayBidiStream(std::shared_ptr<RelayBidiState<Response>> state, std::unique_ptr<EtcdStream> etcd)
+  RelayBidiStream(std::shared_ptr<RelayBidiState<Response>> state, std::shared_ptr<EtcdStream> etcd)
       : state_(std::move(state)), etcd_(std::move(etcd)) {}
   // Before OnDone this cancels (OnDone still comes); after it, the reset
   // reaches a stream that has ended and does nothing.
@@ -113,15 +123,21 @@ class RelayBidiStream final : public api::BidiStream<Request> {
 
   void Write(Request request) override { etcd_->Write(request.SerializeAsString()); }
   void WritesDone() override { etcd_->WritesDone(); }
-  void ReadNext() override { state_->ReadNext(); }
+  // The state is held by a copy: a response (or OnDone) delivered inline
+  // may destroy this handle.
+  void ReadNext() override {
+    const std::shared_ptr<RelayBidiState<Response>> state = state_;
+    state->ReadNext();
+  }
   void Cancel() override {
-    state_->Cancel();
     etcd_->Cancel();
+    const std::shared_ptr<RelayBidiState<Response>> state = state_;
+    state->Cancel();
   }
 
  private:
   const std::shared_ptr<RelayBidiState<Response>> state_;
-  const std::unique_ptr<EtcdStream> etcd_;
+  const std::shared_ptr<EtcdStream> etcd_;
 };
 
 std::string MethodPath(const char* service, std::string_view method) {
@@ -144,13 +160,14 @@ template <class Request, class Response>
 std::unique_ptr<api::BidiStream<Request>> RelayStreamsBackend::OpenOnRelay(
     std::string_view path, const api::CallContext& ctx, api::StreamObserver<Response>* observer) {
   auto state = std::make_shared<RelayBidiState<Response>>(observer);
-  std::unique_ptr<EtcdStream> etcd;
+  std::shared_ptr<EtcdStream> etcd;
   {
     // Held while opening: Detach() returning means no open is under way.
     absl::MutexLock lock(&mu_);
     if (relay_ != nullptr) etcd = relay_->OpenToEtcd(path, ctx, state);
   }
   if (etcd == nullptr) return nullptr;
+  state->SetEtcdStream(etcd);
   return std::make_unique<RelayBidiStream<Request, Response>>(std::move(state), std::move(etcd));
 }
 

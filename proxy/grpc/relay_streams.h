@@ -6,10 +6,12 @@
 // other writes) rather than a gRPC client call (about 27 µs of CPU per
 // keep-alive here, most of it on gRPC's own threads, one sendmsg each).
 //
-// The relay is attached after it starts and detached before it stops (the
-// chain is built before the relay, which serves it). While none is attached,
-// or the relay refuses (etcd unreachable lately, a deadline, stopping), the
-// stream goes to `inner` (the remote backend), whose gRPC client fails over.
+// The relay is attached before the chain above is built (so that the streams
+// it opens at once, like the cache's watch, ride the relay from the first;
+// they wait until the relay starts) and detached before it stops. While none
+// is attached, or the relay refuses (etcd unreachable lately, a deadline,
+// stopped), the stream goes to `inner` (the remote backend), whose gRPC
+// client fails over.
 // A stream on the relay that loses its connection ends with UNAVAILABLE, as
 // one on the gRPC client does; the coalescers reopen it.
 
@@ -29,11 +31,11 @@ class RelayStreamsBackend final : public api::ForwardingBackend {
  public:
   explicit RelayStreamsBackend(api::Backend& inner) : ForwardingBackend(inner) {}
 
-  // Streams opened from now on use `relay` (which must stay started until
-  // Detach() returns).
+  // Streams opened from now on use `relay` (which must not be destroyed
+  // before Detach() returns; it may be started later).
   void Attach(FrameRelay* relay) ABSL_LOCKS_EXCLUDED(mu_);
-  // Streams opened from now on use `inner`; those on the relay end when it
-  // stops.
+  // Streams opened from now on use `inner`; those on the relay go on until
+  // their owners close them or the relay is destroyed.
   void Detach() ABSL_LOCKS_EXCLUDED(mu_);
 
   std::unique_ptr<api::WatchStream> Watch(

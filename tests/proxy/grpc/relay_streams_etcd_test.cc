@@ -154,7 +154,7 @@ class RelayStreamsEtcdTest : public ::testing::Test {
   }
   void TearDown() override {
     streams_->Detach();
-    relay_.reset();
+    relay_.reset();  // may be gone already
     streams_.reset();
     remote_.reset();
   }
@@ -253,25 +253,26 @@ TEST_F(RelayStreamsEtcdTest, WatchesRideTheRelayAndCancel) {
   EXPECT_EQ(done->code(), absl::StatusCode::kCancelled) << *done;
 }
 
-// etcd's status and message reach the observer (here a trailers-only
-// answer to a method etcd does not have).
+// etcd's status and message reach the observer as etcd sent them, here a
+// trailers-only answer to a method etcd does not have, whose message etcd
+// percent-encodes (the '%' of the name).
 TEST_F(RelayStreamsEtcdTest, EtcdsStatusComesThrough) {
   ASSERT_TRUE(relay_->Start().ok());
   auto observer = std::make_shared<EndRecorder>();
-  std::unique_ptr<EtcdStream> stream =
-      relay_->OpenToEtcd("/etcdserverpb.Lease/NoSuchMethod", {}, observer);
+  std::unique_ptr<EtcdStream> stream = relay_->OpenToEtcd("/etcdserverpb.Lease/No%Such", {}, observer);
   ASSERT_NE(stream, nullptr);
   stream->Write("");
   std::optional<absl::Status> end = observer->WaitEnd();
   ASSERT_TRUE(end.has_value());
   EXPECT_EQ(end->code(), absl::StatusCode::kUnimplemented) << *end;
-  EXPECT_NE(end->message().find("NoSuchMethod"), std::string::npos) << *end;
+  EXPECT_EQ(end->message(), "unknown method No%Such for service etcdserverpb.Lease") << *end;
 }
 
-// Stopping the relay ends its streams with UNAVAILABLE (a coalescer then
-// reopens); from then on streams go to the gRPC client, which still works.
-// A relay that never ran ends what was opened on it too.
-TEST_F(RelayStreamsEtcdTest, StoppedRelayEndsItsStreamsAndTheGrpcClientTakesOver) {
+// A stopped relay (its clients closed) still carries the chain's streams,
+// so that their owners close them themselves; destroying it ends what is
+// left with UNAVAILABLE. Detached, streams go to the gRPC client, which
+// still works. A relay that never ran ends what was opened on it too.
+TEST_F(RelayStreamsEtcdTest, StoppedRelayKeepsItsStreamsUntilDestroyed) {
   ASSERT_TRUE(relay_->Start().ok());
   streams_->Attach(relay_.get());
   const int64_t lease = Grant(60);
@@ -279,13 +280,20 @@ TEST_F(RelayStreamsEtcdTest, StoppedRelayEndsItsStreamsAndTheGrpcClientTakesOver
   on_relay->stream().Write(Ask(lease));
   ASSERT_TRUE(on_relay->Get(0).has_value());
 
-  relay_->Stop(absl::ZeroDuration());
+  streams_->Detach();
+  EXPECT_TRUE(relay_->Stop(absl::ZeroDuration()));
+  on_relay->stream().Write(Ask(lease));
+  std::optional<LeaseKeepAliveResponse> after_stop = on_relay->Get(1);
+  ASSERT_TRUE(after_stop.has_value());
+  EXPECT_EQ(after_stop->id(), lease);
+  EXPECT_EQ(relay_->OpenToEtcd("/etcdserverpb.Lease/LeaseKeepAlive", {},
+                               std::make_shared<EndRecorder>()),
+            nullptr);
+
+  relay_.reset();
   std::optional<absl::Status> done = on_relay->WaitDone();
   ASSERT_TRUE(done.has_value());
   EXPECT_EQ(done->code(), absl::StatusCode::kUnavailable) << *done;
-  EXPECT_EQ(
-      relay_->OpenToEtcd("/etcdserverpb.Lease/LeaseKeepAlive", {}, std::make_shared<EndRecorder>()),
-      nullptr);
 
   auto on_grpc = OpenKeepAlive();
   on_grpc->stream().Write(Ask(lease));
@@ -320,8 +328,9 @@ TEST_F(RelayStreamsEtcdTest, LostEtcdEndsTheStreamAndNothingHangs) {
   EXPECT_EQ(done->code(), absl::StatusCode::kUnavailable) << *done;
   client.reset();
 
-  // The next open finds no etcd: it ends with UNAVAILABLE (and the relay
-  // refuses opens for a while: the gRPC client, which fails over, takes them).
+  // The next open finds no etcd: it ends with UNAVAILABLE. (The relay then
+  // refuses opens for a second: RelayStreamsBackend hands them to the gRPC
+  // client, which fails over.)
   auto observer = std::make_shared<EndRecorder>();
   ASSERT_NE(relay_->OpenToEtcd("/etcdserverpb.Lease/LeaseKeepAlive", {}, observer), nullptr);
   std::optional<absl::Status> end = observer->WaitEnd();
