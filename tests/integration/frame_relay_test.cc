@@ -5,7 +5,8 @@
 // cross both flow-control windows; an etcd restart or a dead first endpoint
 // is invisible to clients. Watch streams served by the relay itself keep
 // etcd's stream semantics (half-close, cancel, deadlines, bad messages) and
-// a reader that stalls holds back nobody and loses nothing.
+// a reader that stalls holds back nobody and loses nothing. The chain's
+// upstream keep-alive stream, on the relay too, survives an etcd restart.
 
 #include <chrono>
 #include <cstdio>
@@ -292,6 +293,40 @@ TEST_F(FrameRelayTest, EtcdRestartIsInvisibleToTheNextCall) {
   ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << proxy->Log();
   ASSERT_EQ(resp.kvs_size(), 1);
   EXPECT_EQ(resp.kvs(0).value(), "before");
+}
+
+// The coalescers' upstream keep-alive stream rides the relay's connection to
+// etcd: when etcd restarts under it, a client's keep-alive stream through
+// the proxy is still answered (the coalescer opens a new upstream stream),
+// and the client never sees the loss.
+TEST_F(FrameRelayTest, KeepAliveStreamOutlivesAnEtcdRestart) {
+  auto proxy = StartProxy({"--endpoints=" + etcd_.ClientAddr(0)});
+  auto channel = grpc::CreateChannel(proxy->addr(), grpc::InsecureChannelCredentials());
+  auto lease = etcdserverpb::Lease::NewStub(channel);
+  grpc::ClientContext grant_ctx;
+  etcdserverpb::LeaseGrantRequest grant;
+  grant.set_ttl(60);
+  etcdserverpb::LeaseGrantResponse granted;
+  ASSERT_TRUE(lease->LeaseGrant(&grant_ctx, grant, &granted).ok());
+
+  grpc::ClientContext ctx;
+  auto stream = lease->LeaseKeepAlive(&ctx);
+  etcdserverpb::LeaseKeepAliveRequest ask;
+  ask.set_id(granted.id());
+  etcdserverpb::LeaseKeepAliveResponse reply;
+  ASSERT_TRUE(stream->Write(ask) && stream->Read(&reply)) << proxy->Log();
+  EXPECT_EQ(reply.ttl(), 60);
+  EXPECT_EQ(Metric(*proxy, "keel_grpc_relay_chain_streams"), 2);  // with the cache's watch
+
+  etcd_.Restart(0);
+  ASSERT_TRUE(etcd_.WaitServing(0)) << etcd_.Log(0);
+  ASSERT_TRUE(stream->Write(ask));
+  ASSERT_TRUE(stream->Read(&reply)) << proxy->Log();
+  EXPECT_EQ(reply.id(), granted.id());
+  EXPECT_GT(reply.ttl(), 0);
+  stream->WritesDone();
+  grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
 }
 
 // The first endpoint is dead: calls go through the chain (whose remote
