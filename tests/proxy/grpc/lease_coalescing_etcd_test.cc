@@ -36,6 +36,7 @@
 #include "tests/testutil/await.h"
 #include "tests/testutil/etcd_cluster.h"
 #include "tests/testutil/process.h"
+#include "tests/testutil/stream_recorder.h"
 
 namespace keel::coalesce {
 namespace {
@@ -45,6 +46,7 @@ using ::etcdserverpb::LeaseKeepAliveResponse;
 using ::keel::proxy::grpcproxy::RemoteBackend;
 using ::keel::proxy::grpcproxy::RemoteOptions;
 using ::keel::testutil::EtcdCluster;
+using ::keel::testutil::EtcdGrpcMetric;
 
 // Generous: the box is a loaded 2-core VM.
 constexpr absl::Duration kWait = absl::Seconds(60);
@@ -87,80 +89,18 @@ LeaseKeepAliveRequest Ask(int64_t lease_id) {
 
 // One keep-alive stream of `backend` that always asks for the next reply, as
 // the front does. Destruction cancels it and waits for its OnDone.
-class KeepAliveClient : public api::StreamObserver<LeaseKeepAliveResponse> {
+class KeepAliveClient
+    : public testutil::StreamRecorder<LeaseKeepAliveRequest, LeaseKeepAliveResponse> {
  public:
-  KeepAliveClient(api::Backend& backend, api::CallContext ctx = {}) {
-    handle_ = backend.LeaseKeepAlive(ctx, this);
-    handle_->ReadNext();
-  }
-  ~KeepAliveClient() override {
-    handle_->Cancel();
-    EXPECT_TRUE(WaitDone().has_value()) << "OnDone did not come";
-    handle_.reset();
-  }
+  explicit KeepAliveClient(api::Backend& backend, api::CallContext ctx = {})
+      : StreamRecorder([&](StreamRecorder* self) { return backend.LeaseKeepAlive(ctx, self); }) {}
 
-  void Write(int64_t lease_id) { handle_->Write(Ask(lease_id)); }
-  void WritesDone() { handle_->WritesDone(); }
-
-  void OnResponse(LeaseKeepAliveResponse response) override {
-    {
-      absl::MutexLock lock(&mu_);
-      EXPECT_FALSE(done_.has_value()) << "response after OnDone";
-      responses_.push_back(std::move(response));
-    }
-    handle_->ReadNext();
-  }
-  void OnDone(absl::Status status) override {
-    absl::MutexLock lock(&mu_);
-    EXPECT_FALSE(done_.has_value()) << "OnDone ran twice";
-    done_ = std::move(status);
-  }
-
-  // Response `i` (0-based), waiting for it; nullopt on timeout or if the
-  // stream ended without it.
+  void Write(int64_t lease_id) { stream().Write(Ask(lease_id)); }
+  void WritesDone() { stream().WritesDone(); }
   std::optional<LeaseKeepAliveResponse> Response(size_t i, absl::Duration wait = kWait) {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this, i]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return responses_.size() > i || done_.has_value();
-    };
-    mu_.AwaitWithTimeout(absl::Condition(&ready), wait);
-    if (responses_.size() <= i) return std::nullopt;
-    return responses_[i];
+    return Get(i, wait);
   }
-  std::optional<absl::Status> WaitDone(absl::Duration wait = kWait) {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_.has_value(); };
-    mu_.AwaitWithTimeout(absl::Condition(&ready), wait);
-    return done_;
-  }
-  size_t count() {
-    absl::MutexLock lock(&mu_);
-    return responses_.size();
-  }
-
- private:
-  std::unique_ptr<api::LeaseKeepAliveStream> handle_;
-  absl::Mutex mu_;
-  std::vector<LeaseKeepAliveResponse> responses_ ABSL_GUARDED_BY(mu_);
-  std::optional<absl::Status> done_ ABSL_GUARDED_BY(mu_);
 };
-
-// The sum of etcd's `name{...grpc_method="<method>"...}` series at
-// http://127.0.0.1:<port>/metrics; nullopt if it cannot be read.
-std::optional<double> EtcdGrpcMetric(int port, const std::string& name, const std::string& method) {
-  absl::StatusOr<common::HttpResponse> page =
-      common::HttpGet(common::HostPort{"127.0.0.1", port}, "/metrics", absl::Seconds(10));
-  if (!page.ok() || page->status != 200) return std::nullopt;
-  std::istringstream lines(page->body);
-  std::string line;
-  double sum = 0;
-  while (std::getline(lines, line)) {
-    if (line.rfind(name + "{", 0) != 0) continue;
-    if (line.find("grpc_method=\"" + method + "\"") == std::string::npos) continue;
-    sum += std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return sum;
-}
 
 RemoteOptions OptionsFor(const std::string& endpoint) {
   RemoteOptions options;

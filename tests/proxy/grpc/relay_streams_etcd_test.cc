@@ -8,16 +8,13 @@
 
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "api/backend.h"
-#include "common/http_server.h"
 #include "common/metrics.h"
 #include "gtest/gtest.h"
 #include "proxy/grpc/frame_relay.h"
@@ -25,6 +22,7 @@
 #include "proxy/grpc/remote_backend.h"
 #include "tests/testutil/await.h"
 #include "tests/testutil/etcd_cluster.h"
+#include "tests/testutil/stream_recorder.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -40,63 +38,8 @@ using ::keel::testutil::EtcdCluster;
 constexpr absl::Duration kWait = absl::Seconds(30);
 constexpr char kChainStreams[] = "keel_grpc_relay_chain_streams";
 
-// Records one stream of a Backend, always asking for the next response (as
-// the coalescers do). Destruction cancels it and waits for its OnDone.
-template <class Request, class Response>
-class Recorder : public api::StreamObserver<Response> {
- public:
-  template <class Open>
-  explicit Recorder(Open open) {
-    handle_ = open(this);
-    handle_->ReadNext();
-  }
-  ~Recorder() override {
-    handle_->Cancel();
-    EXPECT_TRUE(WaitDone().has_value()) << "OnDone did not come";
-  }
-
-  api::BidiStream<Request>& stream() { return *handle_; }
-
-  void OnResponse(Response response) override {
-    {
-      absl::MutexLock lock(&mu_);
-      EXPECT_FALSE(done_.has_value()) << "response after OnDone";
-      responses_.push_back(std::move(response));
-    }
-    handle_->ReadNext();
-  }
-  void OnDone(absl::Status status) override {
-    absl::MutexLock lock(&mu_);
-    EXPECT_FALSE(done_.has_value()) << "OnDone ran twice";
-    done_ = std::move(status);
-  }
-
-  // Response `i` (0-based), waiting for it; nullopt if it did not come.
-  std::optional<Response> Get(size_t i) {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this, i]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return responses_.size() > i || done_.has_value();
-    };
-    mu_.AwaitWithTimeout(absl::Condition(&ready), kWait);
-    if (responses_.size() <= i) return std::nullopt;
-    return responses_[i];
-  }
-  std::optional<absl::Status> WaitDone() {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_.has_value(); };
-    mu_.AwaitWithTimeout(absl::Condition(&ready), kWait);
-    return done_;
-  }
-
- private:
-  std::unique_ptr<api::BidiStream<Request>> handle_;
-  absl::Mutex mu_;
-  std::vector<Response> responses_ ABSL_GUARDED_BY(mu_);
-  std::optional<absl::Status> done_ ABSL_GUARDED_BY(mu_);
-};
-
-using KeepAlive = Recorder<LeaseKeepAliveRequest, LeaseKeepAliveResponse>;
-using WatchRecorder = Recorder<WatchRequest, WatchResponse>;
+using KeepAlive = testutil::StreamRecorder<LeaseKeepAliveRequest, LeaseKeepAliveResponse>;
+using WatchRecorder = testutil::StreamRecorder<WatchRequest, WatchResponse>;
 
 // What FrameRelay::OpenToEtcd's observer saw.
 class EndRecorder : public EtcdStreamObserver {
@@ -125,20 +68,9 @@ LeaseKeepAliveRequest Ask(int64_t lease_id) {
   return r;
 }
 
-// The sum of etcd's grpc_server_started_total for `method`; -1 if unread.
+// etcd's grpc_server_started_total for `method`; -1 if unread.
 double EtcdStreamsStarted(int port, const std::string& method) {
-  absl::StatusOr<common::HttpResponse> page =
-      common::HttpGet(common::HostPort{"127.0.0.1", port}, "/metrics", absl::Seconds(10));
-  if (!page.ok() || page->status != 200) return -1;
-  std::istringstream lines(page->body);
-  std::string line;
-  double sum = 0;
-  while (std::getline(lines, line)) {
-    if (line.rfind("grpc_server_started_total{", 0) != 0) continue;
-    if (line.find("grpc_method=\"" + method + "\"") == std::string::npos) continue;
-    sum += std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return sum;
+  return testutil::EtcdGrpcMetric(port, "grpc_server_started_total", method).value_or(-1);
 }
 
 class RelayStreamsEtcdTest : public ::testing::Test {
