@@ -762,8 +762,13 @@ void FrameRelay::Loop::RequestStop(absl::Duration grace) {
 }
 
 bool FrameRelay::Loop::WaitClientsClosed() {
+  if (!thread.joinable()) {
+    // Never ran: the chain's streams opened on it end now (their owners may
+    // wait for that before the relay is destroyed).
+    EndEtcdCommands();
+    return local_calls == 0;
+  }
   std::unique_lock<std::mutex> lock(mu);
-  if (!thread.joinable()) return local_calls == 0;  // never ran
   clients_closed_cv.wait(lock, [this] { return clients_closed; });
   return local_drained;
 }

@@ -32,8 +32,8 @@ struct CachedRange {
 
 // Receives what etcd sends on a stream the Backend chain opened through the
 // relay (FrameRelay::OpenToEtcd). Called on one relay loop thread (or, for a
-// stream still waiting when a relay that never ran is destroyed, on the
-// destroying thread), never overlapping, in order; OnEnd is the last call,
+// stream still waiting when a relay that never ran is stopped, on the
+// stopping thread), never overlapping, in order; OnEnd is the last call,
 // exactly once. Must not block.
 class EtcdStreamObserver {
  public:

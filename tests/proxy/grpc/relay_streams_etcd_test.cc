@@ -203,7 +203,8 @@ TEST_F(RelayStreamsEtcdTest, EtcdsStatusComesThrough) {
 // A stopped relay (its clients closed) still carries the chain's streams,
 // so that their owners close them themselves; destroying it ends what is
 // left with UNAVAILABLE. Detached, streams go to the gRPC client, which
-// still works. A relay that never ran ends what was opened on it too.
+// still works. A relay that never ran ends what was opened on it when it
+// is stopped.
 TEST_F(RelayStreamsEtcdTest, StoppedRelayKeepsItsStreamsUntilDestroyed) {
   ASSERT_TRUE(relay_->Start().ok());
   streams_->Attach(relay_.get());
@@ -237,7 +238,7 @@ TEST_F(RelayStreamsEtcdTest, StoppedRelayKeepsItsStreamsUntilDestroyed) {
   std::unique_ptr<FrameRelay> never_started = NewRelay();
   auto observer = std::make_shared<EndRecorder>();
   ASSERT_NE(never_started->OpenToEtcd("/etcdserverpb.Lease/LeaseKeepAlive", {}, observer), nullptr);
-  never_started.reset();
+  EXPECT_TRUE(never_started->Stop(absl::ZeroDuration()));
   std::optional<absl::Status> end = observer->WaitEnd();
   ASSERT_TRUE(end.has_value());
   EXPECT_EQ(end->code(), absl::StatusCode::kUnavailable) << *end;
