@@ -27,13 +27,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "api/grpc_framing.h"
 #include "common/cpus.h"
 
 namespace keel::bench {
 
 namespace {
 
-constexpr size_t kGrpcPrefix = 5;
+using api::kGrpcPrefix;
+
 constexpr size_t kReadChunk = 64 * 1024;
 // Output waiting in user space above which no more frames are produced
 // until the socket drains.
@@ -46,13 +48,10 @@ constexpr int32_t kStreamWindow = (1 << 30);
 constexpr int32_t kConnectionWindow = (1 << 30);
 
 std::string Framed(std::string_view message) {
-  std::string out(kGrpcPrefix + message.size(), '\0');
-  const uint32_t n = static_cast<uint32_t>(message.size());
-  out[1] = static_cast<char>(n >> 24);
-  out[2] = static_cast<char>(n >> 16);
-  out[3] = static_cast<char>(n >> 8);
-  out[4] = static_cast<char>(n);
-  std::memcpy(out.data() + kGrpcPrefix, message.data(), message.size());
+  std::string out;
+  out.reserve(kGrpcPrefix + message.size());
+  api::AppendGrpcPrefix(out, message.size());
+  out.append(message);
   return out;
 }
 
@@ -188,8 +187,7 @@ absl::StatusOr<int> Connect(const std::string& target, absl::Duration timeout) {
 
 // The length in a gRPC message prefix (`p` holds at least its 5 bytes).
 size_t MessageLength(const char* p) {
-  const auto* u = reinterpret_cast<const uint8_t*>(p);
-  return (size_t{u[1]} << 24) | (size_t{u[2]} << 16) | (size_t{u[3]} << 8) | u[4];
+  return api::GrpcMessageLength(reinterpret_cast<const uint8_t*>(p));
 }
 
 }  // namespace

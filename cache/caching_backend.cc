@@ -56,7 +56,6 @@ constexpr size_t kStraightReads = 1;
 
 // Everything the completions need; shared with them because in-flight calls
 // may outlive the CachingBackend.
-
 struct CachingBackend::State {
   State(api::Backend& backend, CacheOptions opts, common::MetricsRegistry* metrics)
       : inner(backend), options(opts), probe(backend), cache(opts.max_bytes) {

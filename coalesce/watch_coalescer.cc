@@ -628,14 +628,15 @@ void WatchCoalescer::HandleUpstreamCancel(GroupId id, const WatchResponse& resp,
 
 WatchCoalescer::SharedEvents WatchCoalescer::Measured(WatchResponse response) {
   auto held = std::make_shared<UpstreamEvents>();
+  // ByteSizeLong caches every nested message's size: read those below.
   held->bytes = response.ByteSizeLong();
-  held->header_bytes = FieldBytes(response.header().ByteSizeLong());
+  held->header_bytes = FieldBytes(response.header().GetCachedSize());
   held->event_bytes.reserve(static_cast<size_t>(response.events_size()));
   for (const ::mvccpb::Event& e : response.events()) {
     UpstreamEvents::EventBytes b;
     if (e.type() != ::mvccpb::Event::PUT) b.type = 1 + WireFormatLite::EnumSize(e.type());
-    if (e.has_kv()) b.kv = FieldBytes(e.kv().ByteSizeLong());
-    if (e.has_prev_kv()) b.prev_kv = FieldBytes(e.prev_kv().ByteSizeLong());
+    if (e.has_kv()) b.kv = FieldBytes(e.kv().GetCachedSize());
+    if (e.has_prev_kv()) b.prev_kv = FieldBytes(e.prev_kv().GetCachedSize());
     held->event_bytes.push_back(b);
   }
   held->response = std::move(response);
@@ -773,26 +774,19 @@ void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const Share
   w.next = last + 1;
   if (kept == 0) return;
   w.last_header = resp.header();
-  if (!w.fragment || kept < 2) {
-    Queued q;
-    q.events = held;
-    q.watch_id = w.watch_id;
-    q.from = from;
-    q.prev_kv = w.prev_kv;
-    q.no_put = w.no_put;
-    q.no_delete = w.no_delete;
-    q.bytes = bytes;
+  Queued q;
+  q.events = held;
+  q.watch_id = w.watch_id;
+  q.from = from;
+  q.prev_kv = w.prev_kv;
+  q.no_put = w.no_put;
+  q.no_delete = w.no_delete;
+  q.bytes = bytes;  // exactly the view's encoded size
+  if (!w.fragment || kept < 2 || bytes < options_.fragment_bytes) {
     Push(client, std::move(q), last_kept, actions);
     return;
   }
-  WatchResponse out;
-  *out.mutable_header() = resp.header();
-  out.set_watch_id(w.watch_id);
-  AddEvents(resp, from, w.prev_kv, w.no_put, w.no_delete, out);
-  if (out.ByteSizeLong() < options_.fragment_bytes) {
-    Push(client, std::move(out), actions);
-    return;
-  }
+  const WatchResponse out = Built(q);
   // etcd's fragmentation: pieces filled in order, each with at least one
   // event, a piece closed before the event that would bring it to the limit;
   // every piece but the last has fragment=true.
@@ -811,6 +805,15 @@ void WatchCoalescer::Deliver(WatchClientId client, ClientWatcher& w, const Share
   }
   piece.set_fragment(false);
   Push(client, std::move(piece), actions);
+}
+
+WatchResponse WatchCoalescer::Built(Queued& q) {
+  if (q.events == nullptr) return std::move(*q.built);
+  WatchResponse out;
+  *out.mutable_header() = q.events->response.header();
+  out.set_watch_id(q.watch_id);
+  AddEvents(q.events->response, q.from, q.prev_kv, q.no_put, q.no_delete, out);
+  return out;
 }
 
 void WatchCoalescer::Push(WatchClientId client, WatchResponse resp,
@@ -841,14 +844,7 @@ std::pair<std::optional<WatchResponse>, std::vector<WatchAction>> WatchCoalescer
   if (!c.out.empty()) {
     Queued& q = c.out.front();
     c.out_bytes -= q.bytes;
-    if (q.events == nullptr) {
-      result.first = std::move(*q.built);
-    } else {
-      WatchResponse& out = result.first.emplace();
-      *out.mutable_header() = q.events->response.header();
-      out.set_watch_id(q.watch_id);
-      AddEvents(q.events->response, q.from, q.prev_kv, q.no_put, q.no_delete, out);
-    }
+    result.first = Built(q);
     c.out.pop_front();
   }
   // The client reads again: resync its dropped watchers once its queue is

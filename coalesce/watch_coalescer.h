@@ -281,6 +281,9 @@ class WatchCoalescer {
     bool no_delete = false;
     size_t bytes = 0;  // its encoded size (of the view, once built)
   };
+  // The response a Queued entry stands for (the watcher's view when
+  // `events` is set).
+  static ::etcdserverpb::WatchResponse Built(Queued& q);
   struct Client {
     std::string token;
     bool require_leader = false;

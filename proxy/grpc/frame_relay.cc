@@ -28,6 +28,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "api/grpc_framing.h"
 #include "api/server/grpc_status.h"
 #include "common/cpus.h"
 #include "common/logging.h"
@@ -37,8 +38,13 @@
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/status.h"
 #include "proxy/grpc/local_call.h"
+#include "proxy/grpc/mailbox.h"
 
 namespace keel::proxy::grpcproxy {
+
+using api::GrpcFramed;
+using api::GrpcMessageLength;
+using api::kGrpcPrefix;
 // Not anonymous: FrameRelay::Loop (external linkage) holds these types.
 namespace frame_relay_detail {
 
@@ -57,8 +63,6 @@ constexpr size_t kWriteBatch = 64 * 1024;
 // After a connection to etcd could not be made, pass-through methods run
 // through the chain for this long before the relay tries again.
 constexpr auto kUpstreamRetry = std::chrono::seconds(1);
-// The gRPC message prefix: 1 byte compressed flag, 4 bytes big-endian length.
-constexpr size_t kGrpcPrefix = 5;
 // Enough of a response's first bytes to hold its ResponseHeader (field 1,
 // four varints).
 constexpr size_t kHeadCapture = 64;
@@ -92,6 +96,12 @@ constexpr auto kPingTimeout = std::chrono::seconds(10);
 constexpr int kLivenessTickMs = 500;
 
 spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
+
+// Wakes a loop blocked in epoll_wait (its eventfd).
+void Wake(int eventfd) {
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = write(eventfd, &one, sizeof(one));
+}
 
 // A header block as nghttp2 received it: its name and value buffers are
 // referenced, not copied, and handed back to nghttp2 as they are.
@@ -153,14 +163,6 @@ std::string PercentEncoded(std::string_view message) {
     }
   }
   return out;
-}
-
-// Appends the gRPC prefix of an uncompressed message of `length` bytes.
-void AppendGrpcPrefix(std::string& out, size_t length) {
-  const auto n = static_cast<uint32_t>(length);
-  const char prefix[kGrpcPrefix] = {0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
-                                    static_cast<char>(n >> 8), static_cast<char>(n)};
-  out.append(prefix, kGrpcPrefix);
 }
 
 // The inverse of PercentEncoded (a malformed escape is kept as it is).
@@ -255,8 +257,7 @@ class MessageScanner {
         len -= n;
         if (prefix_got_ < kGrpcPrefix) return;
         prefix_got_ = 0;
-        remaining_ = (uint64_t{prefix_[1]} << 24) | (uint64_t{prefix_[2]} << 16) |
-                     (uint64_t{prefix_[3]} << 8) | uint64_t{prefix_[4]};
+        remaining_ = GrpcMessageLength(prefix_);
         if (messages_ == 0) {
           first_length_ = static_cast<int64_t>(remaining_);
           first_compressed_ = prefix_[0] != 0;
@@ -349,41 +350,16 @@ struct EtcdCommand {
   std::string message;  // kWrite: gRPC-prefixed
 };
 
-// A loop's queue of EtcdCommands, shared with the handles (which may outlive
-// the loop: it is closed then). Posting to an empty queue wakes the loop, so
-// a burst of writes costs one wake-up.
-struct EtcdCommandQueue {
-  std::mutex mu;
-  std::vector<EtcdCommand> commands;  // guarded by mu
-  bool closed = false;                // guarded by mu
-  bool opens_refused = false;         // guarded by mu: the relay is stopping
-  int wakefd = -1;                    // written under mu until closed
-  // Until when (steady clock, in ns) etcd could not be reached: opens are
-  // refused meanwhile (the chain's gRPC client takes them, and fails over).
-  std::atomic<int64_t> down_until{INT64_MIN};
-
-  bool Post(EtcdCommand command) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (closed || (opens_refused && command.kind == EtcdCommand::Kind::kOpen)) return false;
-    commands.push_back(std::move(command));
-    if (commands.size() == 1) {
-      const uint64_t one = 1;
-      [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
-    }
-    return true;
-  }
-};
+// A loop's EtcdCommands, shared with the handles (which may outlive the
+// loop: it is closed then, and their commands are dropped).
+using EtcdCommandQueue = Mailbox<EtcdCommand>;
 
 class EtcdStreamHandle final : public EtcdStream {
  public:
   EtcdStreamHandle(std::shared_ptr<EtcdCommandQueue> queue, std::shared_ptr<EtcdStreamLink> link)
       : queue_(std::move(queue)), link_(std::move(link)) {}
-  void Write(std::string message) override {
-    std::string framed;
-    framed.reserve(kGrpcPrefix + message.size());
-    AppendGrpcPrefix(framed, message.size());
-    framed.append(message);
-    queue_->Post({EtcdCommand::Kind::kWrite, link_, std::move(framed)});
+  void Write(const google::protobuf::MessageLite& request) override {
+    queue_->Post({EtcdCommand::Kind::kWrite, link_, GrpcFramed(request)});
   }
   void WritesDone() override { queue_->Post({EtcdCommand::Kind::kWritesDone, link_, {}}); }
   void Cancel() override { queue_->Post({EtcdCommand::Kind::kCancel, link_, {}}); }
@@ -487,8 +463,13 @@ struct Conn {
 using namespace frame_relay_detail;  // NOLINT: this file's own helpers
 
 struct FrameRelay::Loop {
+  // The wake fd and the mailboxes exist from here on: the chain may open
+  // streams on the loop before it starts (Start() reports a failed fd).
   explicit Loop(FrameRelayOptions o)
-      : options(std::move(o)), etcd_commands(std::make_shared<EtcdCommandQueue>()) {
+      : options(std::move(o)),
+        wakefd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
+        mailbox(std::make_shared<LocalMailbox>([fd = wakefd] { Wake(fd); })),
+        etcd_commands(std::make_shared<EtcdCommandQueue>([fd = wakefd] { Wake(fd); })) {
     if (options.metrics != nullptr) {
       const std::string help = "Streams the frame relay passed, by where they went.";
       to_etcd = options.metrics->GetCounter("keel_grpc_relay_streams_total", help,
@@ -529,8 +510,9 @@ struct FrameRelay::Loop {
   bool clients_closed = false;  // guarded by mu
   bool local_drained = true;    // guarded by mu
   bool close_requested = false;  // guarded by mu
-  bool stopped = false;          // loop thread only
   bool started = false;
+  // Stopping: OpenToEtcd opens no more streams on this loop.
+  std::atomic<bool> refusing_opens{false};
   // Loop thread only: clients closed (no new connections, no replays, no
   // new streams to etcd); only the chain's streams go on.
   bool shutting_down = false;
@@ -542,16 +524,19 @@ struct FrameRelay::Loop {
   // this round's events may still name them).
   std::vector<Conn*> graveyard;
   Conn* upstream = nullptr;
-  Clock::time_point upstream_down_until = Clock::time_point::min();
+  // Until when etcd could not be reached: pass-through calls run through the
+  // chain and the chain's new streams go to its gRPC client meanwhile (which
+  // fail over). Written by the loop thread, read by OpenToEtcd too.
+  std::atomic<Clock::time_point> etcd_down_until{Clock::time_point::min()};
   nghttp2_session_callbacks* callbacks = nullptr;
   nghttp2_option* option = nullptr;
   // Local streams' backend events; shared with their calls, which may post
   // after the loop is gone (it is closed then).
-  std::shared_ptr<LocalMailbox> mailbox;
+  const std::shared_ptr<LocalMailbox> mailbox;
   // TakeLocalEvents' batch (kept: its capacity is reused).
   std::vector<LocalEvent> taken_events;
   // The chain's streams to etcd: their handles' commands (taken once the
-  // loop runs; opened before that, they wait), and the batch
+  // loop runs; posted before that, they wait), and the batch
   // TakeEtcdCommands works on.
   const std::shared_ptr<EtcdCommandQueue> etcd_commands;
   std::vector<EtcdCommand> taken_commands;
@@ -680,7 +665,6 @@ absl::Status FrameRelay::Start() {
 
 absl::Status FrameRelay::Loop::Start() {
   epfd = epoll_create1(EPOLL_CLOEXEC);
-  wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (epfd < 0 || wakefd < 0) {
     return absl::UnavailableError(
         absl::StrCat("grpc-proxy: frame relay: ", common::ErrnoText(errno)));
@@ -699,19 +683,6 @@ absl::Status FrameRelay::Loop::Start() {
   nghttp2_option_new(&option);
   // Windows open only as bytes leave on the other side (end-to-end flow control).
   nghttp2_option_set_no_auto_window_update(option, 1);
-  {
-    std::lock_guard<std::mutex> lock(etcd_commands->mu);
-    etcd_commands->wakefd = wakefd;
-    if (!etcd_commands->commands.empty()) {  // opened before Start()
-      const uint64_t one = 1;
-      [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
-    }
-  }
-  const int fd = wakefd;
-  mailbox = std::make_shared<LocalMailbox>([fd] {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = write(fd, &one, sizeof(one));
-  });
   started = true;
   thread = std::thread([this] { Run(); });
   return absl::OkStatus();
@@ -728,8 +699,7 @@ void FrameRelay::Serve(int fd) {
     }
     l.incoming.push_back(fd);
   }
-  const uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(l.wakefd, &one, sizeof(one));
+  Wake(l.wakefd);
 }
 
 bool FrameRelay::Stop(absl::Duration grace) {
@@ -743,10 +713,7 @@ bool FrameRelay::Stop(absl::Duration grace) {
 }
 
 void FrameRelay::Loop::RequestStop(absl::Duration grace) {
-  {
-    std::lock_guard<std::mutex> lock(etcd_commands->mu);
-    etcd_commands->opens_refused = true;
-  }
+  refusing_opens.store(true, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(mu);
     if (!stop_requested) {
@@ -755,18 +722,15 @@ void FrameRelay::Loop::RequestStop(absl::Duration grace) {
                                          std::min(grace, absl::Hours(1))));
     }
   }
-  if (thread.joinable()) {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
-  }
+  if (thread.joinable()) Wake(wakefd);
 }
 
 bool FrameRelay::Loop::WaitClientsClosed() {
   if (!thread.joinable()) {
-    // Never ran: the chain's streams opened on it end now (their owners may
-    // wait for that before the relay is destroyed).
+    // Never ran (so it had no clients): the chain's streams opened on it
+    // end now (their owners may wait for that before the relay is destroyed).
     EndEtcdCommands();
-    return local_calls == 0;
+    return true;
   }
   std::unique_lock<std::mutex> lock(mu);
   clients_closed_cv.wait(lock, [this] { return clients_closed; });
@@ -779,13 +743,14 @@ void FrameRelay::Loop::Join() {
       std::lock_guard<std::mutex> lock(mu);
       close_requested = true;
     }
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = write(wakefd, &one, sizeof(one));
+    Wake(wakefd);
     thread.join();
   }
-  // No wake-up may reach the event fd once it is closed.
-  if (mailbox != nullptr) mailbox->Close();
-  EndEtcdCommands();
+  // (Run or WaitClientsClosed has ended the chain's streams.) No wake-up may
+  // reach the event fd once it is closed: a late post would write to a
+  // number the process may have reused.
+  mailbox->Close();
+  etcd_commands->Close();
   for (int fd : incoming) close(fd);
   incoming.clear();
   if (callbacks != nullptr) nghttp2_session_callbacks_del(callbacks);
@@ -800,6 +765,7 @@ void FrameRelay::Loop::Join() {
 void FrameRelay::Loop::Run() {
   current_loop = this;
   mailbox->SetReaderThread();
+  etcd_commands->SetReaderThread();
   std::vector<epoll_event> events(256);
   bool goaway_sent = false;
   while (true) {
@@ -901,10 +867,10 @@ void FrameRelay::Loop::Run() {
       // by the events just taken) leave in the same writes.
       TakeEtcdCommands();
       Settle();
-      if (mailbox->Empty()) break;
+      // (The loop's own posts woke nobody: nothing may be left.)
+      if (mailbox->Empty() && etcd_commands->Empty()) break;
       if (round == kLocalRounds) {
-        const uint64_t one = 1;
-        [[maybe_unused]] ssize_t w = write(wakefd, &one, sizeof(one));
+        Wake(wakefd);
         break;
       }
     }
@@ -1130,7 +1096,7 @@ Conn* FrameRelay::Loop::Upstream() {
   }
   upstream = nullptr;
   if (shutting_down) return nullptr;
-  if (Clock::now() < upstream_down_until) return nullptr;
+  if (Clock::now() < etcd_down_until.load(std::memory_order_relaxed)) return nullptr;
   absl::StatusOr<common::HostPort> host_port = common::ParseHostPort(endpoint);
   if (!host_port.ok()) return nullptr;
   addrinfo hints{};
@@ -1250,14 +1216,11 @@ bool FrameRelay::Loop::AnswerFromCache(Stream* s) {
     s->down_scan = MessageScanner(kMaxFillResponseBytes);
   }
   if (!cached.answer.has_value()) return false;
-  std::optional<std::string>& body = cached.answer;
   s->routed = true;
   s->local_code = 0;
   s->response_submitted = true;
   s->down_eof = true;
-  s->down.clear();
-  AppendGrpcPrefix(s->down, body->size());
-  s->down.append(*body);
+  s->down = std::move(*cached.answer);
   // The request will not leave: its window goes back now.
   nghttp2_session_consume(s->client->session, s->client_id, s->up_total() - s->up_consumed);
   s->up_consumed = s->up_total();
@@ -1415,8 +1378,7 @@ void FrameRelay::Loop::FeedLocal(Stream* s) {
   size_t offset = 0;
   while (s->local != nullptr && s->local_code < 0 && s->up.size() - offset >= kGrpcPrefix) {
     const auto* p = reinterpret_cast<const uint8_t*>(s->up.data() + offset);
-    const uint64_t length = (uint64_t{p[1]} << 24) | (uint64_t{p[2]} << 16) |
-                            (uint64_t{p[3]} << 8) | uint64_t{p[4]};
+    const uint64_t length = GrpcMessageLength(p);
     if (length > options.max_request_bytes) {
       // gRPC's own words for its receive limit.
       FailLocal(s, kGrpcResourceExhausted,
@@ -1609,9 +1571,10 @@ std::unique_ptr<EtcdStream> FrameRelay::OpenToEtcd(std::string_view path,
   // A deadline stays with the gRPC client, which enforces it.
   if (ctx.deadline != absl::InfiniteFuture() || loops_.empty()) return nullptr;
   Loop& l = *loops_[next_etcd_stream_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()];
-  const int64_t now =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-  if (now < l.etcd_commands->down_until.load(std::memory_order_relaxed)) return nullptr;
+  if (l.refusing_opens.load(std::memory_order_relaxed) ||
+      Clock::now() < l.etcd_down_until.load(std::memory_order_relaxed)) {
+    return nullptr;
+  }
   auto link = std::make_shared<EtcdStreamLink>();
   link->observer = std::move(observer);
   link->path = std::string(path);
@@ -1622,19 +1585,11 @@ std::unique_ptr<EtcdStream> FrameRelay::OpenToEtcd(std::string_view path,
 }
 
 void FrameRelay::Loop::MarkEtcdDown() {
-  upstream_down_until = Clock::now() + kUpstreamRetry;
-  etcd_commands->down_until.store(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(upstream_down_until.time_since_epoch())
-          .count(),
-      std::memory_order_relaxed);
+  etcd_down_until.store(Clock::now() + kUpstreamRetry, std::memory_order_relaxed);
 }
 
 bool FrameRelay::Loop::TakeEtcdCommands() {
-  {
-    std::lock_guard<std::mutex> lock(etcd_commands->mu);
-    if (etcd_commands->commands.empty()) return false;
-    taken_commands.swap(etcd_commands->commands);
-  }
+  if (!etcd_commands->Take(taken_commands)) return false;
   for (EtcdCommand& command : taken_commands) {
     Stream* s = command.link->stream;
     const bool open = s != nullptr && s->peer_open;
@@ -1719,8 +1674,7 @@ void FrameRelay::Loop::ChainStreamData(Stream* s, const uint8_t* data, size_t le
   size_t offset = 0;
   while (!link.ended && len - offset >= kGrpcPrefix) {
     const uint8_t* p = data + offset;
-    const uint64_t length =
-        (uint64_t{p[1]} << 24) | (uint64_t{p[2]} << 16) | (uint64_t{p[3]} << 8) | uint64_t{p[4]};
+    const uint64_t length = GrpcMessageLength(p);
     if (len - offset - kGrpcPrefix < length) break;
     if (p[0] != 0) {  // never asked for (no grpc-accept-encoding)
       nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id, NGHTTP2_CANCEL);
@@ -1749,12 +1703,8 @@ void FrameRelay::Loop::EndForChain(Stream* s, absl::Status status) {
 }
 
 void FrameRelay::Loop::EndEtcdCommands() {
-  {
-    std::lock_guard<std::mutex> lock(etcd_commands->mu);
-    etcd_commands->closed = true;
-    etcd_commands->wakefd = -1;
-    taken_commands.swap(etcd_commands->commands);
-  }
+  etcd_commands->Close();
+  etcd_commands->Take(taken_commands);
   for (EtcdCommand& command : taken_commands) {
     if (command.kind == EtcdCommand::Kind::kOpen) {
       EndLink(*command.link, absl::UnavailableError("keel: the frame relay stopped"));

@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "api/backend.h"
 #include "common/metrics.h"
+#include "google/protobuf/message_lite.h"
 #include "proxy/grpc/relay_routes.h"
 
 namespace keel::proxy::grpcproxy {
@@ -23,7 +24,7 @@ inline constexpr size_t kMaxFillResponseBytes = 64 * 1024;
 
 // What the range cache can do for one Range (FrameRelayOptions::cached_range).
 struct CachedRange {
-  // Its serialized response: the relay answers at once.
+  // Its response, gRPC-framed (api::GrpcFramed): the relay answers at once.
   std::optional<std::string> answer;
   // The cache does not hold it: the read goes straight to etcd, and etcd's
   // answer fills the cache under this ticket (FrameRelayOptions::end_fill).
@@ -51,8 +52,8 @@ class EtcdStreamObserver {
 class EtcdStream {
  public:
   virtual ~EtcdStream() = default;
-  // Sends one request message (serialized, without its gRPC prefix).
-  virtual void Write(std::string message) = 0;
+  // Sends one request message.
+  virtual void Write(const google::protobuf::MessageLite& request) = 0;
   // Half-closes: no more requests; responses go on.
   virtual void WritesDone() = 0;
   // Resets the stream; OnEnd(CANCELLED) follows unless it had ended.
@@ -86,8 +87,8 @@ struct FrameRelayOptions {
   // calls (Watch, LeaseKeepAlive, and unary calls a layer must see) are
   // served by the relay itself against it (local_call.h): no gRPC server
   // call, and a fan-out of events to many watchers is gathered into few
-  // writes. Must outlive the relay, or at least every call Stop() did not
-  // see end.
+  // writes. Must outlive every local call: those Stop() saw end (it returned
+  // true) are over, so the chain may go after Stop(), before the relay.
   api::Backend* chain = nullptr;
   // A request message of a local stream larger than this ends the call with
   // RESOURCE_EXHAUSTED, as the chain's gRPC server's receive limit does.
@@ -116,7 +117,7 @@ struct FrameRelayOptions {
 // Watch and LeaseKeepAlive streams, and unary calls a layer must see, are
 // served by the relay itself against the chain's Backend
 // (FrameRelayOptions::chain): their messages are decoded and encoded here,
-// and the coalescers' fan-out reaches the relay's thread through one mailbox
+// and the coalescers' fan-out reaches the loop's thread through one mailbox
 // (one wake-up for many events).
 //
 // The chain's own streams to etcd (the coalescers' upstream streams) may
@@ -151,7 +152,7 @@ class FrameRelay {
   absl::Status Start();
 
   // Takes ownership of a connected client socket whose first bytes are the
-  // HTTP/2 preface (still unread). Closes it if the relay is stopped.
+  // HTTP/2 preface (still unread). Closes it once the relay is stopping.
   void Serve(int fd);
 
   // Opens a stream to etcd for the chain (a coalescer's upstream Watch or

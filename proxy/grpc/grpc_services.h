@@ -1,5 +1,8 @@
 #pragma once
 
+#include <string>
+#include <string_view>
+
 #include "api/etcdserverpb/rpc.grpc.pb.h"
 #include "api/v3electionpb/v3election.grpc.pb.h"
 #include "api/v3lockpb/v3lock.grpc.pb.h"
@@ -18,5 +21,13 @@ using Auth = ::etcdserverpb::Auth;
 using Lock = ::v3lockpb::Lock;
 using Election = ::v3electionpb::Election;
 }  // namespace remote_services
+
+// A method's HTTP/2 :path, "/<service full name>/<method>".
+inline std::string MethodPath(std::string_view service, std::string_view method) {
+  std::string path;
+  path.reserve(service.size() + method.size() + 2);
+  path.append("/").append(service).append("/").append(method);
+  return path;
+}
 
 }  // namespace keel::proxy::grpcproxy

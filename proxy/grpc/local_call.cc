@@ -5,26 +5,13 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
-#include "google/protobuf/message_lite.h"
+#include "api/grpc_framing.h"
 #include "proxy/grpc/grpc_services.h"
 
 namespace keel::proxy::grpcproxy {
+
+using api::GrpcFramed;
 namespace {
-
-constexpr size_t kGrpcPrefix = 5;
-
-// `message` serialized behind its gRPC prefix (uncompressed, 4-byte
-// big-endian length).
-std::string Framed(const google::protobuf::MessageLite& message) {
-  const size_t size = message.ByteSizeLong();
-  std::string framed(kGrpcPrefix + size, '\0');
-  framed[1] = static_cast<char>(size >> 24);
-  framed[2] = static_cast<char>(size >> 16);
-  framed[3] = static_cast<char>(size >> 8);
-  framed[4] = static_cast<char>(size);
-  message.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(framed.data() + kGrpcPrefix));
-  return framed;
-}
 
 // A bidi Backend stream as a LocalCall: it is also the stream's observer.
 template <class Request, class Response>
@@ -57,7 +44,7 @@ class BidiLocalCall final : public LocalCall, public api::StreamObserver<Respons
   }
 
   void OnResponse(Response response) override {
-    mailbox_->Post(LocalEvent{this, Framed(response), std::nullopt});
+    mailbox_->Post(LocalEvent{this, GrpcFramed(response), std::nullopt});
   }
   void OnDone(absl::Status status) override {
     done_.store(true, std::memory_order_release);
@@ -94,11 +81,10 @@ class UnaryLocalCall final : public LocalCall {
     // The relay may destroy this call once the status event is taken: the
     // callback uses nothing of it but its address.
     std::shared_ptr<LocalMailbox> mailbox = mailbox_;
-    (backend_.*Method)(ctx_, std::move(request),
-                       [this, mailbox](absl::StatusOr<Response> result) {
-                         if (result.ok()) mailbox->Post(LocalEvent{this, Framed(*result), std::nullopt});
-                         mailbox->Post(LocalEvent{this, std::string(), result.status()});
-                       });
+    (backend_.*Method)(ctx_, std::move(request), [this, mailbox](absl::StatusOr<Response> result) {
+      if (result.ok()) mailbox->Post(LocalEvent{this, GrpcFramed(*result), std::nullopt});
+      mailbox->Post(LocalEvent{this, std::string(), result.status()});
+    });
     return true;
   }
   void WritesDone() override {
@@ -136,25 +122,14 @@ std::unique_ptr<LocalCall> OpenUnary(api::Backend& backend, const api::CallConte
                                                                      std::move(mailbox));
 }
 
-std::unique_ptr<LocalCall> OpenWatch(api::Backend& backend, const api::CallContext& ctx,
-                                     std::shared_ptr<LocalMailbox> mailbox) {
-  auto call = std::make_unique<
-      BidiLocalCall<::etcdserverpb::WatchRequest, ::etcdserverpb::WatchResponse>>(
-      std::move(mailbox));
-  call->Start([&](api::StreamObserver<::etcdserverpb::WatchResponse>* observer) {
-    return backend.Watch(ctx, observer);
-  });
-  return call;
-}
-
-std::unique_ptr<LocalCall> OpenLeaseKeepAlive(api::Backend& backend, const api::CallContext& ctx,
-                                              std::shared_ptr<LocalMailbox> mailbox) {
-  auto call = std::make_unique<BidiLocalCall<::etcdserverpb::LeaseKeepAliveRequest,
-                                             ::etcdserverpb::LeaseKeepAliveResponse>>(
-      std::move(mailbox));
-  call->Start([&](api::StreamObserver<::etcdserverpb::LeaseKeepAliveResponse>* observer) {
-    return backend.LeaseKeepAlive(ctx, observer);
-  });
+template <class Request, class Response,
+          std::unique_ptr<api::BidiStream<Request>> (api::Backend::*Method)(
+              const api::CallContext&, api::StreamObserver<Response>*)>
+std::unique_ptr<LocalCall> OpenBidi(api::Backend& backend, const api::CallContext& ctx,
+                                    std::shared_ptr<LocalMailbox> mailbox) {
+  auto call = std::make_unique<BidiLocalCall<Request, Response>>(std::move(mailbox));
+  call->Start(
+      [&](api::StreamObserver<Response>* observer) { return (backend.*Method)(ctx, observer); });
   return call;
 }
 
@@ -162,51 +137,23 @@ std::unique_ptr<LocalCall> OpenLeaseKeepAlive(api::Backend& backend, const api::
 const absl::flat_hash_map<std::string, LocalCallFactory>& Factories() {
   static const auto* factories = [] {
     auto* m = new absl::flat_hash_map<std::string, LocalCallFactory>();
-#define KEEL_LOCAL_UNARY(service, method, Request, Response)                                  \
-  m->emplace(std::string("/") + remote_services::service::service_full_name() + "/" #method, \
+#define KEEL_LOCAL_UNARY(service, method, Request, Response)                     \
+  m->emplace(MethodPath(remote_services::service::service_full_name(), #method), \
              &OpenUnary<Request, Response, &api::Backend::method>);
     KEEL_UNARY_METHODS(KEEL_LOCAL_UNARY)
 #undef KEEL_LOCAL_UNARY
-    m->emplace(std::string("/") + remote_services::Watch::service_full_name() + "/Watch",
-               &OpenWatch);
-    m->emplace(std::string("/") + remote_services::Lease::service_full_name() + "/LeaseKeepAlive",
-               &OpenLeaseKeepAlive);
+    m->emplace(MethodPath(remote_services::Watch::service_full_name(), "Watch"),
+               &OpenBidi<::etcdserverpb::WatchRequest, ::etcdserverpb::WatchResponse,
+                         &api::Backend::Watch>);
+    m->emplace(MethodPath(remote_services::Lease::service_full_name(), "LeaseKeepAlive"),
+               &OpenBidi<::etcdserverpb::LeaseKeepAliveRequest,
+                         ::etcdserverpb::LeaseKeepAliveResponse, &api::Backend::LeaseKeepAlive>);
     return m;
   }();
   return *factories;
 }
 
 }  // namespace
-
-void LocalMailbox::SetReaderThread() {
-  absl::MutexLock lock(&mu_);
-  reader_ = std::this_thread::get_id();
-}
-
-void LocalMailbox::Post(LocalEvent event) {
-  absl::MutexLock lock(&mu_);
-  const bool wake = events_.empty() && !closed_ && std::this_thread::get_id() != reader_;
-  events_.push_back(std::move(event));
-  // Under the lock: once Close() has returned, no wake-up is under way.
-  if (wake) wake_();
-}
-
-bool LocalMailbox::Take(std::vector<LocalEvent>& events) {
-  events.clear();
-  absl::MutexLock lock(&mu_);
-  events.swap(events_);
-  return !events.empty();
-}
-
-bool LocalMailbox::Empty() {
-  absl::MutexLock lock(&mu_);
-  return events_.empty();
-}
-
-void LocalMailbox::Close() {
-  absl::MutexLock lock(&mu_);
-  closed_ = true;
-}
 
 LocalCallFactory LocalCallFactoryFor(std::string_view path) {
   auto it = Factories().find(absl::string_view(path.data(), path.size()));

@@ -4,28 +4,24 @@
 // call, that the relay serves against the Backend chain itself, without the
 // chain's gRPC server. Messages are decoded here; the relay does the HTTP/2
 // framing. This is what makes a watch event fanned out to 1,000 client
-// watchers cost 1,000 small writes gathered on the relay's thread instead of
+// watchers cost 1,000 small writes gathered on a relay loop's thread instead of
 // 1,000 gRPC server writes, and a call the chain must see (a cached or
 // namespaced read, MemberList) cost no gRPC server call.
 
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <thread>
-#include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "api/backend.h"
+#include "proxy/grpc/mailbox.h"
 
 namespace keel::proxy::grpcproxy {
 
 class LocalCall;
 
-// One thing a local call's backend stream did, for the relay's thread.
+// One thing a local call's backend stream did, for its relay loop's thread.
 struct LocalEvent {
   LocalCall* call = nullptr;
   // One response, serialized as a gRPC message (behind its 5-byte prefix),
@@ -36,34 +32,8 @@ struct LocalEvent {
 };
 
 // Where backend callbacks (any thread) leave LocalEvents for the relay's
-// thread. Posting to an empty mailbox from another thread calls `wake`, so
-// a fan-out of many events costs the relay one wake-up. `wake` runs under
-// the mailbox's lock: it must be short and must not post. Thread-safe.
-class LocalMailbox {
- public:
-  explicit LocalMailbox(std::function<void()> wake) : wake_(std::move(wake)) {}
-  LocalMailbox(const LocalMailbox&) = delete;
-  LocalMailbox& operator=(const LocalMailbox&) = delete;
-
-  // The calling thread is the one that Take()s: its posts need no wake-up.
-  void SetReaderThread();
-  void Post(LocalEvent event);
-  // Every event posted so far, in order, into `events` (cleared first; its
-  // capacity goes back to the mailbox for the next posts). False when there
-  // was none.
-  bool Take(std::vector<LocalEvent>& events);
-  bool Empty();
-  // No more wake-ups (the relay's loop is gone): once it returns, `wake` is
-  // not running and never runs again; later posts are kept unread.
-  void Close();
-
- private:
-  std::function<void()> wake_;
-  absl::Mutex mu_;
-  std::vector<LocalEvent> events_ ABSL_GUARDED_BY(mu_);
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread::id reader_ ABSL_GUARDED_BY(mu_);
-};
+// loop: a fan-out of many events costs it one wake-up.
+using LocalMailbox = Mailbox<LocalEvent>;
 
 // The relay's handle on one backend stream or unary call. Its events
 // (responses, then one `done`) arrive through the mailbox it was opened

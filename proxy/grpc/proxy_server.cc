@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "api/grpc_framing.h"
 #include "api/server/front.h"
 #include "cache/caching_backend.h"
 #include "coalesce/lease_coalescing_backend.h"
@@ -161,7 +162,7 @@ absl::Status ProxyServer::Start() {
           }
           std::optional<::etcdserverpb::RangeResponse> hit = cache->TryServeSerializable(request);
           if (!hit.has_value()) return {};
-          return {hit->SerializeAsString(), std::nullopt};
+          return {api::GrpcFramed(*hit), std::nullopt};
         };
         relay.end_fill = [this](uint64_t ticket, std::optional<std::string_view> response_bytes) {
           auto* cache = static_cast<cache::CachingBackend*>(cache_.get());

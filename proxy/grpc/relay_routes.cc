@@ -58,7 +58,7 @@ RelayRoutes::RelayRoutes(const RelayRouteOptions& options, common::MetricsRegist
     // Not under a namespace: the cache holds prefixed keys below it.
     route.cache_read = options.cache && !options.namespaced && method == "Range";
     route.metrics = &metrics_.back();
-    std::string path = "/" + std::string(service) + "/" + std::string(method);
+    std::string path = MethodPath(service, method);
     // Streams the relay serves itself, and unary calls that must run
     // through the chain (the rest go straight to etcd).
     if (type != RpcType::kUnary || !route.pass_through) route.local = LocalCallFactoryFor(path);

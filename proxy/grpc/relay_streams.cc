@@ -26,12 +26,14 @@ class RelayBidiState final : public EtcdStreamObserver {
   }
 
   void OnMessage(std::string_view message) override {
+    // Decoded before the lock: ReadNext and Cancel come from other threads.
     Response response;
+    const bool decoded = response.ParseFromArray(message.data(), static_cast<int>(message.size()));
     std::shared_ptr<EtcdStream> reset;
     {
       absl::MutexLock lock(&mu_);
       if (end_.has_value() || cancelled_) return;
-      if (!response.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
+      if (!decoded) {
         end_ = absl::InternalError("keel: etcd's response message could not be decoded");
         queue_.clear();
         reset = etcd_.lock();
@@ -121,7 +123,7 @@ class RelayBidiStream final : public api::BidiStream<Request> {
   // reaches a stream that has ended and does nothing.
   ~RelayBidiStream() override { Cancel(); }
 
-  void Write(Request request) override { etcd_->Write(request.SerializeAsString()); }
+  void Write(Request request) override { etcd_->Write(request); }
   void WritesDone() override { etcd_->WritesDone(); }
   // The state is held by a copy: a response (or OnDone) delivered inline
   // may destroy this handle.
@@ -139,10 +141,6 @@ class RelayBidiStream final : public api::BidiStream<Request> {
   const std::shared_ptr<RelayBidiState<Response>> state_;
   const std::shared_ptr<EtcdStream> etcd_;
 };
-
-std::string MethodPath(const char* service, std::string_view method) {
-  return std::string("/") + service + "/" + std::string(method);
-}
 
 }  // namespace
 

@@ -10,7 +10,7 @@
 // it opens at once, like the cache's watch, ride the relay from the first;
 // they wait until the relay starts) and detached before it stops. While none
 // is attached, or the relay refuses (etcd unreachable lately, a deadline,
-// stopped), the stream goes to `inner` (the remote backend), whose gRPC
+// stopping), the stream goes to `inner` (the remote backend), whose gRPC
 // client fails over.
 // A stream on the relay that loses its connection ends with UNAVAILABLE, as
 // one on the gRPC client does; the coalescers reopen it.

@@ -193,7 +193,7 @@ TEST_F(RelayStreamsEtcdTest, EtcdsStatusComesThrough) {
   auto observer = std::make_shared<EndRecorder>();
   std::unique_ptr<EtcdStream> stream = relay_->OpenToEtcd("/etcdserverpb.Lease/No%Such", {}, observer);
   ASSERT_NE(stream, nullptr);
-  stream->Write("");
+  stream->Write(LeaseKeepAliveRequest());  // an empty message
   std::optional<absl::Status> end = observer->WaitEnd();
   ASSERT_TRUE(end.has_value());
   EXPECT_EQ(end->code(), absl::StatusCode::kUnimplemented) << *end;
