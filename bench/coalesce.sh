@@ -21,10 +21,13 @@
 #              each lease starts at a random point of the first 2 s, as
 #              independent clients would. direct-1s: the same leases sent to
 #              etcd on one stream, as a coalescing proxy sends them.
-#  range-*     one key read by 64 clients, serializable (etcd's proxy serves
-#              it from its cache) and linearizable; req/s and proxy CPU,
-#              over RANGE_ROUNDS rounds (target order rotated per round):
-#              the median req/s, the CPU summed over the rounds.
+#  range-*     one key read by C clients (-cC), serializable (s1: etcd's
+#              proxy serves it from its cache) or linearizable (l1); req/s
+#              and proxy CPU over RANGE_ROUNDS rounds (target order rotated
+#              per round): the median req/s, the CPU summed over the rounds.
+#              Over one connection, where keel-bench's h2 transport sends
+#              from one thread, which keel's cache hits outrun; -n2: over
+#              two connections, a keel-bench thread per core.
 # KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default <checkout>/build/bin.
 # Writes bench/results/coalesce-<date>.md.
 set -uo pipefail
@@ -164,11 +167,14 @@ for n in "${LEASES[@]}"; do
   done
 done
 for ((round = 0; round < RANGE_ROUNDS; round++)); do
-  for cell in range-s1-c64 range-l1-c64 range-s1-c256; do
-    cons=${cell#range-}; cons=${cons:0:1}; clients=${cell##*-c}
+  for cell in range-s1-c64 range-l1-c64 range-s1-c256 range-s1-c64-n2; do
+    spec=${cell#range-}  # s1-c64, or s1-c64-n2 for two connections
+    cons=${spec:0:1}
+    clients=${spec#*-c}; clients=${clients%%-*}
+    conns=1; [[ $spec == *-n* ]] && conns=${spec##*-n}
     for ((i = 0; i < ${#TARGETS[@]}; i++)); do
       t=${TARGETS[(i + round) % ${#TARGETS[@]}]}
-      run "$t" "$cell" 0 -- --conns 1 --clients "$clients" --duration "${T}s" \
+      run "$t" "$cell" 0 -- --conns "$conns" --clients "$clients" --duration "${T}s" \
         range bench-range-key --consistency "$cons"
     done
   done

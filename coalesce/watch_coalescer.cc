@@ -835,16 +835,15 @@ void WatchCoalescer::Push(WatchClientId client, Queued q, int64_t revision,
   if (was_empty) actions.push_back(WatchWake{client});
 }
 
-std::pair<std::optional<WatchResponse>, std::vector<WatchAction>> WatchCoalescer::PopResponse(
-    WatchClientId client) {
-  std::pair<std::optional<WatchResponse>, std::vector<WatchAction>> result;
+std::pair<std::optional<WatchCoalescer::TakenResponse>, std::vector<WatchAction>>
+WatchCoalescer::PopResponse(WatchClientId client) {
+  std::pair<std::optional<TakenResponse>, std::vector<WatchAction>> result;
   auto cit = clients_.find(client);
   if (cit == clients_.end()) return result;
   Client& c = cit->second;
   if (!c.out.empty()) {
-    Queued& q = c.out.front();
-    c.out_bytes -= q.bytes;
-    result.first = Built(q);
+    c.out_bytes -= c.out.front().bytes;
+    result.first = TakenResponse(std::move(c.out.front()));
     c.out.pop_front();
   }
   // The client reads again: resync its dropped watchers once its queue is

@@ -204,11 +204,15 @@ class WatchCoalescer {
   // there again from their next revision. Ignored when stale.
   std::vector<WatchAction> OnUpstreamLost(UpstreamStreamId stream);
 
+  // A response taken from a client's queue, made by Build(): a watcher's
+  // view of an upstream response is copied out by the thread that sends it,
+  // outside whatever lock guards the coalescer.
+  class TakenResponse;
   // Takes the oldest response queued for `client` (nullopt if none). Call it
   // only when the client can take a response (the glue: when it has a
   // ReadNext credit). May return actions: a c-watcher dropped for being slow
   // is resynced here once its client's queue has drained to half the limit.
-  std::pair<std::optional<::etcdserverpb::WatchResponse>, std::vector<WatchAction>> PopResponse(
+  std::pair<std::optional<TakenResponse>, std::vector<WatchAction>> PopResponse(
       WatchClientId client);
 
   // Metrics.
@@ -398,6 +402,16 @@ class WatchCoalescer {
   size_t client_watcher_count_ = 0;
   uint64_t events_coalescing_total_ = 0;
   uint64_t resyncs_total_ = 0;
+};
+
+class WatchCoalescer::TakenResponse {
+ public:
+  ::etcdserverpb::WatchResponse Build() && { return Built(queued_); }
+
+ private:
+  friend class WatchCoalescer;
+  explicit TakenResponse(Queued queued) : queued_(std::move(queued)) {}
+  Queued queued_;
 };
 
 }  // namespace keel::coalesce

@@ -282,7 +282,7 @@ void WatchCoalescingImpl::Pump(WatchClientId id, int add_credits) {
   bool claimed = false;
   while (true) {
     api::StreamObserver<WatchResponse>* observer;
-    std::optional<WatchResponse> response;
+    std::optional<WatchCoalescer::TakenResponse> response;
     std::optional<absl::Status> done;
     bool drain = false;
     {
@@ -318,7 +318,7 @@ void WatchCoalescingImpl::Pump(WatchClientId id, int add_credits) {
       return;
     }
     if (!response.has_value()) return;
-    observer->OnResponse(std::move(*response));
+    observer->OnResponse(std::move(*response).Build());
   }
 }
 

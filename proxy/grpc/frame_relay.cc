@@ -1410,9 +1410,22 @@ std::optional<size_t> FrameRelay::Loop::TakeLocalEvents() {
     auto* s = static_cast<Stream*>(event.call->tag);
     if (event.done.has_value()) {
       LocalDone(s, *event.done);
-    } else {
-      bytes += event.message.size();
-      LocalResponse(s, std::move(event.message));
+      continue;
+    }
+    bytes += event.message.size();
+    LocalResponse(s, std::move(event.message));
+    // That response asked for the next (ReadNext), whose answer comes inline
+    // while the backend has more queued: it is then the mailbox's newest
+    // event and the call's only one (one response at a time is asked for,
+    // and an end is never followed), so it is taken at once. A fan-out of
+    // several responses per stream thus leaves in one write per connection,
+    // not one per response. (An end waits its turn: a response may precede
+    // it.)
+    LocalCall* const call = event.call;
+    while (std::optional<LocalEvent> next = mailbox->TakeNewestIf(
+               [call](const LocalEvent& e) { return e.call == call && !e.done.has_value(); })) {
+      bytes += next->message.size();
+      LocalResponse(s, std::move(next->message));
     }
   }
   return bytes;

@@ -6,6 +6,7 @@
 // own posts need none (it takes what is left before it sleeps).
 
 #include <functional>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -47,6 +48,15 @@ class Mailbox {
     absl::MutexLock lock(&mu_);
     events.swap(events_);
     return !events.empty();
+  }
+  // The newest event posted, taken out of turn, when `pred` accepts it.
+  template <class Pred>
+  std::optional<Event> TakeNewestIf(Pred pred) {
+    absl::MutexLock lock(&mu_);
+    if (events_.empty() || !pred(events_.back())) return std::nullopt;
+    std::optional<Event> newest(std::move(events_.back()));
+    events_.pop_back();
+    return newest;
   }
   bool Empty() {
     absl::MutexLock lock(&mu_);

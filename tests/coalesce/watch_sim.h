@@ -347,7 +347,7 @@ class WatchSim {
     auto [resp, actions] = core.PopResponse(client);
     Apply(actions);
     if (!resp.has_value()) return !actions.empty();
-    Record(client, *resp);
+    Record(client, std::move(*resp).Build());
     return true;
   }
   void PopAll(WatchClientId client) {

@@ -4,6 +4,7 @@
 // with the client's metadata, its answer and status reach the client, a
 // client that gives up fires the call's CancelSignal, and Stop() reports a
 // call the chain never ended, so that the chain is not destroyed under it;
+// a stream's queued responses and its end reach the client in order;
 // connections are spread over the relay's loops.
 
 #include <sys/socket.h>
@@ -144,6 +145,44 @@ TEST_F(FrameRelayLocalTest, StopReportsACallTheChainNeverEnded) {
 // more than one core: six connections over three loops reach the chain from
 // three threads, every call gets its own answer, and Stop() hears from every
 // loop (a hung call on the first loop is reported, whatever the others say).
+TEST_F(FrameRelayLocalTest, StreamResponsesQueuedAtTheBackendAndItsEndArriveInOrder) {
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+  relay_->Serve(fds[0]);
+  auto watch = etcdserverpb::Watch::NewStub(grpc::CreateInsecureChannelFromFd("relay", fds[1]));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = watch->Watch(&ctx);
+  etcdserverpb::WatchRequest create;
+  create.mutable_create_request()->set_key("k");
+  ASSERT_TRUE(stream->Write(create));
+  ASSERT_TRUE(fake_.WaitForWatches(1, kWait));
+  std::shared_ptr<testutil::FakeWatch> backend = fake_.watch(0);
+  // The relay takes each next response as soon as its backend hands it
+  // over (inline, from the relay's ReadNext) and the end only in its turn.
+  constexpr int kResponses = 300;
+  for (int i = 0; i < kResponses; ++i) {
+    etcdserverpb::WatchResponse r;
+    r.set_watch_id(i);
+    r.add_events()->mutable_kv()->set_key("k" + std::to_string(i));
+    backend->Push(r);
+  }
+  backend->Finish(absl::OkStatus());
+  etcdserverpb::WatchResponse r;
+  int got = 0;
+  while (stream->Read(&r)) {
+    ASSERT_EQ(r.watch_id(), got);
+    ASSERT_EQ(r.events(0).kv().key(), "k" + std::to_string(got));
+    ++got;
+  }
+  EXPECT_EQ(got, kResponses);
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  // What taking the next response out of turn relies on: the relay never
+  // asks its backend for more than one response at a time.
+  EXPECT_EQ(backend->max_credits(), 1);
+}
+
 TEST_F(FrameRelayLocalTest, ConnectionsAreSpreadOverTheLoops) {
   FakeBackend fake;
   FrameRelayOptions options = OptionsFor(&fake);
