@@ -53,7 +53,8 @@
 //  - WatchCloseUpstream: cancel that stream; its OnDone is then stale.
 //  - WatchWake: the client has responses queued (or a resync waiting):
 //    PopResponse while it has ReadNext credits.
-// Thread-compatible: the owner serializes every call.
+// Thread-compatible: the owner serializes every call (a TakenResponse, once
+// taken, is the caller's own: it may be built outside the owner's lock).
 
 #include <cstddef>
 #include <cstdint>
@@ -271,9 +272,10 @@ class WatchCoalescer {
   using SharedEvents = std::shared_ptr<const UpstreamEvents>;
   static SharedEvents Measured(::etcdserverpb::WatchResponse response);
   // One response queued for a client. An event response is kept as the
-  // upstream one plus this watcher's view of it, and built only when taken
-  // (PopResponse): a fan-out to N watchers costs N small entries while the
-  // upstream reader waits, and each copy is made by the thread sending it.
+  // upstream one plus this watcher's view of it, and built only once taken
+  // (TakenResponse::Build): a fan-out to N watchers costs N small entries
+  // while the upstream reader waits, and each copy is made by the thread
+  // sending it.
   struct Queued {
     // The response, unless `events` is set (a pointer: entries move often).
     std::unique_ptr<::etcdserverpb::WatchResponse> built;

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -79,8 +80,9 @@ constexpr auto kLocalDrain = std::chrono::seconds(10);
 // Mailbox rounds per loop turn before the sockets are polled again; within
 // a round, the batches (and response bytes) taken before writing out. A
 // round is about one socket buffer: the client starts reading a large
-// fan-out while the rest is taken, and a fan-out over many connections is
-// still one write per connection per round.
+// fan-out while the rest is taken. As a stream's responses are taken one
+// after the other (TakeLocalEvents), a fan-out of several per stream over
+// many connections is still about one write per connection.
 constexpr int kLocalRounds = 16;
 constexpr int kLocalTakes = 1024;
 constexpr size_t kLocalTakeBytes = 64 * 1024;
@@ -533,8 +535,10 @@ struct FrameRelay::Loop {
   // Local streams' backend events; shared with their calls, which may post
   // after the loop is gone (it is closed then).
   const std::shared_ptr<LocalMailbox> mailbox;
-  // TakeLocalEvents' batch (kept: its capacity is reused).
+  // TakeLocalEvents' batch (kept: its capacity is reused), and its first
+  // event not yet handled (a round may end within a batch).
   std::vector<LocalEvent> taken_events;
+  size_t taken_next = 0;
   // The chain's streams to etcd: their handles' commands (taken once the
   // loop runs; posted before that, they wait), and the batch
   // TakeEtcdCommands works on.
@@ -592,8 +596,9 @@ struct FrameRelay::Loop {
   void StartLocal(Stream* s);
   void FeedLocal(Stream* s);
   // Returns the bytes of the responses taken; nullopt when nothing waited.
-  std::optional<size_t> TakeLocalEvents();
-  void LocalResponse(Stream* s, std::string message);
+  std::optional<size_t> TakeLocalEvents(size_t budget);
+  // Returns whether it asked the backend for the next response.
+  bool LocalResponse(Stream* s, std::string message);
   void LocalDone(Stream* s, const absl::Status& status);
   void FailLocal(Stream* s, int grpc_code, std::string message);
   void EndWithStatus(Stream* s, int grpc_code, std::string message);
@@ -849,17 +854,15 @@ void FrameRelay::Loop::Run() {
     }
     ExpireDeadlines();
     watch_upstream = CheckUpstreamLiveness();
-    // A local stream's response asks for the next (ReadNext), whose answer
-    // comes inline while its backend has more queued: take those until the
-    // mailbox is empty (each stream stops asking at its backlog bound), so
-    // that a fan-out leaves in one write per connection rather than one per
-    // message. Writing out may ask for more again: a few rounds, then back
+    // Take the local streams' responses until none is left (each stream
+    // stops asking at its backlog bound) or a round's worth is taken, then
+    // write out. Writing out may ask for more again: a few rounds, then back
     // to the sockets (a busy backend must not keep the loop from reading),
     // with a wake-up for what is left.
     for (int round = 0;; ++round) {
       size_t taken = 0;
       for (int take = 0; take < kLocalTakes && taken < kLocalTakeBytes; ++take) {
-        const std::optional<size_t> bytes = TakeLocalEvents();
+        const std::optional<size_t> bytes = TakeLocalEvents(kLocalTakeBytes - taken);
         if (!bytes.has_value()) break;
         taken += *bytes;
       }
@@ -868,7 +871,7 @@ void FrameRelay::Loop::Run() {
       TakeEtcdCommands();
       Settle();
       // (The loop's own posts woke nobody: nothing may be left.)
-      if (mailbox->Empty() && etcd_commands->Empty()) break;
+      if (taken_next == taken_events.size() && mailbox->Empty() && etcd_commands->Empty()) break;
       if (round == kLocalRounds) {
         Wake(wakefd);
         break;
@@ -1402,39 +1405,45 @@ void FrameRelay::Loop::FeedLocal(Stream* s) {
   s->up_consumed = s->up.size();
 }
 
-// Takes one batch: what was posted until now (more may come inline).
-std::optional<size_t> FrameRelay::Loop::TakeLocalEvents() {
-  if (!mailbox->Take(taken_events)) return std::nullopt;
+// Takes local events in order (what is left of the batch in hand, else a
+// new one) until `budget` response bytes are taken.
+std::optional<size_t> FrameRelay::Loop::TakeLocalEvents(size_t budget) {
+  if (taken_next == taken_events.size()) {
+    taken_next = 0;
+    if (!mailbox->Take(taken_events)) return std::nullopt;
+  }
   size_t bytes = 0;
-  for (LocalEvent& event : taken_events) {
+  while (taken_next < taken_events.size() && bytes < budget) {
+    LocalEvent& event = taken_events[taken_next++];
     auto* s = static_cast<Stream*>(event.call->tag);
     if (event.done.has_value()) {
       LocalDone(s, *event.done);
       continue;
     }
     bytes += event.message.size();
-    LocalResponse(s, std::move(event.message));
+    bool asked = LocalResponse(s, std::move(event.message));
     // That response asked for the next (ReadNext), whose answer comes inline
-    // while the backend has more queued: it is then the mailbox's newest
-    // event and the call's only one (one response at a time is asked for,
-    // and an end is never followed), so it is taken at once. A fan-out of
-    // several responses per stream thus leaves in one write per connection,
-    // not one per response. (An end waits its turn: a response may precede
-    // it.)
+    // while the backend has more queued. When the mailbox's newest event is
+    // a response of this call, it is the call's only event (one response
+    // at a time is asked for, and nothing follows an end): it is taken at
+    // once, so that a stream's responses leave together instead of one per
+    // round. (An end waits its turn: a response may precede it.)
     LocalCall* const call = event.call;
-    while (std::optional<LocalEvent> next = mailbox->TakeNewestIf(
-               [call](const LocalEvent& e) { return e.call == call && !e.done.has_value(); })) {
+    while (asked && bytes < budget) {
+      std::optional<LocalEvent> next = mailbox->TakeNewestIf(
+          [call](const LocalEvent& e) { return e.call == call && !e.done.has_value(); });
+      if (!next.has_value()) break;
       bytes += next->message.size();
-      LocalResponse(s, std::move(next->message));
+      asked = LocalResponse(s, std::move(next->message));
     }
   }
   return bytes;
 }
 
-void FrameRelay::Loop::LocalResponse(Stream* s, std::string message) {
+bool FrameRelay::Loop::LocalResponse(Stream* s, std::string message) {
   // The client is gone (its stream was cancelled, the end follows) or was
   // already given a status: nobody takes this.
-  if (!s->client_open || s->client == nullptr || s->down_eof) return;
+  if (!s->client_open || s->client == nullptr || s->down_eof) return false;
   if (s->down.empty()) {
     s->down = std::move(message);
   } else {
@@ -1454,9 +1463,10 @@ void FrameRelay::Loop::LocalResponse(Stream* s, std::string message) {
   MarkDirty(s->client);
   if (s->down_total() - s->down_sent < kLocalBacklog) {
     s->local->ReadNext();
-  } else {
-    s->local_wants_read = true;  // ReadDown asks once the client took some
+    return true;
   }
+  s->local_wants_read = true;  // ReadDown asks once the client took some
+  return false;
 }
 
 void FrameRelay::Loop::LocalDone(Stream* s, const absl::Status& status) {
@@ -1560,14 +1570,16 @@ bool FrameRelay::Loop::CheckUpstreamLiveness() {
 // posting into a closed mailbox.
 void FrameRelay::Loop::WaitForLocalCalls() {
   const Clock::time_point give_up = Clock::now() + kLocalDrain;
-  TakeLocalEvents();
+  constexpr size_t kAll = std::numeric_limits<size_t>::max();
+  while (TakeLocalEvents(kAll).has_value()) {
+  }
   while (local_calls > 0 && Clock::now() < give_up) {
     epoll_event event;
     if (epoll_wait(epfd, &event, 1, 50) > 0 && event.data.ptr == nullptr) {
       uint64_t value;
       [[maybe_unused]] ssize_t r = read(wakefd, &value, sizeof(value));
     }
-    TakeLocalEvents();
+    TakeLocalEvents(kAll);
   }
   if (local_calls > 0) {
     KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: calls did not end at shutdown",

@@ -141,48 +141,67 @@ TEST_F(FrameRelayLocalTest, StopReportsACallTheChainNeverEnded) {
   fake_.FailAllPending(absl::CancelledError("test over"));
 }
 
-// Client connections are handed to the loops in turn, so that a proxy uses
-// more than one core: six connections over three loops reach the chain from
-// three threads, every call gets its own answer, and Stop() hears from every
-// loop (a hung call on the first loop is reported, whatever the others say).
-TEST_F(FrameRelayLocalTest, StreamResponsesQueuedAtTheBackendAndItsEndArriveInOrder) {
+// Streams whose backends have many responses queued, then their end: the
+// relay takes each stream's responses one after the other, across rounds
+// and its per-stream backlog bound, yet every stream's responses and end
+// reach its client in order, and no backend is asked for more than one
+// response at a time (what taking the next one out of turn relies on).
+TEST_F(FrameRelayLocalTest, StreamResponsesQueuedAtTheBackendAndTheirEndArriveInOrder) {
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
   relay_->Serve(fds[0]);
   auto watch = etcdserverpb::Watch::NewStub(grpc::CreateInsecureChannelFromFd("relay", fds[1]));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  auto stream = watch->Watch(&ctx);
-  etcdserverpb::WatchRequest create;
-  create.mutable_create_request()->set_key("k");
-  ASSERT_TRUE(stream->Write(create));
-  ASSERT_TRUE(fake_.WaitForWatches(1, kWait));
-  std::shared_ptr<testutil::FakeWatch> backend = fake_.watch(0);
-  // The relay takes each next response as soon as its backend hands it
-  // over (inline, from the relay's ReadNext) and the end only in its turn.
-  constexpr int kResponses = 300;
-  for (int i = 0; i < kResponses; ++i) {
-    etcdserverpb::WatchResponse r;
-    r.set_watch_id(i);
-    r.add_events()->mutable_kv()->set_key("k" + std::to_string(i));
-    backend->Push(r);
+  constexpr int kStreams = 4;
+  constexpr int kResponses = 300;  // of ~300 bytes: more than a round and a backlog each
+  std::vector<grpc::ClientContext> contexts(kStreams);
+  std::vector<std::unique_ptr<
+      grpc::ClientReaderWriter<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>>>
+      streams;
+  for (int i = 0; i < kStreams; ++i) {
+    contexts[i].set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    streams.push_back(watch->Watch(&contexts[i]));
+    etcdserverpb::WatchRequest create;
+    create.mutable_create_request()->set_key("k");
+    ASSERT_TRUE(streams[i]->Write(create));
+    ASSERT_TRUE(fake_.WaitForWatches(i + 1, kWait));  // so fake_.watch(i) is stream i's
   }
-  backend->Finish(absl::OkStatus());
-  etcdserverpb::WatchResponse r;
-  int got = 0;
-  while (stream->Read(&r)) {
-    ASSERT_EQ(r.watch_id(), got);
-    ASSERT_EQ(r.events(0).kv().key(), "k" + std::to_string(got));
-    ++got;
+  for (int r = 0; r < kResponses; ++r) {
+    for (int i = 0; i < kStreams; ++i) {
+      etcdserverpb::WatchResponse response;
+      response.set_watch_id(r);
+      auto* kv = response.add_events()->mutable_kv();
+      kv->set_key("s" + std::to_string(i) + "-" + std::to_string(r));
+      kv->set_value(std::string(256, 'v'));
+      fake_.watch(i)->Push(response);
+    }
   }
-  EXPECT_EQ(got, kResponses);
-  const grpc::Status status = stream->Finish();
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  // What taking the next response out of turn relies on: the relay never
-  // asks its backend for more than one response at a time.
-  EXPECT_EQ(backend->max_credits(), 1);
+  for (int i = 0; i < kStreams; ++i) fake_.watch(i)->Finish(absl::OkStatus());
+  std::vector<int> in_order(kStreams, 0);
+  std::vector<grpc::Status> statuses(kStreams);
+  std::vector<std::thread> readers;
+  for (int i = 0; i < kStreams; ++i) {
+    readers.emplace_back([&, i] {
+      etcdserverpb::WatchResponse r;
+      while (streams[i]->Read(&r)) {
+        const std::string want = "s" + std::to_string(i) + "-" + std::to_string(in_order[i]);
+        if (r.watch_id() != in_order[i] || r.events(0).kv().key() != want) break;
+        ++in_order[i];
+      }
+      statuses[i] = streams[i]->Finish();
+    });
+  }
+  for (std::thread& t : readers) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    EXPECT_EQ(in_order[i], kResponses) << "stream " << i;
+    EXPECT_TRUE(statuses[i].ok()) << "stream " << i << ": " << statuses[i].error_message();
+    EXPECT_EQ(fake_.watch(i)->max_credits(), 1) << "stream " << i;
+  }
 }
 
+// Client connections are handed to the loops in turn, so that a proxy uses
+// more than one core: six connections over three loops reach the chain from
+// three threads, every call gets its own answer, and Stop() hears from every
+// loop (a hung call on the first loop is reported, whatever the others say).
 TEST_F(FrameRelayLocalTest, ConnectionsAreSpreadOverTheLoops) {
   FakeBackend fake;
   FrameRelayOptions options = OptionsFor(&fake);
