@@ -17,7 +17,6 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -60,25 +59,6 @@ bool ParseInt(std::string_view text, int base, int* out) {
   const char* end = text.data() + text.size();
   auto [ptr, ec] = std::from_chars(text.data(), end, *out, base);
   return ec == std::errc() && ptr == end && !text.empty();
-}
-
-// grpc-message is percent-encoded (gRPC's HTTP/2 protocol spec).
-std::string PercentDecode(std::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    int value = 0;
-    if (in[i] == '%' && i + 3 <= in.size() &&
-        std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(in[i + 2])) &&
-        ParseInt(in.substr(i + 1, 2), 16, &value)) {
-      out.push_back(static_cast<char>(value));
-      i += 2;
-    } else {
-      out.push_back(in[i]);
-    }
-  }
-  return out;
 }
 
 // gRPC's mapping of an HTTP status without grpc-status (gRPC's
@@ -544,7 +524,7 @@ int H2Transport::Conn::OnHeader(nghttp2_session* session, const nghttp2_frame* f
     int code = 0;
     s->grpc_status = ParseInt(v, 10, &code) ? code : static_cast<int>(grpc::UNKNOWN);
   } else if (n == "grpc-message") {
-    s->grpc_message = PercentDecode(v);
+    s->grpc_message = api::GrpcMessageDecoded(v);
   }
   return 0;
 }

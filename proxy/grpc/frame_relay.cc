@@ -148,48 +148,6 @@ class Headers {
   absl::InlinedVector<nghttp2_nv, kInlineFields> nv_;
 };
 
-// A grpc-message value: gRPC's percent-encoding of bytes outside 0x20-0x7E
-// and of '%' itself.
-std::string PercentEncoded(std::string_view message) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(message.size());
-  for (const char ch : message) {
-    const auto b = static_cast<unsigned char>(ch);
-    if (b < 0x20 || b > 0x7E || b == '%') {
-      out.push_back('%');
-      out.push_back(kHex[b >> 4]);
-      out.push_back(kHex[b & 0xF]);
-    } else {
-      out.push_back(ch);
-    }
-  }
-  return out;
-}
-
-// The inverse of PercentEncoded (a malformed escape is kept as it is).
-std::string PercentDecoded(std::string_view value) {
-  const auto nibble = [](char ch) -> int {
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    return -1;
-  };
-  std::string out;
-  out.reserve(value.size());
-  for (size_t i = 0; i < value.size(); ++i) {
-    const int high = value[i] == '%' && i + 2 < value.size() ? nibble(value[i + 1]) : -1;
-    const int low = high >= 0 ? nibble(value[i + 2]) : -1;
-    if (low >= 0) {
-      out.push_back(static_cast<char>(high * 16 + low));
-      i += 2;
-    } else {
-      out.push_back(value[i]);
-    }
-  }
-  return out;
-}
-
 nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
   return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
           reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
@@ -240,7 +198,7 @@ absl::Status StatusOf(const Headers<N>& headers) {
   const int code = GrpcStatusOf(headers);
   if (code == 0) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(code),
-                      PercentDecoded(headers.Find("grpc-message").value_or("")));
+                      api::GrpcMessageDecoded(headers.Find("grpc-message").value_or("")));
 }
 
 // Follows the gRPC length-prefixed messages of one direction of a stream.
@@ -339,9 +297,10 @@ struct EtcdStreamLink {
   std::string token;
   bool require_leader = false;
   // Loop thread only: its relay stream (null before it is opened and after
-  // it ended), and whether OnEnd was called.
+  // it ended).
   Stream* stream = nullptr;
-  bool ended = false;
+  // Whether OnEnd was called (it takes the observer).
+  bool ended() const { return observer == nullptr; }
 };
 
 // What a handle asks of its loop.
@@ -1501,7 +1460,7 @@ void FrameRelay::Loop::EndWithStatus(Stream* s, int grpc_code, std::string messa
   } else {
     s->response_submitted = true;
     const std::string code = std::to_string(grpc_code);
-    const std::string encoded = PercentEncoded(s->local_message);
+    const std::string encoded = api::GrpcMessageEncoded(s->local_message);
     const nghttp2_nv nv[] = {MakeNv(":status", "200"), MakeNv("content-type", "application/grpc"),
                              MakeNv("grpc-status", code), MakeNv("grpc-message", encoded)};
     nghttp2_submit_response(s->client->session, s->client_id, nv, encoded.empty() ? 3 : 4,
@@ -1649,7 +1608,7 @@ bool FrameRelay::Loop::TakeEtcdCommands() {
 }
 
 void FrameRelay::Loop::OpenForChain(const std::shared_ptr<EtcdStreamLink>& link) {
-  if (link->ended) return;  // cancelled before it was opened
+  if (link->ended()) return;  // cancelled before it was opened
   Conn* up = Upstream();
   if (up == nullptr) {
     EndLink(*link, absl::UnavailableError("keel: cannot reach etcd"));
@@ -1690,14 +1649,14 @@ void FrameRelay::Loop::OpenForChain(const std::shared_ptr<EtcdStreamLink>& link)
 // nothing is held from an earlier chunk.
 void FrameRelay::Loop::ChainStreamData(Stream* s, const uint8_t* data, size_t len) {
   EtcdStreamLink& link = *s->for_chain;
-  if (link.ended) return;
+  if (link.ended()) return;
   if (!s->down.empty()) {
     s->down.append(reinterpret_cast<const char*>(data), len);
     data = reinterpret_cast<const uint8_t*>(s->down.data());
     len = s->down.size();
   }
   size_t offset = 0;
-  while (!link.ended && len - offset >= kGrpcPrefix) {
+  while (!link.ended() && len - offset >= kGrpcPrefix) {
     const uint8_t* p = data + offset;
     const uint64_t length = GrpcMessageLength(p);
     if (len - offset - kGrpcPrefix < length) break;
@@ -1711,7 +1670,7 @@ void FrameRelay::Loop::ChainStreamData(Stream* s, const uint8_t* data, size_t le
         std::string_view(reinterpret_cast<const char*>(p + kGrpcPrefix), length));
     offset += kGrpcPrefix + length;
   }
-  if (link.ended) {
+  if (link.ended()) {
     s->down.clear();
   } else if (s->down.empty()) {
     s->down.assign(reinterpret_cast<const char*>(data) + offset, len - offset);
@@ -1739,8 +1698,7 @@ void FrameRelay::Loop::EndEtcdCommands() {
 }
 
 void FrameRelay::Loop::EndLink(EtcdStreamLink& link, absl::Status status) {
-  if (link.ended) return;
-  link.ended = true;
+  if (link.ended()) return;
   // Released after the call: the observer may be freed once OnEnd returns.
   std::shared_ptr<EtcdStreamObserver> observer = std::move(link.observer);
   observer->OnEnd(std::move(status));
@@ -2051,7 +2009,7 @@ ssize_t FrameRelay::Loop::ReadDown(nghttp2_session* session, int32_t, uint8_t* b
       } else if (s->local_code >= 0) {
         *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         const std::string code = std::to_string(s->local_code);
-        const std::string message = PercentEncoded(s->local_message);
+        const std::string message = api::GrpcMessageEncoded(s->local_message);
         const nghttp2_nv status[] = {MakeNv("grpc-status", code), MakeNv("grpc-message", message)};
         nghttp2_submit_trailer(session, s->client_id, status, message.empty() ? 1 : 2);
       }

@@ -160,7 +160,7 @@ class FrameRelay {
   // cost the relay's framing, not a gRPC client call, and share the writes
   // of the calls passed through. `path` is the method's ("/etcdserverpb.
   // Lease/LeaseKeepAlive"); ctx's token and require_leader go as metadata.
-  // The observer is kept until its OnEnd. Null when the relay cannot carry it
+  // `observer` (not null) is kept until its OnEnd. Null when the relay cannot carry it
   // now: stopping, ctx has a deadline, or etcd could not be reached lately
   // (the caller uses its gRPC client then, which fails over). May be called
   // before Start(): the stream opens once the relay runs (or ends with
