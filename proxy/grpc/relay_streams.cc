@@ -142,6 +142,53 @@ class RelayBidiStream final : public api::BidiStream<Request> {
   const std::shared_ptr<EtcdStream> etcd_;
 };
 
+// A unary call on a relay stream: the one response, then the stream's end.
+// Called on the relay's loop, never overlapping. When the relay could not
+// carry the call (no answer and UNAVAILABLE: etcd not reached, the
+// connection lost), `retry` sends it through the gRPC client, which fails
+// over; only read-only calls take this path.
+template <class Response>
+class RelayUnaryState final : public EtcdStreamObserver {
+ public:
+  RelayUnaryState(api::Done<Response> done, absl::AnyInvocable<void(api::Done<Response>) &&> retry)
+      : done_(std::move(done)), retry_(std::move(retry)) {}
+
+  // For a call the relay did not take.
+  api::Done<Response> TakeDone() { return std::move(done_); }
+
+  void OnMessage(std::string_view message) override {
+    ++messages_;
+    if (messages_ == 1) {
+      decoded_ = response_.ParseFromArray(message.data(), static_cast<int>(message.size()));
+    }
+  }
+
+  void OnEnd(absl::Status status) override {
+    if (absl::IsUnavailable(status) && messages_ == 0) {
+      std::move(retry_)(std::move(done_));
+      return;
+    }
+    absl::StatusOr<Response> result;
+    if (!status.ok()) {
+      result = std::move(status);
+    } else if (messages_ != 1 || !decoded_) {
+      // What gRPC's client says of a unary answer that is not one message.
+      result = absl::InternalError(messages_ == 0 ? "keel: etcd sent no response message"
+                                                  : "keel: etcd's response could not be decoded");
+    } else {
+      result = std::move(response_);
+    }
+    std::move(done_)(std::move(result));
+  }
+
+ private:
+  api::Done<Response> done_;
+  absl::AnyInvocable<void(api::Done<Response>) &&> retry_;
+  Response response_;
+  int messages_ = 0;
+  bool decoded_ = false;
+};
+
 }  // namespace
 
 void RelayStreamsBackend::Attach(FrameRelay* relay) {
@@ -167,6 +214,42 @@ std::unique_ptr<api::BidiStream<Request>> RelayStreamsBackend::OpenOnRelay(
   if (etcd == nullptr) return nullptr;
   state->SetEtcdStream(etcd);
   return std::make_unique<RelayBidiStream<Request, Response>>(std::move(state), std::move(etcd));
+}
+
+void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,
+                                api::Done<::etcdserverpb::RangeResponse> done) {
+  static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Range");
+  // The relay has no per-call timer or cancel: those stay with the gRPC client.
+  if (ctx.deadline == absl::InfiniteFuture() && ctx.cancel == nullptr) {
+    auto retry = [this, ctx, request](api::Done<::etcdserverpb::RangeResponse> done) mutable {
+      // Detached: the proxy is stopping (the relay ends what it still
+      // carries), so nothing new starts on the gRPC client.
+      bool attached = false;
+      {
+        absl::MutexLock lock(&mu_);
+        attached = relay_ != nullptr;
+      }
+      if (!attached) {
+        std::move(done)(absl::UnavailableError("keel: the proxy is stopping"));
+        return;
+      }
+      inner().Range(ctx, std::move(request), std::move(done));
+    };
+    auto state = std::make_shared<RelayUnaryState<::etcdserverpb::RangeResponse>>(std::move(done),
+                                                                                  std::move(retry));
+    std::shared_ptr<EtcdStream> etcd;
+    {
+      absl::MutexLock lock(&mu_);
+      if (relay_ != nullptr) etcd = relay_->OpenToEtcd(kPath, ctx, state);
+    }
+    if (etcd != nullptr) {
+      etcd->Write(request);
+      etcd->WritesDone();
+      return;
+    }
+    done = state->TakeDone();  // not opened: the relay never calls the state
+  }
+  inner().Range(ctx, std::move(request), std::move(done));
 }
 
 std::unique_ptr<api::WatchStream> RelayStreamsBackend::Watch(

@@ -24,8 +24,8 @@
 
 namespace keel::proxy::grpcproxy {
 
-// Watch and LeaseKeepAlive through the relay when one is attached; every
-// other call (and those when none is) goes to `inner` unchanged.
+// Watch, LeaseKeepAlive and Range through the relay when one is attached;
+// every other call (and those when none is) goes to `inner` unchanged.
 // Thread-safe.
 class RelayStreamsBackend final : public api::ForwardingBackend {
  public:
@@ -38,6 +38,11 @@ class RelayStreamsBackend final : public api::ForwardingBackend {
   // their owners close them or the relay is destroyed.
   void Detach() ABSL_LOCKS_EXCLUDED(mu_);
 
+  // A read-only call (the range cache's revision probe, chiefly): on the
+  // relay when the call has no deadline and no cancel hook, else (or when the
+  // relay cannot carry it) through `inner`.
+  void Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,
+             api::Done<::etcdserverpb::RangeResponse> done) override;
   std::unique_ptr<api::WatchStream> Watch(
       const api::CallContext& ctx,
       api::StreamObserver<::etcdserverpb::WatchResponse>* observer) override;

@@ -22,6 +22,7 @@
 #include "proxy/grpc/remote_backend.h"
 #include "tests/testutil/await.h"
 #include "tests/testutil/etcd_cluster.h"
+#include "tests/testutil/process.h"
 #include "tests/testutil/stream_recorder.h"
 
 namespace keel::proxy::grpcproxy {
@@ -29,6 +30,8 @@ namespace {
 
 using ::etcdserverpb::LeaseKeepAliveRequest;
 using ::etcdserverpb::LeaseKeepAliveResponse;
+using ::etcdserverpb::RangeRequest;
+using ::etcdserverpb::RangeResponse;
 using ::etcdserverpb::WatchRequest;
 using ::etcdserverpb::WatchResponse;
 using ::keel::testutil::Await;
@@ -91,9 +94,11 @@ class RelayStreamsEtcdTest : public ::testing::Test {
     remote_.reset();
   }
 
-  std::unique_ptr<FrameRelay> NewRelay() {
+  // A relay whose connections go to `upstream` (default: the member).
+  std::unique_ptr<FrameRelay> NewRelay(std::string upstream = "") {
+    if (upstream.empty()) upstream = etcd_.ClientAddr(0);
     FrameRelayOptions options;
-    options.upstream_endpoint = [this] { return etcd_.ClientAddr(0); };
+    options.upstream_endpoint = [upstream] { return upstream; };
     options.metrics = &metrics_;
     options.loops = 1;
     return std::make_unique<FrameRelay>(std::move(options));
@@ -111,6 +116,12 @@ class RelayStreamsEtcdTest : public ::testing::Test {
   std::unique_ptr<KeepAlive> OpenKeepAlive(api::CallContext ctx = {}) {
     return std::make_unique<KeepAlive>(
         [&](KeepAlive* r) { return streams_->LeaseKeepAlive(ctx, r); });
+  }
+
+  static absl::StatusOr<RangeResponse> Range(api::Backend& backend, const api::CallContext& ctx,
+                                             RangeRequest request) {
+    return Await<RangeResponse>(
+        [&](auto done) { backend.Range(ctx, std::move(request), std::move(done)); });
   }
 
   int64_t ChainStreams() { return metrics_.GetGauge(kChainStreams, "")->Value(); }
@@ -282,6 +293,58 @@ TEST_F(RelayStreamsEtcdTest, LostEtcdEndsTheStreamAndNothingHangs) {
   ASSERT_TRUE(reply.has_value());
   EXPECT_EQ(reply->id(), lease);
   EXPECT_GT(reply->ttl(), 0);
+}
+
+// A Range without a deadline (the range cache's revision probe) rides the
+// relay: with a gRPC client that can reach nothing, it still gets etcd's
+// answer, and etcd's own error (status and message) for a bad one. With a
+// deadline it stays on the gRPC client.
+TEST_F(RelayStreamsEtcdTest, RangeWithoutDeadlineRidesTheRelay) {
+  ASSERT_TRUE(relay_->Start().ok());
+  RemoteOptions nowhere;
+  nowhere.endpoints = {"127.0.0.1:" + std::to_string(testutil::FreePort())};
+  RemoteBackend unreachable(std::move(nowhere));
+  RelayStreamsBackend backend(unreachable);
+  backend.Attach(relay_.get());
+  ASSERT_EQ(EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"put", "k", "v"}).exit_code, 0);
+
+  RangeRequest get;
+  get.set_key("k");
+  absl::StatusOr<RangeResponse> got = Range(backend, {}, get);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->kvs_size(), 1);
+  EXPECT_EQ(got->kvs(0).value(), "v");
+  EXPECT_GT(got->header().revision(), 1);
+
+  RangeRequest future = get;
+  future.set_revision(got->header().revision() + 100);
+  absl::StatusOr<RangeResponse> refused = Range(backend, {}, future);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kOutOfRange) << refused.status();
+  EXPECT_EQ(refused.status().message(), "etcdserver: mvcc: required revision is a future revision");
+
+  api::CallContext with_deadline;
+  with_deadline.deadline = absl::Now() + absl::Seconds(5);
+  absl::StatusOr<RangeResponse> via_grpc = Range(backend, with_deadline, get);
+  EXPECT_EQ(via_grpc.status().code(), absl::StatusCode::kUnavailable) << via_grpc.status();
+  backend.Detach();
+}
+
+// A Range the relay cannot deliver (its etcd endpoint is dead) is sent again
+// through the gRPC client, which reaches the member: the caller sees only
+// the answer.
+TEST_F(RelayStreamsEtcdTest, RangeTheRelayCannotCarryGoesToTheGrpcClient) {
+  relay_ = NewRelay("127.0.0.1:" + std::to_string(testutil::FreePort()));
+  ASSERT_TRUE(relay_->Start().ok());
+  streams_->Attach(relay_.get());
+  ASSERT_EQ(EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"put", "k", "v2"}).exit_code, 0);
+  RangeRequest get;
+  get.set_key("k");
+  for (int i = 0; i < 3; ++i) {  // the first finds no etcd; the next are refused at once
+    absl::StatusOr<RangeResponse> got = Range(*streams_, {}, get);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->kvs_size(), 1);
+    EXPECT_EQ(got->kvs(0).value(), "v2");
+  }
 }
 
 }  // namespace
