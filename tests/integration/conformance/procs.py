@@ -8,7 +8,6 @@ with a deadline (wait_for).
 """
 
 import atexit
-import ctypes
 import os
 import shlex
 import shutil
@@ -25,14 +24,12 @@ ETCDCTL = "/usr/bin/etcdctl"
 
 PROCS = []  # every Proc ever started, for kill_all()
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-    """preexec_fn: SIGKILL the child if the harness dies (even by SIGKILL, e.g. a ctest
-    timeout), since each child runs in its own session and would survive otherwise."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _dying_with_parent(argv):
+    """argv under setpriv(1), which makes the child SIGKILLed when the harness dies (even
+    by SIGKILL, e.g. a ctest timeout), since each child runs in its own session and would
+    survive otherwise. Not a preexec_fn: Python code run between fork and exec can deadlock
+    on a lock another thread held at the fork (it did, once in a few hundred runs)."""
+    return ["/usr/bin/setpriv", "--pdeathsig", "KILL", "--"] + list(argv)
 _PROCS_LOCK = threading.Lock()
 
 
@@ -72,9 +69,9 @@ class Proc:
         self.argv = argv
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=env,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+        self.popen = subprocess.Popen(_dying_with_parent(argv), stdout=self._log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                      start_new_session=True)
         with _PROCS_LOCK:
             PROCS.append(self)
 
@@ -286,9 +283,9 @@ class Background:
 
     def __init__(self, endpoints, args):
         argv = [ETCDCTL, "--endpoints=" + endpoints] + list(args)
-        self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      stdin=subprocess.DEVNULL, env=ctl_env(),
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+        self.popen = subprocess.Popen(_dying_with_parent(argv), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                      env=ctl_env(), start_new_session=True)
         self.lines = []
         self.err = []
         self._lock = threading.Lock()

@@ -29,8 +29,8 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# Children are forked with a preexec_fn (procs.py); gRPC's fork handlers would otherwise run
-# its pollers in the child before exec and print errors into the child's stderr pipe.
+# No fork handlers of gRPC's in the children forked for etcd, keel and etcdctl (procs.py):
+# they would run its pollers between fork and exec.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
 import etcd3  # noqa: E402
