@@ -277,9 +277,8 @@ TEST_F(FrameRelayTest, ManyCallsOnOneConnectionDoNotGrowTheProxy) {
   ASSERT_EQ(EtcdCluster::Etcdctl(proxy->addr(), {"put", "k", "v"}).exit_code, 0);
   auto reads = [&](const std::string& total) {
     CommandResult r = RunCommand({BinDir() + "/keel-bench", "--endpoints", proxy->addr(),
-                                  "--transport", "h2", "--conns", "1", "--clients", "32",
-                                  "--total", total, "--no-progress", "range", "k",
-                                  "--consistency", "s"},
+                                  "--transport", "h2", "--conns", "1", "--clients", "32", "--total",
+                                  total, "--no-progress", "range", "k", "--consistency", "s"},
                                  {}, std::chrono::seconds(120));
     ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   };
