@@ -29,6 +29,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "api/grpc_framing.h"
 #include "api/server/grpc_status.h"
 #include "common/cpus.h"
@@ -152,6 +153,17 @@ nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
   return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
           reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
           NGHTTP2_NV_FLAG_NONE};
+}
+
+// A grpc-timeout header's value for `d` > 0: milliseconds rounded up, or
+// seconds or hours when that has more than 8 digits.
+std::string GrpcTimeoutValue(absl::Duration d) {
+  constexpr int64_t kMax = 99999999;
+  const int64_t ms = absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1)));
+  if (ms <= kMax) return absl::StrCat(ms, "m");
+  const int64_t secs = absl::ToInt64Seconds(absl::Ceil(d, absl::Seconds(1)));
+  if (secs <= kMax) return absl::StrCat(secs, "S");
+  return absl::StrCat(std::min(kMax, absl::ToInt64Hours(absl::Ceil(d, absl::Hours(1)))), "H");
 }
 
 // A grpc-timeout header's value ("<1 to 8 digits><unit>", unit one of
@@ -296,6 +308,9 @@ struct EtcdStreamLink {
   std::string path;
   std::string token;
   bool require_leader = false;
+  // Sent as grpc-timeout and kept by the loop: at it the stream is reset and
+  // ends with DEADLINE_EXCEEDED, as on gRPC's client.
+  absl::Time deadline = absl::InfiniteFuture();
   // Loop thread only: its relay stream (null before it is opened and after
   // it ended).
   Stream* stream = nullptr;
@@ -1474,13 +1489,23 @@ void FrameRelay::Loop::EndWithStatus(Stream* s, int grpc_code, std::string messa
 }
 
 // A local stream past its deadline ends with DEADLINE_EXCEEDED (the client's
-// gRPC says so too), and its backend stream is cancelled.
+// gRPC says so too), and its backend stream is cancelled. So does a chain
+// stream's observer, and its stream to etcd is reset.
 void FrameRelay::Loop::ExpireDeadlines() {
   const Clock::time_point now = Clock::now();
   while (!deadlines.empty() && deadlines.begin()->first <= now) {
     Stream* s = deadlines.begin()->second;
     deadlines.erase(deadlines.begin());
     s->deadline = Clock::time_point::max();
+    if (s->for_chain != nullptr) {
+      if (s->peer_open) {
+        nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id, NGHTTP2_CANCEL);
+        MarkDirty(s->peer);
+      }
+      // The stream itself goes when its close comes.
+      EndLink(*s->for_chain, absl::DeadlineExceededError("Deadline Exceeded"));
+      continue;
+    }
     // A client already gone was cancelled: its end reports that.
     if (s->local != nullptr && s->local_code < 0 && s->client_open) {
       FailLocal(s, static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED), "Deadline Exceeded");
@@ -1556,8 +1581,7 @@ void FrameRelay::Loop::WaitForLocalCalls() {
 std::unique_ptr<EtcdStream> FrameRelay::OpenToEtcd(std::string_view path,
                                                    const api::CallContext& ctx,
                                                    std::shared_ptr<EtcdStreamObserver> observer) {
-  // A deadline stays with the gRPC client, which enforces it.
-  if (ctx.deadline != absl::InfiniteFuture() || loops_.empty()) return nullptr;
+  if (loops_.empty()) return nullptr;
   Loop& l = *loops_[next_etcd_stream_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()];
   if (l.refusing_opens.load(std::memory_order_relaxed) ||
       Clock::now() < l.etcd_down_until.load(std::memory_order_relaxed)) {
@@ -1568,6 +1592,7 @@ std::unique_ptr<EtcdStream> FrameRelay::OpenToEtcd(std::string_view path,
   link->path = std::string(path);
   link->token = ctx.token;
   link->require_leader = ctx.require_leader;
+  link->deadline = ctx.deadline;
   if (!l.etcd_commands->Post({EtcdCommand::Kind::kOpen, link, {}})) return nullptr;
   return std::make_unique<EtcdStreamHandle>(l.etcd_commands, std::move(link));
 }
@@ -1624,6 +1649,18 @@ void FrameRelay::Loop::OpenForChain(const std::shared_ptr<EtcdStreamLink>& link)
       MakeNv("te", "trailers"),    MakeNv("content-type", "application/grpc")};
   if (!link->token.empty()) headers.push_back(MakeNv("token", link->token));
   if (link->require_leader) headers.push_back(MakeNv("hasleader", "true"));
+  std::string timeout;
+  Clock::time_point deadline = Clock::time_point::max();
+  if (link->deadline != absl::InfiniteFuture()) {
+    const absl::Duration left = link->deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      EndLink(*link, absl::DeadlineExceededError("Deadline Exceeded"));
+      return;
+    }
+    timeout = GrpcTimeoutValue(left);
+    headers.push_back(MakeNv("grpc-timeout", timeout));
+    deadline = Clock::now() + absl::ToChronoNanoseconds(left);
+  }
   auto* s = new Stream();
   s->client_open = false;
   s->routed = true;
@@ -1644,6 +1681,10 @@ void FrameRelay::Loop::OpenForChain(const std::shared_ptr<EtcdStreamLink>& link)
   s->peer_open = true;
   up->streams.insert(s);
   link->stream = s;
+  if (deadline != Clock::time_point::max()) {
+    s->deadline = deadline;
+    deadlines.emplace(deadline, s);
+  }
   if (chain_streams != nullptr) chain_streams->Add(1);
   watch_upstream = true;
   MarkDirty(up);

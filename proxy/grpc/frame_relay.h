@@ -120,8 +120,8 @@ struct FrameRelayOptions {
 // and the coalescers' fan-out reaches the loop's thread through one mailbox
 // (one wake-up for many events).
 //
-// The chain's own streams to etcd (the coalescers' upstream streams) may
-// ride the same connections (OpenToEtcd).
+// The chain's own streams to etcd (the coalescers' upstream streams, the
+// range cache's revision probe) may ride the same connections (OpenToEtcd).
 //
 // Failure: while etcd cannot be reached, pass-through methods run through the
 // chain (whose remote backend fails over). A request whose connection to etcd
@@ -156,15 +156,17 @@ class FrameRelay {
   void Serve(int fd);
 
   // Opens a stream to etcd for the chain (a coalescer's upstream Watch or
-  // LeaseKeepAlive) on one of the relay's connections to etcd: its messages
-  // cost the relay's framing, not a gRPC client call, and share the writes
-  // of the calls passed through. `path` is the method's ("/etcdserverpb.
-  // Lease/LeaseKeepAlive"); ctx's token and require_leader go as metadata.
-  // `observer` (not null) is kept until its OnEnd. Null when the relay cannot carry it
-  // now: stopping, ctx has a deadline, or etcd could not be reached lately
-  // (the caller uses its gRPC client then, which fails over). May be called
-  // before Start(): the stream opens once the relay runs (or ends with
-  // UNAVAILABLE if it is stopped without having run).
+  // LeaseKeepAlive, a Range as a one-message stream) on one of the relay's
+  // connections to etcd: its messages cost the relay's framing, not a gRPC
+  // client call, and share the writes of the calls passed through. `path` is
+  // the method's ("/etcdserverpb.Lease/LeaseKeepAlive"); ctx's token and
+  // require_leader go as metadata, its deadline as grpc-timeout, and at the
+  // deadline the stream is reset and ends with DEADLINE_EXCEEDED (ctx.cancel
+  // is not watched). `observer` (not null) is kept until its OnEnd. Null
+  // when the relay cannot carry it now: stopping, or etcd could not be
+  // reached lately (the caller uses its gRPC client then, which fails over).
+  // May be called before Start(): the stream opens once the relay runs (or
+  // ends with UNAVAILABLE if it is stopped without having run).
   std::unique_ptr<EtcdStream> OpenToEtcd(std::string_view path, const api::CallContext& ctx,
                                          std::shared_ptr<EtcdStreamObserver> observer);
 

@@ -130,7 +130,8 @@ absl::Status ProxyServer::Start() {
     remote.max_send_bytes = static_cast<int>(config_.max_send_bytes);
     remote.max_recv_bytes = static_cast<int>(config_.max_recv_bytes);
     remote_ = std::make_unique<RemoteBackend>(std::move(remote));
-    relay_streams_ = std::make_unique<RelayStreamsBackend>(*remote_);
+    relay_streams_ = std::make_unique<RelayStreamsBackend>(
+        *remote_, static_cast<size_t>(config_.max_send_bytes));
     const bool cache_on = config_.range_cache_max_bytes > 0;
     // The relay speaks plain HTTP/2 on both sides and does not decode
     // responses, so TLS to etcd and a response size limit keep to gRPC.

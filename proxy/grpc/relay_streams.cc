@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "proxy/grpc/grpc_services.h"
+#include "proxy/grpc/remote_endpoints.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -142,19 +143,22 @@ class RelayBidiStream final : public api::BidiStream<Request> {
   const std::shared_ptr<EtcdStream> etcd_;
 };
 
-// A unary call on a relay stream: the one response, then the stream's end.
-// Called on the relay's loop, never overlapping. When the relay could not
-// carry the call (no answer and UNAVAILABLE: etcd not reached, the
-// connection lost), `retry` sends it through the gRPC client, which fails
-// over; only read-only calls take this path.
-template <class Response>
+// A unary call on a relay stream: etcd's one response, then the stream's end
+// (called by the relay, never overlapping). A call the relay could not
+// deliver (an UNAVAILABLE of its own: etcd not reached, the connection lost)
+// is handed to `fallback` with its request; only read-only calls come here,
+// as the gRPC client retries only those.
+template <class Request, class Response>
 class RelayUnaryState final : public EtcdStreamObserver {
  public:
-  RelayUnaryState(api::Done<Response> done, absl::AnyInvocable<void(api::Done<Response>) &&> retry)
-      : done_(std::move(done)), retry_(std::move(retry)) {}
+  using Fallback = absl::AnyInvocable<void(Request, api::Done<Response>) &&>;
 
-  // For a call the relay did not take.
-  api::Done<Response> TakeDone() { return std::move(done_); }
+  RelayUnaryState(Request request, api::Done<Response> done, Fallback fallback)
+      : request_(std::move(request)), done_(std::move(done)), fallback_(std::move(fallback)) {}
+
+  const Request& request() const { return request_; }
+  // For a call the relay did not take: its request and `done`.
+  std::pair<Request, api::Done<Response>> Take() { return {std::move(request_), std::move(done_)}; }
 
   void OnMessage(std::string_view message) override {
     ++messages_;
@@ -164,15 +168,17 @@ class RelayUnaryState final : public EtcdStreamObserver {
   }
 
   void OnEnd(absl::Status status) override {
-    if (absl::IsUnavailable(status) && messages_ == 0) {
-      std::move(retry_)(std::move(done_));
+    if (absl::IsUnavailable(status) &&
+        ClassifyAttempt(::grpc::Status(::grpc::StatusCode::UNAVAILABLE,
+                                       std::string(status.message()))) !=
+            AttemptFailure::kNone) {  // the relay's, not etcd's ("etcdserver: no leader")
+      std::move(fallback_)(std::move(request_), std::move(done_));
       return;
     }
     absl::StatusOr<Response> result;
     if (!status.ok()) {
       result = std::move(status);
     } else if (messages_ != 1 || !decoded_) {
-      // What gRPC's client says of a unary answer that is not one message.
       result = absl::InternalError(messages_ == 0 ? "keel: etcd sent no response message"
                                                   : "keel: etcd's response could not be decoded");
     } else {
@@ -182,8 +188,9 @@ class RelayUnaryState final : public EtcdStreamObserver {
   }
 
  private:
+  Request request_;
   api::Done<Response> done_;
-  absl::AnyInvocable<void(api::Done<Response>) &&> retry_;
+  Fallback fallback_;
   Response response_;
   int messages_ = 0;
   bool decoded_ = false;
@@ -201,16 +208,20 @@ void RelayStreamsBackend::Detach() {
   relay_ = nullptr;
 }
 
+std::shared_ptr<EtcdStream> RelayStreamsBackend::OpenEtcdStream(
+    std::string_view path, const api::CallContext& ctx,
+    std::shared_ptr<EtcdStreamObserver> observer) {
+  // Held while opening: Detach() returning means no open is under way.
+  absl::MutexLock lock(&mu_);
+  if (relay_ == nullptr) return nullptr;
+  return relay_->OpenToEtcd(path, ctx, std::move(observer));
+}
+
 template <class Request, class Response>
 std::unique_ptr<api::BidiStream<Request>> RelayStreamsBackend::OpenOnRelay(
     std::string_view path, const api::CallContext& ctx, api::StreamObserver<Response>* observer) {
   auto state = std::make_shared<RelayBidiState<Response>>(observer);
-  std::shared_ptr<EtcdStream> etcd;
-  {
-    // Held while opening: Detach() returning means no open is under way.
-    absl::MutexLock lock(&mu_);
-    if (relay_ != nullptr) etcd = relay_->OpenToEtcd(path, ctx, state);
-  }
+  std::shared_ptr<EtcdStream> etcd = OpenEtcdStream(path, ctx, state);
   if (etcd == nullptr) return nullptr;
   state->SetEtcdStream(etcd);
   return std::make_unique<RelayBidiStream<Request, Response>>(std::move(state), std::move(etcd));
@@ -218,38 +229,37 @@ std::unique_ptr<api::BidiStream<Request>> RelayStreamsBackend::OpenOnRelay(
 
 void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,
                                 api::Done<::etcdserverpb::RangeResponse> done) {
+  using Request = ::etcdserverpb::RangeRequest;
+  using Response = ::etcdserverpb::RangeResponse;
   static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Range");
-  // The relay has no per-call timer or cancel: those stay with the gRPC client.
-  if (ctx.deadline == absl::InfiniteFuture() && ctx.cancel == nullptr) {
-    auto retry = [this, ctx, request](api::Done<::etcdserverpb::RangeResponse> done) mutable {
-      // Detached: the proxy is stopping (the relay ends what it still
-      // carries), so nothing new starts on the gRPC client.
-      bool attached = false;
-      {
-        absl::MutexLock lock(&mu_);
-        attached = relay_ != nullptr;
-      }
-      if (!attached) {
-        std::move(done)(absl::UnavailableError("keel: the proxy is stopping"));
-        return;
-      }
-      inner().Range(ctx, std::move(request), std::move(done));
-    };
-    auto state = std::make_shared<RelayUnaryState<::etcdserverpb::RangeResponse>>(std::move(done),
-                                                                                  std::move(retry));
-    std::shared_ptr<EtcdStream> etcd;
+  // The relay does not watch a cancel hook, and the gRPC client answers an
+  // oversize request with etcd's own error.
+  if (ctx.cancel != nullptr || request.ByteSizeLong() > max_request_bytes_) {
+    inner().Range(ctx, std::move(request), std::move(done));
+    return;
+  }
+  auto fallback = [this, ctx](Request request, api::Done<Response> done) {
+    bool attached = false;
     {
       absl::MutexLock lock(&mu_);
-      if (relay_ != nullptr) etcd = relay_->OpenToEtcd(kPath, ctx, state);
+      attached = relay_ != nullptr;
     }
-    if (etcd != nullptr) {
-      etcd->Write(request);
-      etcd->WritesDone();
+    if (!attached) {  // stopping: nothing new starts on the gRPC client
+      std::move(done)(absl::UnavailableError("keel: the proxy is stopping"));
       return;
     }
-    done = state->TakeDone();  // not opened: the relay never calls the state
+    inner().Range(ctx, std::move(request), std::move(done));
+  };
+  auto state = std::make_shared<RelayUnaryState<Request, Response>>(
+      std::move(request), std::move(done), std::move(fallback));
+  std::shared_ptr<EtcdStream> etcd = OpenEtcdStream(kPath, ctx, state);
+  if (etcd == nullptr) {  // the relay never calls the state
+    auto [unsent, unsent_done] = state->Take();
+    inner().Range(ctx, std::move(unsent), std::move(unsent_done));
+    return;
   }
-  inner().Range(ctx, std::move(request), std::move(done));
+  etcd->Write(state->request());
+  etcd->WritesDone();
 }
 
 std::unique_ptr<api::WatchStream> RelayStreamsBackend::Watch(

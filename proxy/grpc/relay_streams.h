@@ -9,12 +9,14 @@
 // The relay is attached before the chain above is built (so that the streams
 // it opens at once, like the cache's watch, ride the relay from the first;
 // they wait until the relay starts) and detached before it stops. While none
-// is attached, or the relay refuses (etcd unreachable lately, a deadline,
-// stopping), the stream goes to `inner` (the remote backend), whose gRPC
-// client fails over.
+// is attached, or the relay refuses (etcd unreachable lately, stopping), the
+// stream goes to `inner` (the remote backend), whose gRPC client fails over.
 // A stream on the relay that loses its connection ends with UNAVAILABLE, as
-// one on the gRPC client does; the coalescers reopen it.
+// one on the gRPC client does; the coalescers reopen it. A Range (the range
+// cache's revision probe) rides the relay as a one-message stream; one that
+// ends so before an answer is sent again through `inner`.
 
+#include <limits>
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
@@ -29,7 +31,11 @@ namespace keel::proxy::grpcproxy {
 // Thread-safe.
 class RelayStreamsBackend final : public api::ForwardingBackend {
  public:
-  explicit RelayStreamsBackend(api::Backend& inner) : ForwardingBackend(inner) {}
+  // A Range larger than `max_request_bytes` (--max-send-bytes) goes to
+  // `inner`, which answers it with etcd's error.
+  explicit RelayStreamsBackend(api::Backend& inner,
+                               size_t max_request_bytes = std::numeric_limits<size_t>::max())
+      : ForwardingBackend(inner), max_request_bytes_(max_request_bytes) {}
 
   // Streams opened from now on use `relay` (which must not be destroyed
   // before Detach() returns; it may be started later).
@@ -39,10 +45,13 @@ class RelayStreamsBackend final : public api::ForwardingBackend {
   void Detach() ABSL_LOCKS_EXCLUDED(mu_);
 
   // A read-only call (the range cache's revision probe, chiefly): on the
-  // relay when the call has no deadline and no cancel hook, else (or when the
-  // relay cannot carry it) through `inner`.
+  // relay when it has no cancel hook, else (or when the relay does not take
+  // it) through `inner`. One the relay takes but cannot
+  // deliver is sent again through `inner`, unless this is detached by then
+  // (the proxy is stopping): UNAVAILABLE. So this object must outlive the
+  // relay's calls (ProxyServer destroys the relay first).
   void Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,
-             api::Done<::etcdserverpb::RangeResponse> done) override;
+             api::Done<::etcdserverpb::RangeResponse> done) override ABSL_LOCKS_EXCLUDED(mu_);
   std::unique_ptr<api::WatchStream> Watch(
       const api::CallContext& ctx,
       api::StreamObserver<::etcdserverpb::WatchResponse>* observer) override;
@@ -51,12 +60,17 @@ class RelayStreamsBackend final : public api::ForwardingBackend {
       api::StreamObserver<::etcdserverpb::LeaseKeepAliveResponse>* observer) override;
 
  private:
+  // Null when no relay is attached or it refuses.
+  std::shared_ptr<EtcdStream> OpenEtcdStream(std::string_view path, const api::CallContext& ctx,
+                                             std::shared_ptr<EtcdStreamObserver> observer)
+      ABSL_LOCKS_EXCLUDED(mu_);
   template <class Request, class Response>
   std::unique_ptr<api::BidiStream<Request>> OpenOnRelay(std::string_view path,
                                                         const api::CallContext& ctx,
                                                         api::StreamObserver<Response>* observer)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  const size_t max_request_bytes_;
   absl::Mutex mu_;
   FrameRelay* relay_ ABSL_GUARDED_BY(mu_) = nullptr;
 };

@@ -6,6 +6,11 @@
 // dead etcd end a stream with the status the Backend contract names, and
 // new streams then go to the gRPC client, which keeps working.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -295,11 +300,11 @@ TEST_F(RelayStreamsEtcdTest, LostEtcdEndsTheStreamAndNothingHangs) {
   EXPECT_GT(reply->ttl(), 0);
 }
 
-// A Range without a deadline (the range cache's revision probe) rides the
-// relay: with a gRPC client that can reach nothing, it still gets etcd's
-// answer, and etcd's own error (status and message) for a bad one. With a
-// deadline it stays on the gRPC client.
-TEST_F(RelayStreamsEtcdTest, RangeWithoutDeadlineRidesTheRelay) {
+// A Range (the range cache's revision probe) rides the relay: with a gRPC
+// client that can reach nothing, it still gets etcd's answer, with or
+// without a deadline, and etcd's own error (status and message) for a bad
+// one. With a cancel hook it stays on the gRPC client.
+TEST_F(RelayStreamsEtcdTest, RangeRidesTheRelay) {
   ASSERT_TRUE(relay_->Start().ok());
   RemoteOptions nowhere;
   nowhere.endpoints = {"127.0.0.1:" + std::to_string(testutil::FreePort())};
@@ -316,17 +321,53 @@ TEST_F(RelayStreamsEtcdTest, RangeWithoutDeadlineRidesTheRelay) {
   EXPECT_EQ(got->kvs(0).value(), "v");
   EXPECT_GT(got->header().revision(), 1);
 
+  api::CallContext with_deadline;
+  with_deadline.deadline = absl::Now() + absl::Seconds(20);
+  absl::StatusOr<RangeResponse> in_time = Range(backend, with_deadline, get);
+  ASSERT_TRUE(in_time.ok()) << in_time.status();
+  EXPECT_EQ(in_time->kvs_size(), 1);
+
   RangeRequest future = get;
   future.set_revision(got->header().revision() + 100);
   absl::StatusOr<RangeResponse> refused = Range(backend, {}, future);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kOutOfRange) << refused.status();
   EXPECT_EQ(refused.status().message(), "etcdserver: mvcc: required revision is a future revision");
 
-  api::CallContext with_deadline;
-  with_deadline.deadline = absl::Now() + absl::Seconds(5);
-  absl::StatusOr<RangeResponse> via_grpc = Range(backend, with_deadline, get);
+  api::CallContext with_cancel;
+  with_cancel.cancel = std::make_shared<api::CancelSignal>();
+  absl::StatusOr<RangeResponse> via_grpc = Range(backend, with_cancel, get);
   EXPECT_EQ(via_grpc.status().code(), absl::StatusCode::kUnavailable) << via_grpc.status();
   backend.Detach();
+}
+
+// A call on the relay that etcd does not answer by its deadline ends with
+// DEADLINE_EXCEEDED, as on gRPC's client (here the "etcd" is a socket that
+// is never read), and is not sent again.
+TEST_F(RelayStreamsEtcdTest, UnansweredRangeEndsAtItsDeadline) {
+  const int silent = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(silent, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(bind(silent, reinterpret_cast<sockaddr*>(&addr), len), 0);
+  ASSERT_EQ(listen(silent, 4), 0);
+  ASSERT_EQ(getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  relay_ = NewRelay("127.0.0.1:" + std::to_string(ntohs(addr.sin_port)));
+  ASSERT_TRUE(relay_->Start().ok());
+  streams_->Attach(relay_.get());
+
+  RangeRequest get;
+  get.set_key("k");
+  api::CallContext ctx;
+  ctx.deadline = absl::Now() + absl::Milliseconds(500);
+  absl::StatusOr<RangeResponse> got = Range(*streams_, ctx, get);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
+  for (int i = 0; i < 100 && ChainStreams() != 0; ++i) absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(ChainStreams(), 0);  // reset and forgotten
+  streams_->Detach();
+  relay_.reset();
+  close(silent);
 }
 
 // A Range the relay cannot deliver (its etcd endpoint is dead) is sent again
@@ -339,7 +380,9 @@ TEST_F(RelayStreamsEtcdTest, RangeTheRelayCannotCarryGoesToTheGrpcClient) {
   ASSERT_EQ(EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"put", "k", "v2"}).exit_code, 0);
   RangeRequest get;
   get.set_key("k");
-  for (int i = 0; i < 3; ++i) {  // the first finds no etcd; the next are refused at once
+  // The relay takes the first (it has not found etcd down yet): that one is
+  // sent again; it refuses the next at once.
+  for (int i = 0; i < 3; ++i) {
     absl::StatusOr<RangeResponse> got = Range(*streams_, {}, get);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(got->kvs_size(), 1);
