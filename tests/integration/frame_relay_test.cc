@@ -287,7 +287,7 @@ TEST_F(FrameRelayTest, ManyCallsOnOneConnectionDoNotGrowTheProxy) {
   reads("60000");
   const double after = Metric(*proxy, "process_resident_memory_bytes");
   ASSERT_GT(before, 0) << proxy->Log();
-  // Kept streams would add some 18 MB here.
+  // Kept streams added some 15 MB here.
   EXPECT_LT(after - before, 6e6) << "before " << before << ", after " << after;
   EXPECT_GE(Metric(*proxy, kToEtcd), 65000);
 }

@@ -24,12 +24,15 @@ ETCDCTL = "/usr/bin/etcdctl"
 
 PROCS = []  # every Proc ever started, for kill_all()
 
+
 def _dying_with_parent(argv):
     """argv under setpriv(1), which makes the child SIGKILLed when the harness dies (even
     by SIGKILL, e.g. a ctest timeout), since each child runs in its own session and would
     survive otherwise. Not a preexec_fn: Python code run between fork and exec can deadlock
-    on a lock another thread held at the fork (it did, once in a few hundred runs)."""
+    on a lock another thread held at the fork (it did once)."""
     return ["/usr/bin/setpriv", "--pdeathsig", "KILL", "--"] + list(argv)
+
+
 _PROCS_LOCK = threading.Lock()
 
 
