@@ -153,8 +153,13 @@ class RelayUnaryState final : public EtcdStreamObserver {
  public:
   using Fallback = absl::AnyInvocable<void(Request, api::Done<Response>) &&>;
 
-  RelayUnaryState(Request request, api::Done<Response> done, Fallback fallback)
-      : request_(std::move(request)), done_(std::move(done)), fallback_(std::move(fallback)) {}
+  // `cancel` (may be null): the caller's CancelSignal, cleared at the end.
+  RelayUnaryState(Request request, api::Done<Response> done, Fallback fallback,
+                  std::shared_ptr<api::CancelSignal> cancel)
+      : request_(std::move(request)),
+        done_(std::move(done)),
+        fallback_(std::move(fallback)),
+        cancel_(std::move(cancel)) {}
 
   const Request& request() const { return request_; }
   // For a call the relay did not take: its request and `done`.
@@ -168,6 +173,7 @@ class RelayUnaryState final : public EtcdStreamObserver {
   }
 
   void OnEnd(absl::Status status) override {
+    if (cancel_ != nullptr) cancel_->Clear();
     if (absl::IsUnavailable(status) &&
         ClassifyAttempt(::grpc::Status(::grpc::StatusCode::UNAVAILABLE,
                                        std::string(status.message()))) !=
@@ -191,6 +197,7 @@ class RelayUnaryState final : public EtcdStreamObserver {
   Request request_;
   api::Done<Response> done_;
   Fallback fallback_;
+  const std::shared_ptr<api::CancelSignal> cancel_;
   Response response_;
   int messages_ = 0;
   bool decoded_ = false;
@@ -232,9 +239,8 @@ void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::Ran
   using Request = ::etcdserverpb::RangeRequest;
   using Response = ::etcdserverpb::RangeResponse;
   static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Range");
-  // The relay does not watch a cancel hook, and the gRPC client answers an
-  // oversize request with etcd's own error.
-  if (ctx.cancel != nullptr || request.ByteSizeLong() > max_request_bytes_) {
+  // The gRPC client answers an oversize request with etcd's own error.
+  if (request.ByteSizeLong() > max_request_bytes_) {
     inner().Range(ctx, std::move(request), std::move(done));
     return;
   }
@@ -251,7 +257,7 @@ void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::Ran
     inner().Range(ctx, std::move(request), std::move(done));
   };
   auto state = std::make_shared<RelayUnaryState<Request, Response>>(
-      std::move(request), std::move(done), std::move(fallback));
+      std::move(request), std::move(done), std::move(fallback), ctx.cancel);
   std::shared_ptr<EtcdStream> etcd = OpenEtcdStream(kPath, ctx, state);
   if (etcd == nullptr) {  // the relay never calls the state
     auto [unsent, unsent_done] = state->Take();
@@ -260,6 +266,10 @@ void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::Ran
   }
   etcd->Write(state->request());
   etcd->WritesDone();
+  // The caller giving up resets the stream (CANCELLED). Should the call have
+  // ended already, the state's Clear() came first and this registration
+  // stays behind: a cancel then reaches a stream that has ended, a no-op.
+  if (ctx.cancel != nullptr) ctx.cancel->OnCancel([etcd] { etcd->Cancel(); });
 }
 
 std::unique_ptr<api::WatchStream> RelayStreamsBackend::Watch(

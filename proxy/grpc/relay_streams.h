@@ -44,9 +44,9 @@ class RelayStreamsBackend final : public api::ForwardingBackend {
   // their owners close them or the relay is destroyed.
   void Detach() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // A read-only call (the range cache's revision probe, chiefly): on the
-  // relay when it has no cancel hook, else (or when the relay does not take
-  // it) through `inner`. One the relay takes but cannot
+  // A read-only call (the range cache's revision probe, the reads of a
+  // namespaced proxy): on the relay (the caller's cancel hook resets its
+  // stream), else (when the relay does not take it) through `inner`. One the relay takes but cannot
   // deliver is sent again through `inner`, unless this is detached by then
   // (the proxy is stopping): UNAVAILABLE. So this object must outlive the
   // relay's calls (ProxyServer destroys the relay first).

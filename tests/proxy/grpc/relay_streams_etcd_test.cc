@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "api/backend.h"
 #include "common/metrics.h"
@@ -302,8 +303,8 @@ TEST_F(RelayStreamsEtcdTest, LostEtcdEndsTheStreamAndNothingHangs) {
 
 // A Range (the range cache's revision probe) rides the relay: with a gRPC
 // client that can reach nothing, it still gets etcd's answer, with or
-// without a deadline, and etcd's own error (status and message) for a bad
-// one. With a cancel hook it stays on the gRPC client.
+// without a deadline or a cancel hook, and etcd's own error (status and
+// message) for a bad one.
 TEST_F(RelayStreamsEtcdTest, RangeRidesTheRelay) {
   ASSERT_TRUE(relay_->Start().ok());
   RemoteOptions nowhere;
@@ -335,15 +336,17 @@ TEST_F(RelayStreamsEtcdTest, RangeRidesTheRelay) {
 
   api::CallContext with_cancel;
   with_cancel.cancel = std::make_shared<api::CancelSignal>();
-  absl::StatusOr<RangeResponse> via_grpc = Range(backend, with_cancel, get);
-  EXPECT_EQ(via_grpc.status().code(), absl::StatusCode::kUnavailable) << via_grpc.status();
+  absl::StatusOr<RangeResponse> cancellable = Range(backend, with_cancel, get);
+  ASSERT_TRUE(cancellable.ok()) << cancellable.status();
+  EXPECT_EQ(cancellable->kvs_size(), 1);
   backend.Detach();
 }
 
 // A call on the relay that etcd does not answer by its deadline ends with
 // DEADLINE_EXCEEDED, as on gRPC's client (here the "etcd" is a socket that
-// is never read), and is not sent again.
-TEST_F(RelayStreamsEtcdTest, UnansweredRangeEndsAtItsDeadline) {
+// is never read), and is not sent again; one whose caller gives up ends
+// with CANCELLED at once.
+TEST_F(RelayStreamsEtcdTest, UnansweredRangeEndsAtItsDeadlineOrCancel) {
   const int silent = socket(AF_INET, SOCK_STREAM, 0);
   ASSERT_GE(silent, 0);
   sockaddr_in addr{};
@@ -365,6 +368,20 @@ TEST_F(RelayStreamsEtcdTest, UnansweredRangeEndsAtItsDeadline) {
   EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
   for (int i = 0; i < 100 && ChainStreams() != 0; ++i) absl::SleepFor(absl::Milliseconds(20));
   EXPECT_EQ(ChainStreams(), 0);  // reset and forgotten
+
+  api::CallContext cancellable;
+  cancellable.cancel = std::make_shared<api::CancelSignal>();
+  absl::Notification cancelled;
+  absl::Status status;
+  streams_->Range(cancellable, get, [&](absl::StatusOr<RangeResponse> r) {
+    status = r.status();
+    cancelled.Notify();
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(cancelled.HasBeenNotified());  // no answer, no deadline: waiting
+  cancellable.cancel->Cancel();
+  ASSERT_TRUE(cancelled.WaitForNotificationWithTimeout(kWait));
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
   streams_->Detach();
   relay_.reset();
   close(silent);
