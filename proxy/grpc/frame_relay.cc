@@ -1622,7 +1622,7 @@ bool FrameRelay::Loop::TakeEtcdCommands() {
         MarkDirty(s->peer);
         break;
       case EtcdCommand::Kind::kCancel:
-        if (open) {
+        if (open && !command.link->ended()) {
           nghttp2_submit_rst_stream(s->peer->session, NGHTTP2_FLAG_NONE, s->peer_id,
                                     NGHTTP2_CANCEL);
           MarkDirty(s->peer);

@@ -162,6 +162,15 @@ class RelayUnaryState final : public EtcdStreamObserver {
         cancel_(std::move(cancel)) {}
 
   const Request& request() const { return request_; }
+
+  // Registers the caller's cancel hook (it resets `etcd`'s stream) unless the
+  // call has ended: by then it may have fallen back to the gRPC client, whose
+  // own hook must not be replaced.
+  void ArmCancel(std::shared_ptr<EtcdStream> etcd) {
+    if (cancel_ == nullptr) return;
+    absl::MutexLock lock(&mu_);
+    if (!ended_) cancel_->OnCancel([etcd = std::move(etcd)] { etcd->Cancel(); });
+  }
   // For a call the relay did not take: its request and `done`.
   std::pair<Request, api::Done<Response>> Take() { return {std::move(request_), std::move(done_)}; }
 
@@ -173,7 +182,11 @@ class RelayUnaryState final : public EtcdStreamObserver {
   }
 
   void OnEnd(absl::Status status) override {
-    if (cancel_ != nullptr) cancel_->Clear();
+    {
+      absl::MutexLock lock(&mu_);
+      ended_ = true;
+      if (cancel_ != nullptr) cancel_->Clear();
+    }
     if (absl::IsUnavailable(status) &&
         ClassifyAttempt(::grpc::Status(::grpc::StatusCode::UNAVAILABLE,
                                        std::string(status.message()))) !=
@@ -198,6 +211,8 @@ class RelayUnaryState final : public EtcdStreamObserver {
   api::Done<Response> done_;
   Fallback fallback_;
   const std::shared_ptr<api::CancelSignal> cancel_;
+  absl::Mutex mu_;  // ArmCancel (caller's thread) against OnEnd (the relay's)
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
   Response response_;
   int messages_ = 0;
   bool decoded_ = false;
@@ -266,10 +281,7 @@ void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::Ran
   }
   etcd->Write(state->request());
   etcd->WritesDone();
-  // The caller giving up resets the stream (CANCELLED). Should the call have
-  // ended already, the state's Clear() came first and this registration
-  // stays behind: a cancel then reaches a stream that has ended, a no-op.
-  if (ctx.cancel != nullptr) ctx.cancel->OnCancel([etcd] { etcd->Cancel(); });
+  state->ArmCancel(std::move(etcd));  // the caller giving up resets the stream
 }
 
 std::unique_ptr<api::WatchStream> RelayStreamsBackend::Watch(

@@ -369,19 +369,24 @@ TEST_F(RelayStreamsEtcdTest, UnansweredRangeEndsAtItsDeadlineOrCancel) {
   for (int i = 0; i < 100 && ChainStreams() != 0; ++i) absl::SleepFor(absl::Milliseconds(20));
   EXPECT_EQ(ChainStreams(), 0);  // reset and forgotten
 
+  struct Outcome {
+    absl::Notification ended;
+    absl::Status status;
+  };
+  auto outcome = std::make_shared<Outcome>();  // outlives the test if the call hangs
   api::CallContext cancellable;
   cancellable.cancel = std::make_shared<api::CancelSignal>();
-  absl::Notification cancelled;
-  absl::Status status;
-  streams_->Range(cancellable, get, [&](absl::StatusOr<RangeResponse> r) {
-    status = r.status();
-    cancelled.Notify();
+  streams_->Range(cancellable, get, [outcome](absl::StatusOr<RangeResponse> r) {
+    outcome->status = r.status();
+    outcome->ended.Notify();
   });
   absl::SleepFor(absl::Milliseconds(200));
-  EXPECT_FALSE(cancelled.HasBeenNotified());  // no answer, no deadline: waiting
+  EXPECT_FALSE(outcome->ended.HasBeenNotified());  // no answer, no deadline: waiting
   cancellable.cancel->Cancel();
-  ASSERT_TRUE(cancelled.WaitForNotificationWithTimeout(kWait));
-  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  ASSERT_TRUE(outcome->ended.WaitForNotificationWithTimeout(kWait));
+  EXPECT_EQ(outcome->status.code(), absl::StatusCode::kCancelled) << outcome->status;
+  for (int i = 0; i < 100 && ChainStreams() != 0; ++i) absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(ChainStreams(), 0);  // reset and forgotten
   streams_->Detach();
   relay_.reset();
   close(silent);
