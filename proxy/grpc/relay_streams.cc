@@ -187,10 +187,8 @@ class RelayUnaryState final : public EtcdStreamObserver {
       ended_ = true;
       if (cancel_ != nullptr) cancel_->Clear();
     }
-    if (absl::IsUnavailable(status) &&
-        ClassifyAttempt(::grpc::Status(::grpc::StatusCode::UNAVAILABLE,
-                                       std::string(status.message()))) !=
-            AttemptFailure::kNone) {  // the relay's, not etcd's ("etcdserver: no leader")
+    // The relay's own UNAVAILABLE, not etcd's ("etcdserver: no leader").
+    if (absl::IsUnavailable(status) && !IsEtcdError(status.message())) {
       std::move(fallback_)(std::move(request_), std::move(done_));
       return;
     }

@@ -6,6 +6,7 @@
 #include <string_view>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
 #include "grpc/grpc.h"
@@ -38,12 +39,14 @@ int ToMillis(absl::Duration d) {
 
 }  // namespace
 
+bool IsEtcdError(absl::string_view message) {
+  return absl::StartsWith(message, absl::string_view(kEtcdPrefix.data(), kEtcdPrefix.size()));
+}
+
 AttemptFailure ClassifyAttempt(const ::grpc::Status& status) {
   if (status.error_code() != ::grpc::StatusCode::UNAVAILABLE) return AttemptFailure::kNone;
   const std::string& msg = status.error_message();
-  if (std::string_view(msg).substr(0, kEtcdPrefix.size()) == kEtcdPrefix) {
-    return AttemptFailure::kNone;
-  }
+  if (IsEtcdError(msg)) return AttemptFailure::kNone;
   for (std::string_view marker : kNotSentMarkers) {
     if (msg.find(marker) != std::string::npos) return AttemptFailure::kNotSent;
   }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "api/backend.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -30,6 +31,11 @@ enum class AttemptFailure {
 
 // Classifies the final status of one attempt. Thread-safe.
 AttemptFailure ClassifyAttempt(const ::grpc::Status& status);
+
+// Whether an error message is etcd's own ("etcdserver: ..."), as opposed to
+// one of the transport's: an UNAVAILABLE from etcd is an answer, not a
+// reason to try again.
+bool IsEtcdError(absl::string_view message);
 
 // grpc::Status → absl::Status with the same code and message.
 absl::Status ToAbslStatus(const ::grpc::Status& status);
