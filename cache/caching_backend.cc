@@ -57,8 +57,13 @@ constexpr size_t kStraightReads = 1;
 // Everything the completions need; shared with them because in-flight calls
 // may outlive the CachingBackend.
 struct CachingBackend::State {
-  State(api::Backend& backend, CacheOptions opts, common::MetricsRegistry* metrics)
-      : inner(backend), options(opts), probe(backend), cache(opts.max_bytes) {
+  State(api::Backend& backend, api::Backend& watch_backend, CacheOptions opts,
+        common::MetricsRegistry* metrics)
+      : inner(backend),
+        watch_source(watch_backend),
+        options(opts),
+        probe(backend),
+        cache(opts.max_bytes) {
     backoff = options.min_watch_backoff;
     if (metrics == nullptr) return;
     hits = metrics->GetCounter("etcd_grpc_proxy_cache_hits_total", "Total number of cache hits");
@@ -219,6 +224,7 @@ struct CachingBackend::State {
   }
 
   api::Backend& inner;
+  api::Backend& watch_source;  // where the cache's watch is opened
   const CacheOptions options;
   api::RevisionProbe probe;
   common::Counter* hits = nullptr;
@@ -442,8 +448,10 @@ void Serve(std::shared_ptr<StateT> state, const api::CallContext& ctx, RangeRequ
 }  // namespace
 
 CachingBackend::CachingBackend(api::Backend& inner, CacheOptions options,
-                               common::MetricsRegistry* metrics)
-    : ForwardingBackend(inner), state_(std::make_shared<State>(inner, options, metrics)) {
+                               common::MetricsRegistry* metrics, api::Backend* watch_source)
+    : ForwardingBackend(inner),
+      state_(std::make_shared<State>(inner, watch_source != nullptr ? *watch_source : inner,
+                                     options, metrics)) {
   OpenWatch();
   timer_ = std::thread([this] { TimerLoop(); });
 }
@@ -513,7 +521,7 @@ void CachingBackend::OpenWatch() {
   // instead of leaving the cache live on a store that no longer moves.
   api::CallContext ctx;
   ctx.require_leader = true;
-  std::unique_ptr<api::WatchStream> handle = inner().Watch(ctx, observer.get());
+  std::unique_ptr<api::WatchStream> handle = state_->watch_source.Watch(ctx, observer.get());
   ::etcdserverpb::WatchRequest create;
   create.mutable_create_request()->set_key(std::string(1, '\0'));
   create.mutable_create_request()->set_range_end(std::string(1, '\0'));

@@ -47,15 +47,22 @@ struct CacheOptions {
 // - Only latest-revision reads (revision == 0) are cached or served; the
 //   rest passes through. Txn passes through (its ranges are not cached).
 // - The cache holds and serves entries only while its own watch (key "\x00",
-//   range_end "\x00", no token, require_leader, through `inner`) is live; a
-//   watch that ends or is refused (e.g. "no leader", compaction, permission
-//   denied) empties it and it is reopened with backoff. With auth on and no
-//   proxy identity allowed to watch, the cache is off.
-// - Freshness lease. In the proxy `inner` is the watch coalescer, which hides
-//   the loss of its upstream stream (it reopens from the last revision and
-//   tells its clients nothing; only `no leader` and compaction end the
-//   cache's watch). So a live watch does not prove that A keeps up with the
-//   store: etcd may be down or unreachable while A stands still. While
+//   range_end "\x00", no token, require_leader, no prev_kv, through the
+//   watch source) is live; a watch that ends or is refused (e.g. "no
+//   leader", compaction, permission denied, a lost connection) empties it and
+//   it is reopened with backoff. With auth on and no proxy identity allowed
+//   to watch, the cache is off.
+// - The watch source is `inner` unless another backend is given. The proxy
+//   gives the one below its watch coalescer: the coalescer asks etcd for
+//   prev_kv on every upstream watcher, and a prev_kv watch on the whole
+//   keyspace costs etcd a read of the old value on every write (a third of
+//   its put throughput here), while the cache needs only keys and revisions.
+// - Freshness lease. A live watch does not prove that A keeps up with the
+//   store: an etcd that is black-holed leaves the watch quiet, not ended, and
+//   a watch coalescer below (as in some tests) hides the loss of its
+//   upstream stream altogether (it reopens from the last revision and tells
+//   its clients nothing). So etcd may be down or unreachable while A stands
+//   still. While
 //   serializable reads come in (and for options.probe_idle_after after the
 //   last one) the timer thread sends a token-less, require_leader
 //   api::RevisionProbe every options.freshness_probe_interval, records its
@@ -87,7 +94,7 @@ struct CacheOptions {
 //   refuses with `user name is empty`, `permission denied` or `invalid auth
 //   token` - the periodic freshness probe, a linearizable read's probe or a
 //   serializable miss - empties the cache at once and restarts its watch,
-//   which etcd then refuses (should the watch coalescer below still let it
+//   which etcd then refuses (should a watch coalescer below still let it
 //   open, the lease is never confirmed: probes keep failing, nothing is
 //   served). Hits served before that refusal may still be
 //   token-less answers cached before auth was enabled (at most max_staleness
@@ -114,8 +121,10 @@ struct CacheOptions {
 // outlive this object; `inner` and `metrics` must outlive them.
 class CachingBackend final : public api::ForwardingBackend {
  public:
-  // Opens the cache's watch at once. REQUIRES: options.max_bytes > 0.
-  CachingBackend(api::Backend& inner, CacheOptions options, common::MetricsRegistry* metrics);
+  // Opens the cache's watch at once, on `watch_source` (null: on `inner`),
+  // which must outlive this object. REQUIRES: options.max_bytes > 0.
+  CachingBackend(api::Backend& inner, CacheOptions options, common::MetricsRegistry* metrics,
+                 api::Backend* watch_source = nullptr);
   // Stops the timer thread, cancels the cache's watch and waits until its
   // OnDone has run; linearizable reads still waiting for the watch are
   // forwarded (their `done` later runs on the inner backend's threads).

@@ -247,6 +247,7 @@ class CachingBackendTest : public ::testing::Test {
 
   common::MetricsRegistry metrics_;
   FakeBackend fake_;
+  FakeBackend watch_source_;  // for the test that gives one
   std::unique_ptr<CachingBackend> cache_;
 };
 
@@ -261,6 +262,29 @@ TEST_F(CachingBackendTest, OpensOneWholeKeyspaceWatchWithoutToken) {
   EXPECT_TRUE(w->ctx().token.empty());
   EXPECT_TRUE(w->ctx().require_leader);
   EXPECT_GE(w->credits(), 1);
+}
+
+// The proxy opens the cache's watch below its watch coalescer (which would
+// ask etcd for prev_kv); reads and probes still go through `inner`.
+TEST_F(CachingBackendTest, AGivenWatchSourceTakesTheWatchAndNothingElse) {
+  cache_ = std::make_unique<CachingBackend>(fake_, TestOptions(), &metrics_, &watch_source_);
+  ASSERT_TRUE(watch_source_.WaitForWatches(1, kWait));
+  std::shared_ptr<FakeWatch> w = watch_source_.watch(0);
+  ASSERT_TRUE(w->WaitForRequests(1, kWait));
+  EXPECT_EQ(w->Requests()[0].create_request().key(), kNul);
+  EXPECT_FALSE(w->Requests()[0].create_request().prev_kv());
+  EXPECT_EQ(fake_.watch_count(), 0u);
+
+  WatchResponse created;
+  created.mutable_header()->set_revision(10);
+  created.set_created(true);
+  w->Push(created);
+  ASSERT_TRUE(cache_->WaitForLiveForTest(kWait));
+  Fill("k", "v1", 10);  // the miss went to `inner`
+  EXPECT_EQ(Hit({}, Get("k", true)).kvs(0).value(), "v1");
+  w->Push(Events(11, {"k"}));
+  ASSERT_TRUE(cache_->WaitForAppliedForTest(11, kWait));
+  EXPECT_EQ(cache_->EntriesForTest(), 0u);  // the event from the watch source invalidated it
 }
 
 TEST_F(CachingBackendTest, PassesThroughUntilTheWatchIsLive) {
