@@ -27,6 +27,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/container/inlined_vector.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
@@ -609,17 +610,30 @@ struct FrameRelay::Loop {
 };
 
 namespace {
+
 // The loop of the calling thread's callbacks (set by each loop's thread).
 thread_local FrameRelay::Loop* current_loop = nullptr;
-}  // namespace
 
-namespace {
+// The payload that marks an UNAVAILABLE of a chain stream etcd never saw.
+constexpr char kNeverSentPayload[] = "keel.proxy/never-sent-to-etcd";
+
+// UNAVAILABLE for a chain stream that never reached etcd (NeverSentToEtcd).
+absl::Status NeverSent(const std::string& message) {
+  absl::Status status = absl::UnavailableError(message);
+  status.SetPayload(kNeverSentPayload, absl::Cord());
+  return status;
+}
+
 // Default loops: one per CPU this process may run on, at most kMaxLoops (a
 // loop relays a few hundred thousand calls a second, far beyond what etcd
 // serves; more would only add connections to etcd).
 constexpr int kMaxLoops = 4;
 int DefaultLoops() { return std::min(common::UsableCpus(), kMaxLoops); }
 }  // namespace
+
+bool NeverSentToEtcd(const absl::Status& status) {
+  return absl::IsUnavailable(status) && status.GetPayload(kNeverSentPayload).has_value();
+}
 
 FrameRelay::FrameRelay(FrameRelayOptions options) {
   const int n = options.loops > 0 ? options.loops : DefaultLoops();
@@ -1280,7 +1294,8 @@ void FrameRelay::Loop::PeerEnded(Stream* s, uint32_t error_code, bool replay_saf
   s->peer_open = false;
   s->peer = nullptr;
   if (s->for_chain != nullptr) {
-    EndForChain(s, absl::UnavailableError("keel: the connection to etcd was lost"));
+    EndForChain(s, replay_safe ? NeverSent("keel: cannot reach etcd")
+                               : absl::UnavailableError("keel: the connection to etcd was lost"));
     return;
   }
   if (s->client_open && !s->response_submitted && s->replayable &&
@@ -1640,7 +1655,7 @@ void FrameRelay::Loop::OpenForChain(const std::shared_ptr<EtcdStreamLink>& link)
   if (link->ended()) return;  // cancelled before it was opened
   Conn* up = Upstream();
   if (up == nullptr) {
-    EndLink(*link, absl::UnavailableError("keel: cannot reach etcd"));
+    EndLink(*link, NeverSent("keel: cannot reach etcd"));
     return;
   }
   absl::InlinedVector<nghttp2_nv, 8> headers = {
@@ -1673,7 +1688,7 @@ void FrameRelay::Loop::OpenForChain(const std::shared_ptr<EtcdStreamLink>& link)
       nghttp2_submit_request(up->session, nullptr, headers.data(), headers.size(), &provider, s);
   if (id < 0) {
     delete s;
-    EndLink(*link, absl::UnavailableError("keel: cannot open a stream to etcd"));
+    EndLink(*link, NeverSent("keel: cannot open a stream to etcd"));
     return;
   }
   s->peer = up;
@@ -1736,7 +1751,7 @@ void FrameRelay::Loop::EndEtcdCommands() {
   etcd_commands->Take(taken_commands);
   for (EtcdCommand& command : taken_commands) {
     if (command.kind == EtcdCommand::Kind::kOpen) {
-      EndLink(*command.link, absl::UnavailableError("keel: the frame relay stopped"));
+      EndLink(*command.link, NeverSent("keel: the frame relay stopped"));
     }
   }
   taken_commands.clear();
@@ -1955,8 +1970,12 @@ int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
   if (s->for_chain != nullptr) {
     s->peer_open = false;
     s->peer = nullptr;
-    l->EndForChain(s, absl::UnavailableError(absl::StrCat(
-                          "keel: etcd reset the stream (HTTP/2 error ", error_code, ")")));
+    // REFUSED_STREAM (also every stream beyond a GOAWAY's last id): etcd
+    // did not process it.
+    const std::string message =
+        absl::StrCat("keel: etcd reset the stream (HTTP/2 error ", error_code, ")");
+    l->EndForChain(s, error_code == NGHTTP2_REFUSED_STREAM ? NeverSent(message)
+                                                           : absl::UnavailableError(message));
     return 0;
   }
   s->down_consumed = s->down_total();  // the connection window was given back on receipt

@@ -42,9 +42,17 @@ class EtcdStreamObserver {
   // One response message, without its gRPC prefix.
   virtual void OnMessage(std::string_view message) = 0;
   // The stream ended: etcd's status, CANCELLED after Cancel(), UNAVAILABLE
-  // when the connection to etcd was lost or could not be made.
+  // when the connection to etcd was lost or could not be made
+  // (NeverSentToEtcd tells the second case).
   virtual void OnEnd(absl::Status status) = 0;
 };
+
+// Whether an EtcdStreamObserver::OnEnd status says that etcd cannot have
+// seen the stream (no connection came up, etcd refused the stream, the relay
+// stopped before opening it), so that even a write may be sent again
+// elsewhere. False for any other status, including a connection lost after
+// it came up.
+bool NeverSentToEtcd(const absl::Status& status);
 
 // The chain's handle on a stream to etcd through the relay. Thread-safe;
 // calls are carried out in order on the stream's loop. Destroying it does not

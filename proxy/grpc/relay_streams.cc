@@ -145,19 +145,21 @@ class RelayBidiStream final : public api::BidiStream<Request> {
 
 // A unary call on a relay stream: etcd's one response, then the stream's end
 // (called by the relay, never overlapping). A call the relay could not
-// deliver (an UNAVAILABLE of its own: etcd not reached, the connection lost)
-// is handed to `fallback` with its request; only read-only calls come here,
-// as the gRPC client retries only those.
+// deliver (an UNAVAILABLE of its own) is handed to `fallback` with its
+// request when that is safe, by the gRPC client's rule (remote_backend.h): a
+// read always, a write only when etcd never saw it (NeverSentToEtcd); a write
+// whose connection was lost after it may have left gets that UNAVAILABLE.
 template <class Request, class Response>
 class RelayUnaryState final : public EtcdStreamObserver {
  public:
   using Fallback = absl::AnyInvocable<void(Request, api::Done<Response>) &&>;
 
   // `cancel` (may be null): the caller's CancelSignal, cleared at the end.
-  RelayUnaryState(Request request, api::Done<Response> done, Fallback fallback,
+  RelayUnaryState(Request request, api::Done<Response> done, bool read_only, Fallback fallback,
                   std::shared_ptr<api::CancelSignal> cancel)
       : request_(std::move(request)),
         done_(std::move(done)),
+        read_only_(read_only),
         fallback_(std::move(fallback)),
         cancel_(std::move(cancel)) {}
 
@@ -188,7 +190,8 @@ class RelayUnaryState final : public EtcdStreamObserver {
       if (cancel_ != nullptr) cancel_->Clear();
     }
     // The relay's own UNAVAILABLE, not etcd's ("etcdserver: no leader").
-    if (absl::IsUnavailable(status) && !IsEtcdError(status.message())) {
+    if (absl::IsUnavailable(status) && !IsEtcdError(status.message()) &&
+        (read_only_ || NeverSentToEtcd(status))) {
       std::move(fallback_)(std::move(request_), std::move(done_));
       return;
     }
@@ -207,6 +210,7 @@ class RelayUnaryState final : public EtcdStreamObserver {
  private:
   Request request_;
   api::Done<Response> done_;
+  const bool read_only_;
   Fallback fallback_;
   const std::shared_ptr<api::CancelSignal> cancel_;
   absl::Mutex mu_;  // ArmCancel (caller's thread) against OnEnd (the relay's)
@@ -247,17 +251,17 @@ std::unique_ptr<api::BidiStream<Request>> RelayStreamsBackend::OpenOnRelay(
   return std::make_unique<RelayBidiStream<Request, Response>>(std::move(state), std::move(etcd));
 }
 
-void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,
-                                api::Done<::etcdserverpb::RangeResponse> done) {
-  using Request = ::etcdserverpb::RangeRequest;
-  using Response = ::etcdserverpb::RangeResponse;
-  static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Range");
+template <class Request, class Response>
+void RelayStreamsBackend::UnaryOnRelay(const std::string& path, bool read_only,
+                                       InnerMethod<Request, Response> method,
+                                       const api::CallContext& ctx, Request request,
+                                       api::Done<Response> done) {
   // The gRPC client answers an oversize request with etcd's own error.
   if (request.ByteSizeLong() > max_request_bytes_) {
-    inner().Range(ctx, std::move(request), std::move(done));
+    (inner().*method)(ctx, std::move(request), std::move(done));
     return;
   }
-  auto fallback = [this, ctx](Request request, api::Done<Response> done) {
+  auto fallback = [this, ctx, method](Request request, api::Done<Response> done) {
     bool attached = false;
     {
       absl::MutexLock lock(&mu_);
@@ -267,19 +271,49 @@ void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::Ran
       std::move(done)(absl::UnavailableError("keel: the proxy is stopping"));
       return;
     }
-    inner().Range(ctx, std::move(request), std::move(done));
+    (inner().*method)(ctx, std::move(request), std::move(done));
   };
   auto state = std::make_shared<RelayUnaryState<Request, Response>>(
-      std::move(request), std::move(done), std::move(fallback), ctx.cancel);
-  std::shared_ptr<EtcdStream> etcd = OpenEtcdStream(kPath, ctx, state);
+      std::move(request), std::move(done), read_only, std::move(fallback), ctx.cancel);
+  std::shared_ptr<EtcdStream> etcd = OpenEtcdStream(path, ctx, state);
   if (etcd == nullptr) {  // the relay never calls the state
     auto [unsent, unsent_done] = state->Take();
-    inner().Range(ctx, std::move(unsent), std::move(unsent_done));
+    (inner().*method)(ctx, std::move(unsent), std::move(unsent_done));
     return;
   }
   etcd->Write(state->request());
   etcd->WritesDone();
   state->ArmCancel(std::move(etcd));  // the caller giving up resets the stream
+}
+
+void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,
+                                api::Done<::etcdserverpb::RangeResponse> done) {
+  static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Range");
+  UnaryOnRelay(kPath, /*read_only=*/true, &api::Backend::Range, ctx, std::move(request),
+               std::move(done));
+}
+
+void RelayStreamsBackend::Put(const api::CallContext& ctx, ::etcdserverpb::PutRequest request,
+                              api::Done<::etcdserverpb::PutResponse> done) {
+  static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Put");
+  UnaryOnRelay(kPath, /*read_only=*/false, &api::Backend::Put, ctx, std::move(request),
+               std::move(done));
+}
+
+void RelayStreamsBackend::DeleteRange(const api::CallContext& ctx,
+                                      ::etcdserverpb::DeleteRangeRequest request,
+                                      api::Done<::etcdserverpb::DeleteRangeResponse> done) {
+  static const std::string kPath =
+      MethodPath(remote_services::KV::service_full_name(), "DeleteRange");
+  UnaryOnRelay(kPath, /*read_only=*/false, &api::Backend::DeleteRange, ctx, std::move(request),
+               std::move(done));
+}
+
+void RelayStreamsBackend::Txn(const api::CallContext& ctx, ::etcdserverpb::TxnRequest request,
+                              api::Done<::etcdserverpb::TxnResponse> done) {
+  static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Txn");
+  UnaryOnRelay(kPath, /*read_only=*/false, &api::Backend::Txn, ctx, std::move(request),
+               std::move(done));
 }
 
 std::unique_ptr<api::WatchStream> RelayStreamsBackend::Watch(

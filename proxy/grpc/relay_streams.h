@@ -12,12 +12,15 @@
 // is attached, or the relay refuses (etcd unreachable lately, stopping), the
 // stream goes to `inner` (the remote backend), whose gRPC client fails over.
 // A stream on the relay that loses its connection ends with UNAVAILABLE, as
-// one on the gRPC client does; the coalescers reopen it. A Range (the range
-// cache's revision probe) rides the relay as a one-message stream; one that
-// ends so before an answer is sent again through `inner`.
+// one on the gRPC client does; the coalescers reopen it. The KV calls the
+// chain makes (the range cache's probe and misses, a namespaced proxy's
+// reads and writes) ride the relay as one-message streams; one that ends so
+// before an answer is sent again through `inner` when the gRPC client's rule
+// allows it (reads always, writes only when etcd never saw them).
 
 #include <limits>
 #include <memory>
+#include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -26,8 +29,9 @@
 
 namespace keel::proxy::grpcproxy {
 
-// Watch, LeaseKeepAlive and Range through the relay when one is attached;
-// every other call (and those when none is) goes to `inner` unchanged.
+// Watch, LeaseKeepAlive, Range, Put, DeleteRange and Txn through the relay
+// when one is attached; every other call (and those when none is) goes to
+// `inner` unchanged.
 // Thread-safe.
 class RelayStreamsBackend final : public api::ForwardingBackend {
  public:
@@ -44,14 +48,24 @@ class RelayStreamsBackend final : public api::ForwardingBackend {
   // their owners close them or the relay is destroyed.
   void Detach() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // A read-only call (the range cache's revision probe, the reads of a
-  // namespaced proxy): on the relay (the caller's cancel hook resets its
-  // stream), else (when the relay does not take it) through `inner`. One the relay takes but cannot
-  // deliver is sent again through `inner`, unless this is detached by then
-  // (the proxy is stopping): UNAVAILABLE. So this object must outlive the
-  // relay's calls (ProxyServer destroys the relay first).
+  // The KV calls the chain makes (the range cache's revision probe and
+  // misses, a namespaced proxy's reads and writes): on the relay (the
+  // caller's cancel hook resets its stream), else (when the relay does not
+  // take it) through `inner`. One the relay takes but cannot deliver is sent
+  // again through `inner` by the gRPC client's own rule: a Range always, a
+  // write only when etcd never saw it (a write whose connection was lost
+  // after it left ends with UNAVAILABLE, as on the gRPC client); when this is
+  // detached by then (the proxy is stopping): UNAVAILABLE. So this object
+  // must outlive the relay's calls (ProxyServer destroys the relay first).
   void Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,
              api::Done<::etcdserverpb::RangeResponse> done) override ABSL_LOCKS_EXCLUDED(mu_);
+  void Put(const api::CallContext& ctx, ::etcdserverpb::PutRequest request,
+           api::Done<::etcdserverpb::PutResponse> done) override ABSL_LOCKS_EXCLUDED(mu_);
+  void DeleteRange(const api::CallContext& ctx, ::etcdserverpb::DeleteRangeRequest request,
+                   api::Done<::etcdserverpb::DeleteRangeResponse> done) override
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void Txn(const api::CallContext& ctx, ::etcdserverpb::TxnRequest request,
+           api::Done<::etcdserverpb::TxnResponse> done) override ABSL_LOCKS_EXCLUDED(mu_);
   std::unique_ptr<api::WatchStream> Watch(
       const api::CallContext& ctx,
       api::StreamObserver<::etcdserverpb::WatchResponse>* observer) override;
@@ -63,6 +77,13 @@ class RelayStreamsBackend final : public api::ForwardingBackend {
   // Null when no relay is attached or it refuses.
   std::shared_ptr<EtcdStream> OpenEtcdStream(std::string_view path, const api::CallContext& ctx,
                                              std::shared_ptr<EtcdStreamObserver> observer)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  template <class Request, class Response>
+  using InnerMethod = void (api::Backend::*)(const api::CallContext&, Request, api::Done<Response>);
+  // One unary call on the relay (see Range); `method` is inner's for it.
+  template <class Request, class Response>
+  void UnaryOnRelay(const std::string& path, bool read_only, InnerMethod<Request, Response> method,
+                    const api::CallContext& ctx, Request request, api::Done<Response> done)
       ABSL_LOCKS_EXCLUDED(mu_);
   template <class Request, class Response>
   std::unique_ptr<api::BidiStream<Request>> OpenOnRelay(std::string_view path,

@@ -4,16 +4,21 @@
 // gRPC client: the relay's gauge and etcd's own stream count say so);
 // etcd's status and message come through; Cancel, a stopped relay and a
 // dead etcd end a stream with the status the Backend contract names, and
-// new streams then go to the gRPC client, which keeps working.
+// new streams then go to the gRPC client, which keeps working. The chain's
+// unary KV calls ride it too: a read the relay cannot deliver, or a write
+// etcd never saw, is sent again through the gRPC client; a write that may
+// have reached etcd is not.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -34,10 +39,16 @@
 namespace keel::proxy::grpcproxy {
 namespace {
 
+using ::etcdserverpb::DeleteRangeRequest;
+using ::etcdserverpb::DeleteRangeResponse;
 using ::etcdserverpb::LeaseKeepAliveRequest;
 using ::etcdserverpb::LeaseKeepAliveResponse;
+using ::etcdserverpb::PutRequest;
+using ::etcdserverpb::PutResponse;
 using ::etcdserverpb::RangeRequest;
 using ::etcdserverpb::RangeResponse;
+using ::etcdserverpb::TxnRequest;
+using ::etcdserverpb::TxnResponse;
 using ::etcdserverpb::WatchRequest;
 using ::etcdserverpb::WatchResponse;
 using ::keel::testutil::Await;
@@ -80,6 +91,23 @@ LeaseKeepAliveRequest Ask(int64_t lease_id) {
 // etcd's grpc_server_started_total for `method`; -1 if unread.
 double EtcdStreamsStarted(int port, const std::string& method) {
   return testutil::EtcdGrpcMetric(port, "grpc_server_started_total", method).value_or(-1);
+}
+
+// A socket listening on 127.0.0.1 (its port in `port`), or -1.
+int ListenOnLoopback(int* port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(fd, 4) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    return -1;
+  }
+  *port = ntohs(addr.sin_port);
+  return fd;
 }
 
 class RelayStreamsEtcdTest : public ::testing::Test {
@@ -131,6 +159,16 @@ class RelayStreamsEtcdTest : public ::testing::Test {
   }
 
   int64_t ChainStreams() { return metrics_.GetGauge(kChainStreams, "")->Value(); }
+
+  // `key`'s value on the member, read directly ("" when absent).
+  std::string ValueOnEtcd(const std::string& key) {
+    testutil::CommandResult r =
+        EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"get", key, "--print-value-only"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::string out = r.out;
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    return out;
+  }
 
   EtcdCluster etcd_;
   common::MetricsRegistry metrics_;
@@ -347,16 +385,10 @@ TEST_F(RelayStreamsEtcdTest, RangeRidesTheRelay) {
 // is never read), and is not sent again; one whose caller gives up ends
 // with CANCELLED at once.
 TEST_F(RelayStreamsEtcdTest, UnansweredRangeEndsAtItsDeadlineOrCancel) {
-  const int silent = socket(AF_INET, SOCK_STREAM, 0);
+  int port = 0;
+  const int silent = ListenOnLoopback(&port);
   ASSERT_GE(silent, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(bind(silent, reinterpret_cast<sockaddr*>(&addr), len), 0);
-  ASSERT_EQ(listen(silent, 4), 0);
-  ASSERT_EQ(getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  relay_ = NewRelay("127.0.0.1:" + std::to_string(ntohs(addr.sin_port)));
+  relay_ = NewRelay("127.0.0.1:" + std::to_string(port));
   ASSERT_TRUE(relay_->Start().ok());
   streams_->Attach(relay_.get());
 
@@ -409,6 +441,130 @@ TEST_F(RelayStreamsEtcdTest, RangeTheRelayCannotCarryGoesToTheGrpcClient) {
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(got->kvs_size(), 1);
     EXPECT_EQ(got->kvs(0).value(), "v2");
+  }
+}
+
+// A namespaced proxy's writes ride the relay too: with a gRPC client that
+// can reach nothing, Put, Txn and DeleteRange get etcd's answers, and etcd's
+// own errors come through with their codes and messages.
+TEST_F(RelayStreamsEtcdTest, WritesRideTheRelay) {
+  ASSERT_TRUE(relay_->Start().ok());
+  RemoteOptions nowhere;
+  nowhere.endpoints = {"127.0.0.1:" + std::to_string(testutil::FreePort())};
+  RemoteBackend unreachable(std::move(nowhere));
+  RelayStreamsBackend backend(unreachable);
+  backend.Attach(relay_.get());
+
+  PutRequest put;
+  put.set_key("w");
+  put.set_value("1");
+  absl::StatusOr<PutResponse> written =
+      Await<PutResponse>([&](auto done) { backend.Put({}, put, std::move(done)); });
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_GT(written->header().revision(), 1);
+  EXPECT_EQ(ValueOnEtcd("w"), "1");
+
+  TxnRequest txn;
+  auto* compare = txn.add_compare();
+  compare->set_key("w");
+  compare->set_target(::etcdserverpb::Compare::VALUE);
+  compare->set_result(::etcdserverpb::Compare::EQUAL);
+  compare->set_value("1");
+  auto* then = txn.add_success()->mutable_request_put();
+  then->set_key("w");
+  then->set_value("2");
+  absl::StatusOr<TxnResponse> swapped =
+      Await<TxnResponse>([&](auto done) { backend.Txn({}, txn, std::move(done)); });
+  ASSERT_TRUE(swapped.ok()) << swapped.status();
+  EXPECT_TRUE(swapped->succeeded());
+  EXPECT_EQ(ValueOnEtcd("w"), "2");
+
+  DeleteRangeRequest del;
+  del.set_key("w");
+  absl::StatusOr<DeleteRangeResponse> deleted =
+      Await<DeleteRangeResponse>([&](auto done) { backend.DeleteRange({}, del, std::move(done)); });
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->deleted(), 1);
+  EXPECT_EQ(ValueOnEtcd("w"), "");
+
+  PutRequest keep_value = put;
+  keep_value.set_ignore_value(true);
+  keep_value.clear_value();
+  absl::StatusOr<PutResponse> missing =
+      Await<PutResponse>([&](auto done) { backend.Put({}, keep_value, std::move(done)); });
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument) << missing.status();
+  EXPECT_EQ(missing.status().message(), "etcdserver: key not found");
+
+  TxnRequest twice;
+  for (int i = 0; i < 2; ++i) twice.add_success()->mutable_request_put()->set_key("w");
+  absl::StatusOr<TxnResponse> refused =
+      Await<TxnResponse>([&](auto done) { backend.Txn({}, twice, std::move(done)); });
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_EQ(refused.status().message(), "etcdserver: duplicate key given in txn request");
+  backend.Detach();
+}
+
+// A write whose connection to "etcd" (here a socket that reads the request
+// and closes) was lost after it left may have been applied: it ends with
+// UNAVAILABLE and is not sent again through the gRPC client, which would
+// have reached the member and written it.
+TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
+  int port = 0;
+  const int listener = ListenOnLoopback(&port);
+  ASSERT_GE(listener, 0);
+  std::thread closer([listener] {
+    const int conn = accept(listener, nullptr, nullptr);
+    if (conn < 0) return;
+    // Reads what the relay sends (preface, settings, the request) until it
+    // has been quiet for a moment, then drops the connection.
+    char buf[4096];
+    size_t total = 0;
+    for (int quiet = 0; quiet < 3;) {
+      pollfd p{conn, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) {
+        quiet += total > 0 ? 1 : 0;
+        continue;
+      }
+      const ssize_t n = read(conn, buf, sizeof(buf));
+      if (n <= 0) break;
+      total += static_cast<size_t>(n);
+    }
+    close(conn);
+  });
+  relay_ = NewRelay("127.0.0.1:" + std::to_string(port));
+  ASSERT_TRUE(relay_->Start().ok());
+  streams_->Attach(relay_.get());
+
+  PutRequest put;
+  put.set_key("maybe");
+  put.set_value("once");
+  absl::StatusOr<PutResponse> lost =
+      Await<PutResponse>([&](auto done) { streams_->Put({}, put, std::move(done)); });
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kUnavailable) << lost.status();
+  EXPECT_EQ(ValueOnEtcd("maybe"), "");  // the gRPC client (to the member) never sent it
+  closer.join();
+  streams_->Detach();
+  relay_.reset();
+  close(listener);
+}
+
+// A write the relay could not deliver because etcd never saw it (its
+// endpoint is dead: no connection) is sent through the gRPC client, which
+// reaches the member: the caller sees only the answer.
+TEST_F(RelayStreamsEtcdTest, AWriteEtcdNeverSawGoesToTheGrpcClient) {
+  relay_ = NewRelay("127.0.0.1:" + std::to_string(testutil::FreePort()));
+  ASSERT_TRUE(relay_->Start().ok());
+  streams_->Attach(relay_.get());
+  // The relay takes the first (it has not found etcd down yet): that one is
+  // sent again; it refuses the next at once.
+  for (int i = 0; i < 3; ++i) {
+    PutRequest put;
+    put.set_key("k" + std::to_string(i));
+    put.set_value("v");
+    absl::StatusOr<PutResponse> written =
+        Await<PutResponse>([&](auto done) { streams_->Put({}, put, std::move(done)); });
+    ASSERT_TRUE(written.ok()) << written.status();
+    EXPECT_EQ(ValueOnEtcd(put.key()), "v");
   }
 }
 
