@@ -1597,7 +1597,18 @@ std::unique_ptr<EtcdStream> FrameRelay::OpenToEtcd(std::string_view path,
                                                    const api::CallContext& ctx,
                                                    std::shared_ptr<EtcdStreamObserver> observer) {
   if (loops_.empty()) return nullptr;
-  Loop& l = *loops_[next_etcd_stream_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()];
+  // A call the relay serves against the chain opens its stream from the
+  // loop's own thread: it stays on that loop (its request and answer then
+  // cross no thread and wake nobody). Others are spread over the loops.
+  Loop* on = nullptr;
+  for (const std::unique_ptr<Loop>& loop : loops_) {
+    if (loop.get() == current_loop) on = loop.get();
+  }
+  if (on == nullptr) {
+    on = loops_[next_etcd_stream_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()]
+             .get();
+  }
+  Loop& l = *on;
   if (l.refusing_opens.load(std::memory_order_relaxed) ||
       Clock::now() < l.etcd_down_until.load(std::memory_order_relaxed)) {
     return nullptr;

@@ -164,9 +164,11 @@ class FrameRelay {
   void Serve(int fd);
 
   // Opens a stream to etcd for the chain (a coalescer's upstream Watch or
-  // LeaseKeepAlive, a Range as a one-message stream) on one of the relay's
+  // LeaseKeepAlive, a KV call as a one-message stream) on one of the relay's
   // connections to etcd: its messages cost the relay's framing, not a gRPC
-  // client call, and share the writes of the calls passed through. `path` is
+  // client call, and share the writes of the calls passed through. Called on
+  // a loop's thread, it uses that loop's connection; else the loops take
+  // turns. `path` is
   // the method's ("/etcdserverpb.Lease/LeaseKeepAlive"); ctx's token and
   // require_leader go as metadata, its deadline as grpc-timeout, and at the
   // deadline the stream is reset and ends with DEADLINE_EXCEEDED (ctx.cancel
