@@ -7,7 +7,14 @@
 # round), medians over the rounds, plus each proxy's CPU per request from
 # /proc/<pid>/stat. The issue 4 goals are judged on the no-cache keel proxy.
 #
-#   bench/grpc_proxy.sh [--quick] [--rounds N] [--transport h2|grpc] [--out FILE] [KEEL_BIN_DIR]
+#   bench/grpc_proxy.sh [--quick] [--rounds N] [--transport h2|grpc] [--namespace PREFIX]
+#                       [--out FILE] [KEEL_BIN_DIR]
+#
+# --namespace PREFIX: both proxies (etcd's and keel's) run with
+# --namespace=PREFIX, so every request crosses each one's namespace layer;
+# the keys read are loaded under PREFIX too (through a namespaced keel
+# proxy), so a read through a proxy finds the same data as the same read
+# made directly (unprefixed) or through the L4 gateway.
 #
 # keel-bench speaks gRPC with --transport (default h2, gRPC framing on
 # nghttp2: a few µs of client CPU per request, so that the load generator
@@ -24,6 +31,7 @@ source "$SRC_DIR/bench/lib.sh"
 QUICK=0
 ROUNDS=
 TRANSPORT=h2
+NS=
 OUT=
 BIN_DIR=${KEEL_BIN_DIR:-$SRC_DIR/build/bin}
 while (($#)); do
@@ -32,6 +40,7 @@ while (($#)); do
     --rounds) ROUNDS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --transport) TRANSPORT=$2; shift ;;
+    --namespace) NS=$2; shift ;;
     -h|--help) sed -n '2,/^set /{/^set /!p}' "$0"; exit 0 ;;
     *) BIN_DIR=$1 ;;
   esac
@@ -52,11 +61,13 @@ BENCH=$(find_keel_bench "$BIN_DIR") || { echo "grpc_proxy.sh: keel-bench not fou
 bench_init
 bench_watchdog "$LIMIT"
 mkdir -p "$SRC_DIR/bench/results"
-OUT=${OUT:-$SRC_DIR/bench/results/grpc-proxy-$(date -u +%Y-%m-%d-%H%M).md}
+OUT=${OUT:-$SRC_DIR/bench/results/grpc-proxy${NS:+-ns}-$(date -u +%Y-%m-%d-%H%M).md}
 RES="$WORK/results.jsonl"
 : >"$RES"
 
-read -r P_ETCD P_PEER P_EPX P_KPX P_KPXNC P_KGW < <(free_ports 6)
+read -r P_ETCD P_PEER P_EPX P_KPX P_KPXNC P_KGW P_KLOAD < <(free_ports 7)
+NS_FLAGS=()
+[[ -n "$NS" ]] && NS_FLAGS=(--namespace "$NS")
 VALUE=$(printf 'v%.0s' $(seq 1 256))
 
 echo "== loading $KEYS keys, then restarting etcd (etcd 3.4 reads slow down after write bursts)"
@@ -66,16 +77,28 @@ wait_etcd "127.0.0.1:$P_ETCD" || exit 1
   --val-size 256 --key-space-size "$KEYS" --sequential-keys --no-progress put >/dev/null ||
   { echo "grpc_proxy.sh: loading keys failed" >&2; exit 1; }
 ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$P_ETCD" put bench-range-key "$VALUE" >/dev/null
+if [[ -n "$NS" ]]; then
+  echo "== loading the same keys under $NS"
+  start kload "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KLOAD" \
+    --endpoints "127.0.0.1:$P_ETCD" --namespace "$NS"
+  wait_etcd "127.0.0.1:$P_KLOAD" || exit 1
+  "$BENCH" --endpoints "127.0.0.1:$P_KLOAD" --conns 4 --clients 64 --total "$KEYS" --key-size 8 \
+    --val-size 256 --key-space-size "$KEYS" --sequential-keys --no-progress put >/dev/null ||
+    { echo "grpc_proxy.sh: loading keys under $NS failed" >&2; exit 1; }
+  ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$P_KLOAD" put bench-range-key "$VALUE" >/dev/null
+  stop kload
+fi
 stop etcd
 # Same data dir: etcd ignores the --initial-cluster flags of an existing member.
 start_etcd etcd "$P_ETCD" "$P_PEER" "" ""
 wait_etcd "127.0.0.1:$P_ETCD" || exit 1
 
-start epx etcd grpc-proxy start --listen-addr "127.0.0.1:$P_EPX" --endpoints "127.0.0.1:$P_ETCD"
+start epx etcd grpc-proxy start --listen-addr "127.0.0.1:$P_EPX" --endpoints "127.0.0.1:$P_ETCD" \
+  "${NS_FLAGS[@]}"
 start kpx "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KPX" \
-  --endpoints "127.0.0.1:$P_ETCD"
+  --endpoints "127.0.0.1:$P_ETCD" "${NS_FLAGS[@]}"
 start kpxnc "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KPXNC" \
-  --endpoints "127.0.0.1:$P_ETCD" --range-cache-max-bytes=0
+  --endpoints "127.0.0.1:$P_ETCD" --range-cache-max-bytes=0 "${NS_FLAGS[@]}"
 start kgw "$KEEL" gateway start --listen-addr "127.0.0.1:$P_KGW" --endpoints "127.0.0.1:$P_ETCD"
 wait_port "$P_KGW" || exit 1
 wait_port "$P_EPX" || exit 1
@@ -162,9 +185,9 @@ ELAPSED=$((SECONDS - START))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 "$PY" - "$RES" "$OUT" "$CLK_TCK" "$ROUNDS" "$T" "$ELAPSED" "$QUICK" "$KEEL" "$BENCH" \
-  "$LOAD_BEFORE" "$LOAD_AFTER" "$KEYS" "$TRANSPORT" <<'PYEOF'
+  "$LOAD_BEFORE" "$LOAD_AFTER" "$KEYS" "$TRANSPORT" "$NS" <<'PYEOF'
 import json, statistics, sys, datetime, os
-res, out, clk, rounds, t, elapsed, quick, keel, bench, load0, load1, keys, transport = sys.argv[1:]
+res, out, clk, rounds, t, elapsed, quick, keel, bench, load0, load1, keys, transport, ns = sys.argv[1:]
 clk = float(clk)
 rows = [json.loads(l) for l in open(res) if l.strip()]
 def med(cell, path, key="value"):
@@ -191,14 +214,18 @@ def name(c):
             "range-lall": "linearizable range, random key of {:,}".format(int(keys)),
             "range-sall": "serializable range, random key of {:,}".format(int(keys))}[kind] + \
            ", {} client{}".format(n, "" if n == "1" else "s")
-L = ["# gRPC proxy benchmark: direct vs `etcd grpc-proxy` vs `keel grpc-proxy` (cache on / off)", ""]
+L = ["# gRPC proxy benchmark: direct vs `etcd grpc-proxy` vs `keel grpc-proxy` (cache on / off){}".format(
+         ", both with `--namespace`" if ns else ""), ""]
 L.append("Run {} UTC on {} ({} cores); {} round(s), {} s per cell, 1 gRPC connection, medians; "
          "paths: direct etcd, `etcd grpc-proxy`, `keel grpc-proxy` with default flags (range cache on) "
          "and `keel grpc-proxy --range-cache-max-bytes=0` (no cache), and `keel gateway` (an L4 "
          "hop, for what any proxy in between costs); "
-         "path order rotated per round; load generator, proxies and etcd share the machine. "
+         "path order rotated per round; load generator, proxies and etcd share the machine.{} "
          "Total {} s{}.".format(datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
-         os.uname().nodename, os.cpu_count(), rounds, t, elapsed, " (--quick)" if quick == "1" else ""))
+         os.uname().nodename, os.cpu_count(), rounds, t,
+         " **Both proxies (etcd's and keel's, with and without the cache) run with `--namespace={}`**; "
+         "the keys read exist under that prefix too.".format(ns) if ns else "",
+         elapsed, " (--quick)" if quick == "1" else ""))
 L.append("")
 L.append("Binaries: keel `{}`, keel-bench `{}` (--transport={}). Load average before / after: "
          "{} / {}.".format(keel, bench, transport, load0, load1))

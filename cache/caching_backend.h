@@ -62,10 +62,10 @@ struct CacheOptions {
 //   a watch coalescer below (as in some tests) hides the loss of its
 //   upstream stream altogether (it reopens from the last revision and tells
 //   its clients nothing). So etcd may be down or unreachable while A stands
-//   still. While
-//   serializable reads come in (and for options.probe_idle_after after the
-//   last one) the timer thread sends a token-less, require_leader
-//   api::RevisionProbe every options.freshness_probe_interval, records its
+//   still. While serializable reads come in (and for
+//   options.probe_idle_after after the last one) the timer thread sends a
+//   token-less, require_leader api::RevisionProbe every
+//   options.freshness_probe_interval, records its
 //   send time t and returned revision R, and once A >= R sets
 //   confirmed_at = t (every write acknowledged before t has then been
 //   applied). Serializable hits are served only while
@@ -129,7 +129,7 @@ class CachingBackend final : public api::ForwardingBackend {
   // OnDone has run; linearizable reads still waiting for the watch are
   // forwarded (their `done` later runs on the inner backend's threads).
   // Freshness probes in flight complete into the shared state and are
-  // ignored. REQUIRES: not called from inside one of the inner backend's
+  // ignored. REQUIRES: not called from inside one of the watch source's
   // callbacks for the cache's watch.
   ~CachingBackend() override;
   CachingBackend(const CachingBackend&) = delete;

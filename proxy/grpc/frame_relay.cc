@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -463,7 +464,8 @@ struct FrameRelay::Loop {
       chain_streams = options.metrics->GetGauge(
           "keel_grpc_relay_chain_streams",
           "Streams the backend chain has open to etcd through the frame relay (the "
-          "coalescers' upstream watches and keep-alives).");
+          "coalescers' upstream watches and keep-alives, the range cache's watch, KV calls "
+          "in flight).");
     }
   }
 
@@ -553,6 +555,9 @@ struct FrameRelay::Loop {
       dying.push_back(c);
     }
   }
+  // One epoll event: the wake fd, a connection connecting, writable or
+  // readable.
+  void OnEvent(const epoll_event& event);
   void OnReadable(Conn* c);
   void Flush(Conn* c);
   void UpdatePoll(Conn* c, bool want_out);
@@ -819,31 +824,7 @@ void FrameRelay::Loop::Run() {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
       continue;
     }
-    for (int i = 0; i < n; ++i) {
-      Conn* c = static_cast<Conn*>(events[i].data.ptr);
-      if (c == nullptr) {
-        uint64_t value;
-        [[maybe_unused]] ssize_t r = read(wakefd, &value, sizeof(value));
-        continue;
-      }
-      if (c->dead) continue;
-      if ((events[i].events & EPOLLOUT) != 0) {
-        if (!c->connected) {
-          int err = 0;
-          socklen_t len = sizeof(err);
-          getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-          if (err != 0) {
-            Kill(c);
-            continue;
-          }
-          c->connected = true;
-          c->ever_connected = true;
-          c->last_recv = Clock::now();
-        }
-        MarkDirty(c);
-      }
-      if ((events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) OnReadable(c);
-    }
+    for (int i = 0; i < n; ++i) OnEvent(events[i]);
     ExpireDeadlines();
     watch_upstream = CheckUpstreamLiveness();
     // Take the local streams' responses until none is left (each stream
@@ -960,6 +941,32 @@ void FrameRelay::Loop::UpdatePoll(Conn* c, bool want_out) {
   ev.events = want_out ? (EPOLLIN | EPOLLOUT) : uint32_t{EPOLLIN};
   ev.data.ptr = c;
   epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+void FrameRelay::Loop::OnEvent(const epoll_event& event) {
+  Conn* c = static_cast<Conn*>(event.data.ptr);
+  if (c == nullptr) {
+    uint64_t value;
+    [[maybe_unused]] ssize_t r = read(wakefd, &value, sizeof(value));
+    return;
+  }
+  if (c->dead) return;
+  if ((event.events & EPOLLOUT) != 0) {
+    if (!c->connected) {
+      int err = 0;
+      socklen_t len = sizeof(err);
+      getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0) {
+        Kill(c);
+        return;
+      }
+      c->connected = true;
+      c->ever_connected = true;
+      c->last_recv = Clock::now();
+    }
+    MarkDirty(c);
+  }
+  if ((event.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) OnReadable(c);
 }
 
 void FrameRelay::Loop::OnReadable(Conn* c) {
@@ -1577,11 +1584,15 @@ void FrameRelay::Loop::WaitForLocalCalls() {
   while (TakeLocalEvents(kAll).has_value()) {
   }
   while (local_calls > 0 && Clock::now() < give_up) {
-    epoll_event event;
-    if (epoll_wait(epfd, &event, 1, 50) > 0 && event.data.ptr == nullptr) {
-      uint64_t value;
-      [[maybe_unused]] ssize_t r = read(wakefd, &value, sizeof(value));
-    }
+    // A call may wait for a stream of its own to etcd on this loop (a
+    // namespaced Put, a Range the cache forwards): its cancel and etcd's
+    // answer are carried out here too, as in Run().
+    TakeEtcdCommands();
+    Settle();
+    std::array<epoll_event, 16> events;
+    const int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()), 50);
+    for (int i = 0; i < n; ++i) OnEvent(events[i]);
+    ExpireDeadlines();
     TakeLocalEvents(kAll);
   }
   if (local_calls > 0) {

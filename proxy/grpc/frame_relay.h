@@ -42,8 +42,9 @@ class EtcdStreamObserver {
   // One response message, without its gRPC prefix.
   virtual void OnMessage(std::string_view message) = 0;
   // The stream ended: etcd's status, CANCELLED after Cancel(), UNAVAILABLE
-  // when the connection to etcd was lost or could not be made
-  // (NeverSentToEtcd tells the second case).
+  // when the connection to etcd was lost, etcd reset the stream or the relay
+  // could not carry it (NeverSentToEtcd tells when etcd cannot have seen
+  // it).
   virtual void OnEnd(absl::Status status) = 0;
 };
 
@@ -164,12 +165,13 @@ class FrameRelay {
   void Serve(int fd);
 
   // Opens a stream to etcd for the chain (a coalescer's upstream Watch or
-  // LeaseKeepAlive, a KV call as a one-message stream) on one of the relay's
-  // connections to etcd: its messages cost the relay's framing, not a gRPC
-  // client call, and share the writes of the calls passed through. Called on
-  // a loop's thread, it uses that loop's connection; else the loops take
-  // turns. `path` is
-  // the method's ("/etcdserverpb.Lease/LeaseKeepAlive"); ctx's token and
+  // LeaseKeepAlive, the cache's watch, a KV call as a one-message stream) on
+  // one of the relay's connections to etcd: its messages cost the relay's
+  // framing, not a gRPC client call, and share the writes of the calls
+  // passed through. Called on a loop's thread (a call the relay serves
+  // against the chain, or a stream a coalescer opens for it), it uses that
+  // loop's connection; otherwise the loops take turns. `path` is the
+  // method's ("/etcdserverpb.Lease/LeaseKeepAlive"); ctx's token and
   // require_leader go as metadata, its deadline as grpc-timeout, and at the
   // deadline the stream is reset and ends with DEADLINE_EXCEEDED (ctx.cancel
   // is not watched). `observer` (not null) is kept until its OnEnd. Null

@@ -36,7 +36,8 @@ class Registration;
 //   Front -> ClusterViewBackend -> [NamespaceBackend if --namespace]
 //         -> [CachingBackend unless --range-cache-max-bytes=0]
 //         -> WatchCoalescingBackend -> LeaseCoalescingBackend
-//         -> RelayStreamsBackend (their upstream streams over the relay)
+//         -> RelayStreamsBackend (the chain's streams and KV calls over the
+//            relay; the cache opens its watch here, below the coalescers)
 //         -> RemoteBackend
 // behind a grpc::Server on --listen-addr, resolver registration and
 // /health, /metrics, /backend/metrics, /version over HTTP/1.1.
@@ -96,7 +97,8 @@ class ProxyServer {
   const ProxyConfig config_;
   common::MetricsRegistry metrics_;
   std::unique_ptr<RemoteBackend> remote_;
-  // The coalescers' upstream streams over the relay (when there is one).
+  // The chain's streams and KV calls to etcd over the relay (when there is
+  // one), the cache's watch among them.
   std::unique_ptr<RelayStreamsBackend> relay_streams_;
   std::unique_ptr<api::Backend> lease_coalescing_;
   std::unique_ptr<api::Backend> watch_coalescing_;

@@ -163,15 +163,17 @@ class RelayUnaryState final : public EtcdStreamObserver {
         fallback_(std::move(fallback)),
         cancel_(std::move(cancel)) {}
 
-  const Request& request() const { return request_; }
-
-  // Registers the caller's cancel hook (it resets `etcd`'s stream) unless the
-  // call has ended: by then it may have fallen back to the gRPC client, whose
-  // own hook must not be replaced.
-  void ArmCancel(std::shared_ptr<EtcdStream> etcd) {
-    if (cancel_ == nullptr) return;
+  // Sends the request on `etcd` (the stream the relay opened for this
+  // state) and registers the caller's cancel hook (it resets the stream),
+  // unless the call has ended: the relay may have failed the open on its own
+  // thread at once, and the fallback then owns the request (and the gRPC
+  // client's hook must not be replaced).
+  void Send(std::shared_ptr<EtcdStream> etcd) {
     absl::MutexLock lock(&mu_);
-    if (!ended_) cancel_->OnCancel([etcd = std::move(etcd)] { etcd->Cancel(); });
+    if (ended_) return;
+    etcd->Write(request_);
+    etcd->WritesDone();
+    if (cancel_ != nullptr) cancel_->OnCancel([etcd = std::move(etcd)] { etcd->Cancel(); });
   }
   // For a call the relay did not take: its request and `done`.
   std::pair<Request, api::Done<Response>> Take() { return {std::move(request_), std::move(done_)}; }
@@ -213,7 +215,7 @@ class RelayUnaryState final : public EtcdStreamObserver {
   const bool read_only_;
   Fallback fallback_;
   const std::shared_ptr<api::CancelSignal> cancel_;
-  absl::Mutex mu_;  // ArmCancel (caller's thread) against OnEnd (the relay's)
+  absl::Mutex mu_;  // Send (caller's thread) against OnEnd (the relay's)
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   Response response_;
   int messages_ = 0;
@@ -281,9 +283,7 @@ void RelayStreamsBackend::UnaryOnRelay(const std::string& path, bool read_only,
     (inner().*method)(ctx, std::move(unsent), std::move(unsent_done));
     return;
   }
-  etcd->Write(state->request());
-  etcd->WritesDone();
-  state->ArmCancel(std::move(etcd));  // the caller giving up resets the stream
+  state->Send(std::move(etcd));
 }
 
 void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,

@@ -1,10 +1,12 @@
 #pragma once
 
-// The coalescers' upstream streams over the frame relay's connections to
-// etcd (FrameRelay::OpenToEtcd) instead of the gRPC client: a keep-alive or a
-// watch event costs the relay's framing (a few µs, sent with the relay's
-// other writes) rather than a gRPC client call (about 27 µs of CPU per
-// keep-alive here, most of it on gRPC's own threads, one sendmsg each).
+// The chain's own streams and calls to etcd (the coalescers' upstream
+// streams, the range cache's watch, the KV calls below) over the frame
+// relay's connections to etcd (FrameRelay::OpenToEtcd) instead of the gRPC
+// client: a keep-alive or a watch event costs the relay's framing (a few µs,
+// sent with the relay's other writes) rather than a gRPC client call (about
+// 27 µs of CPU per keep-alive here, most of it on gRPC's own threads, one
+// sendmsg each).
 //
 // The relay is attached before the chain above is built (so that the streams
 // it opens at once, like the cache's watch, ride the relay from the first;
@@ -12,11 +14,12 @@
 // is attached, or the relay refuses (etcd unreachable lately, stopping), the
 // stream goes to `inner` (the remote backend), whose gRPC client fails over.
 // A stream on the relay that loses its connection ends with UNAVAILABLE, as
-// one on the gRPC client does; the coalescers reopen it. The KV calls the
-// chain makes (the range cache's probe and misses, a namespaced proxy's
-// reads and writes) ride the relay as one-message streams; one that ends so
-// before an answer is sent again through `inner` when the gRPC client's rule
-// allows it (reads always, writes only when etcd never saw them).
+// one on the gRPC client does; its owner (a coalescer, the cache) reopens
+// it. The KV calls the chain makes (the range cache's probe and misses, a
+// namespaced proxy's reads and writes) ride the relay as one-message
+// streams; one that ends so before an answer is sent again through `inner`
+// when the gRPC client's rule allows it (reads always, writes only when
+// etcd never saw them).
 
 #include <limits>
 #include <memory>
@@ -35,7 +38,7 @@ namespace keel::proxy::grpcproxy {
 // Thread-safe.
 class RelayStreamsBackend final : public api::ForwardingBackend {
  public:
-  // A Range larger than `max_request_bytes` (--max-send-bytes) goes to
+  // A KV request larger than `max_request_bytes` (--max-send-bytes) goes to
   // `inner`, which answers it with etcd's error.
   explicit RelayStreamsBackend(api::Backend& inner,
                                size_t max_request_bytes = std::numeric_limits<size_t>::max())

@@ -265,15 +265,16 @@ TEST_F(CachingBackendTest, OpensOneWholeKeyspaceWatchWithoutToken) {
 }
 
 // The proxy opens the cache's watch below its watch coalescer (which would
-// ask etcd for prev_kv); reads and probes still go through `inner`.
+// ask etcd for prev_kv): the watch, and its reopening after a loss, go to
+// the watch source; reads and freshness probes still go through `inner`.
 TEST_F(CachingBackendTest, AGivenWatchSourceTakesTheWatchAndNothingElse) {
-  cache_ = std::make_unique<CachingBackend>(fake_, TestOptions(), &metrics_, &watch_source_);
+  cache_ = std::make_unique<CachingBackend>(fake_, LeaseOptions(absl::Minutes(10)), &metrics_,
+                                            &watch_source_);
   ASSERT_TRUE(watch_source_.WaitForWatches(1, kWait));
   std::shared_ptr<FakeWatch> w = watch_source_.watch(0);
   ASSERT_TRUE(w->WaitForRequests(1, kWait));
   EXPECT_EQ(w->Requests()[0].create_request().key(), kNul);
   EXPECT_FALSE(w->Requests()[0].create_request().prev_kv());
-  EXPECT_EQ(fake_.watch_count(), 0u);
 
   WatchResponse created;
   created.mutable_header()->set_revision(10);
@@ -281,10 +282,16 @@ TEST_F(CachingBackendTest, AGivenWatchSourceTakesTheWatchAndNothingElse) {
   w->Push(created);
   ASSERT_TRUE(cache_->WaitForLiveForTest(kWait));
   Fill("k", "v1", 10);  // the miss went to `inner`
+  ConfirmFreshness(10);  // and so do the probes
   EXPECT_EQ(Hit({}, Get("k", true)).kvs(0).value(), "v1");
   w->Push(Events(11, {"k"}));
   ASSERT_TRUE(cache_->WaitForAppliedForTest(11, kWait));
   EXPECT_EQ(cache_->EntriesForTest(), 0u);  // the event from the watch source invalidated it
+
+  w->Finish(absl::UnavailableError("connection lost"));
+  ASSERT_TRUE(watch_source_.WaitForWatches(2, kWait));  // reopened there
+  EXPECT_EQ(fake_.watch_count(), 0u);
+  EXPECT_EQ(watch_source_.unary_count(), 0u);
 }
 
 TEST_F(CachingBackendTest, PassesThroughUntilTheWatchIsLive) {

@@ -5,8 +5,11 @@
 // client that gives up fires the call's CancelSignal, and Stop() reports a
 // call the chain never ended, so that the chain is not destroyed under it;
 // a stream's queued responses and its end reach the client in order;
-// connections are spread over the relay's loops.
+// connections are spread over the relay's loops; a call waiting on the
+// chain's own stream to etcd ends when Stop() closes its client.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "proxy/grpc/frame_relay.h"
 #include "proxy/grpc/relay_routes.h"
+#include "proxy/grpc/relay_streams.h"
 #include "tests/testutil/fake_backend.h"
 
 namespace keel::proxy::grpcproxy {
@@ -253,6 +257,54 @@ TEST_F(FrameRelayLocalTest, ConnectionsAreSpreadOverTheLoops) {
   for (std::thread& t : clients) {
     if (t.joinable()) t.join();
   }
+}
+
+// A call the relay serves against the chain may wait on the chain's own
+// stream to etcd on the same loop (a namespaced Put over the relay; here the
+// "etcd" accepts the connection and never answers). When Stop() closes the
+// client, the call's cancel resets that stream and the call ends, so Stop()
+// finds every call over (the loop carries out its own streams' commands
+// while it waits for its calls).
+TEST_F(FrameRelayLocalTest, StopEndsACallWaitingOnItsOwnStreamToEtcd) {
+  const int silent = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(silent, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::bind(silent, reinterpret_cast<sockaddr*>(&addr), len), 0);
+  ASSERT_EQ(::listen(silent, 4), 0);
+  ASSERT_EQ(::getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string etcd = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+
+  RelayStreamsBackend chain(fake_);  // the relay's own streams to etcd
+  FrameRelayOptions options = OptionsFor(&chain);
+  options.upstream_endpoint = [etcd] { return etcd; };
+  options.loops = 1;
+  FrameRelay relay(std::move(options));
+  chain.Attach(&relay);
+  ASSERT_TRUE(relay.Start().ok());
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+  relay.Serve(fds[0]);
+  auto kv = etcdserverpb::KV::NewStub(grpc::CreateInsecureChannelFromFd("relay", fds[1]));
+
+  grpc::ClientContext ctx;
+  etcdserverpb::PutRequest req;
+  req.set_key("k");
+  etcdserverpb::PutResponse resp;
+  std::thread client([&] { (void)kv->Put(&ctx, req, &resp); });
+  common::Gauge* chain_streams = metrics_.GetGauge("keel_grpc_relay_chain_streams", "");
+  for (absl::Time end = absl::Now() + kWait; chain_streams->Value() == 0 && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(chain_streams->Value(), 1);  // the Put is on its way to the silent "etcd"
+  EXPECT_TRUE(relay.Stop(absl::ZeroDuration()));
+  client.join();
+  EXPECT_EQ(chain_streams->Value(), 0);
+  EXPECT_EQ(fake_.unary_count(), 0u);  // not sent again through the gRPC client
+  chain.Detach();
+  ::close(silent);
 }
 
 }  // namespace

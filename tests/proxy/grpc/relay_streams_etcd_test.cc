@@ -138,6 +138,13 @@ class RelayStreamsEtcdTest : public ::testing::Test {
     return std::make_unique<FrameRelay>(std::move(options));
   }
 
+  // Replaces the relay with a started one to `endpoint`, attached.
+  void RelayTo(const std::string& endpoint) {
+    relay_ = NewRelay(endpoint);
+    ASSERT_TRUE(relay_->Start().ok());
+    streams_->Attach(relay_.get());
+  }
+
   int64_t Grant(int64_t ttl) {
     etcdserverpb::LeaseGrantRequest req;
     req.set_ttl(ttl);
@@ -388,9 +395,7 @@ TEST_F(RelayStreamsEtcdTest, UnansweredRangeEndsAtItsDeadlineOrCancel) {
   int port = 0;
   const int silent = ListenOnLoopback(&port);
   ASSERT_GE(silent, 0);
-  relay_ = NewRelay("127.0.0.1:" + std::to_string(port));
-  ASSERT_TRUE(relay_->Start().ok());
-  streams_->Attach(relay_.get());
+  ASSERT_NO_FATAL_FAILURE(RelayTo("127.0.0.1:" + std::to_string(port)));
 
   RangeRequest get;
   get.set_key("k");
@@ -428,9 +433,7 @@ TEST_F(RelayStreamsEtcdTest, UnansweredRangeEndsAtItsDeadlineOrCancel) {
 // through the gRPC client, which reaches the member: the caller sees only
 // the answer.
 TEST_F(RelayStreamsEtcdTest, RangeTheRelayCannotCarryGoesToTheGrpcClient) {
-  relay_ = NewRelay("127.0.0.1:" + std::to_string(testutil::FreePort()));
-  ASSERT_TRUE(relay_->Start().ok());
-  streams_->Attach(relay_.get());
+  ASSERT_NO_FATAL_FAILURE(RelayTo("127.0.0.1:" + std::to_string(testutil::FreePort())));
   ASSERT_EQ(EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"put", "k", "v2"}).exit_code, 0);
   RangeRequest get;
   get.set_key("k");
@@ -513,6 +516,8 @@ TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
   const int listener = ListenOnLoopback(&port);
   ASSERT_GE(listener, 0);
   std::thread closer([listener] {
+    pollfd incoming{listener, POLLIN, 0};
+    if (poll(&incoming, 1, 10000) <= 0) return;  // the relay never came: the test fails
     const int conn = accept(listener, nullptr, nullptr);
     if (conn < 0) return;
     // Reads what the relay sends (preface, settings, the request) until it
@@ -531,9 +536,7 @@ TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
     }
     close(conn);
   });
-  relay_ = NewRelay("127.0.0.1:" + std::to_string(port));
-  ASSERT_TRUE(relay_->Start().ok());
-  streams_->Attach(relay_.get());
+  RelayTo("127.0.0.1:" + std::to_string(port));  // (no early return: `closer` is joined below)
 
   PutRequest put;
   put.set_key("maybe");
@@ -552,9 +555,7 @@ TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
 // endpoint is dead: no connection) is sent through the gRPC client, which
 // reaches the member: the caller sees only the answer.
 TEST_F(RelayStreamsEtcdTest, AWriteEtcdNeverSawGoesToTheGrpcClient) {
-  relay_ = NewRelay("127.0.0.1:" + std::to_string(testutil::FreePort()));
-  ASSERT_TRUE(relay_->Start().ok());
-  streams_->Attach(relay_.get());
+  ASSERT_NO_FATAL_FAILURE(RelayTo("127.0.0.1:" + std::to_string(testutil::FreePort())));
   // The relay takes the first (it has not found etcd down yet): that one is
   // sent again; it refuses the next at once.
   for (int i = 0; i < 3; ++i) {
