@@ -1611,17 +1611,16 @@ std::unique_ptr<EtcdStream> FrameRelay::OpenToEtcd(std::string_view path,
   // A call the relay serves against the chain opens its stream from the
   // loop's own thread: it stays on that loop (its request and answer then
   // cross no thread and wake nobody). Others are spread over the loops.
-  Loop* on = nullptr;
+  Loop* l = nullptr;
   for (const std::unique_ptr<Loop>& loop : loops_) {
-    if (loop.get() == current_loop) on = loop.get();
+    if (loop.get() == current_loop) l = loop.get();
   }
-  if (on == nullptr) {
-    on = loops_[next_etcd_stream_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()]
-             .get();
+  if (l == nullptr) {
+    l = loops_[next_etcd_stream_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()]
+            .get();
   }
-  Loop& l = *on;
-  if (l.refusing_opens.load(std::memory_order_relaxed) ||
-      Clock::now() < l.etcd_down_until.load(std::memory_order_relaxed)) {
+  if (l->refusing_opens.load(std::memory_order_relaxed) ||
+      Clock::now() < l->etcd_down_until.load(std::memory_order_relaxed)) {
     return nullptr;
   }
   auto link = std::make_shared<EtcdStreamLink>();
@@ -1630,8 +1629,8 @@ std::unique_ptr<EtcdStream> FrameRelay::OpenToEtcd(std::string_view path,
   link->token = ctx.token;
   link->require_leader = ctx.require_leader;
   link->deadline = ctx.deadline;
-  if (!l.etcd_commands->Post({EtcdCommand::Kind::kOpen, link, {}})) return nullptr;
-  return std::make_unique<EtcdStreamHandle>(l.etcd_commands, std::move(link));
+  if (!l->etcd_commands->Post({EtcdCommand::Kind::kOpen, link, {}})) return nullptr;
+  return std::make_unique<EtcdStreamHandle>(l->etcd_commands, std::move(link));
 }
 
 void FrameRelay::Loop::MarkEtcdDown() {

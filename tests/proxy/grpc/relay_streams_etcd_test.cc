@@ -110,6 +110,23 @@ int ListenOnLoopback(int* port) {
   return fd;
 }
 
+// A RelayStreamsBackend on `relay` whose gRPC client can reach nothing:
+// whatever it answers came over the relay.
+struct RelayOnly {
+  static RemoteOptions Nowhere() {
+    RemoteOptions options;
+    options.endpoints = {"127.0.0.1:" + std::to_string(testutil::FreePort())};
+    return options;
+  }
+  explicit RelayOnly(FrameRelay* relay) : unreachable(Nowhere()), backend(unreachable) {
+    backend.Attach(relay);
+  }
+  ~RelayOnly() { backend.Detach(); }
+
+  RemoteBackend unreachable;
+  RelayStreamsBackend backend;
+};
+
 class RelayStreamsEtcdTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -352,11 +369,8 @@ TEST_F(RelayStreamsEtcdTest, LostEtcdEndsTheStreamAndNothingHangs) {
 // message) for a bad one.
 TEST_F(RelayStreamsEtcdTest, RangeRidesTheRelay) {
   ASSERT_TRUE(relay_->Start().ok());
-  RemoteOptions nowhere;
-  nowhere.endpoints = {"127.0.0.1:" + std::to_string(testutil::FreePort())};
-  RemoteBackend unreachable(std::move(nowhere));
-  RelayStreamsBackend backend(unreachable);
-  backend.Attach(relay_.get());
+  RelayOnly only(relay_.get());
+  RelayStreamsBackend& backend = only.backend;
   ASSERT_EQ(EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"put", "k", "v"}).exit_code, 0);
 
   RangeRequest get;
@@ -384,7 +398,6 @@ TEST_F(RelayStreamsEtcdTest, RangeRidesTheRelay) {
   absl::StatusOr<RangeResponse> cancellable = Range(backend, with_cancel, get);
   ASSERT_TRUE(cancellable.ok()) << cancellable.status();
   EXPECT_EQ(cancellable->kvs_size(), 1);
-  backend.Detach();
 }
 
 // A call on the relay that etcd does not answer by its deadline ends with
@@ -452,11 +465,8 @@ TEST_F(RelayStreamsEtcdTest, RangeTheRelayCannotCarryGoesToTheGrpcClient) {
 // own errors come through with their codes and messages.
 TEST_F(RelayStreamsEtcdTest, WritesRideTheRelay) {
   ASSERT_TRUE(relay_->Start().ok());
-  RemoteOptions nowhere;
-  nowhere.endpoints = {"127.0.0.1:" + std::to_string(testutil::FreePort())};
-  RemoteBackend unreachable(std::move(nowhere));
-  RelayStreamsBackend backend(unreachable);
-  backend.Attach(relay_.get());
+  RelayOnly only(relay_.get());
+  RelayStreamsBackend& backend = only.backend;
 
   PutRequest put;
   put.set_key("w");
@@ -504,7 +514,6 @@ TEST_F(RelayStreamsEtcdTest, WritesRideTheRelay) {
       Await<TxnResponse>([&](auto done) { backend.Txn({}, twice, std::move(done)); });
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
   EXPECT_EQ(refused.status().message(), "etcdserver: duplicate key given in txn request");
-  backend.Detach();
 }
 
 // A write whose connection to "etcd" (here a socket that reads the request
