@@ -15,11 +15,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
@@ -555,6 +558,72 @@ TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
   EXPECT_EQ(lost.status().code(), absl::StatusCode::kUnavailable) << lost.status();
   EXPECT_EQ(ValueOnEtcd("maybe"), "");  // the gRPC client (to the member) never sent it
   closer.join();
+  streams_->Detach();
+  relay_.reset();
+  close(listener);
+}
+
+// An "etcd" that speaks just enough HTTP/2 to refuse the first request
+// stream it is sent (RST_STREAM REFUSED_STREAM: not processed), then keeps
+// the connection until `over`.
+void RefuseFirstStream(int listener, const std::atomic<bool>& over) {
+  pollfd incoming{listener, POLLIN, 0};
+  if (poll(&incoming, 1, 10000) <= 0) return;  // the relay never came: the test fails
+  const int conn = accept(listener, nullptr, nullptr);
+  if (conn < 0) return;
+  auto send_frame = [conn](std::initializer_list<uint8_t> bytes) {
+    const std::vector<uint8_t> frame(bytes);
+    return write(conn, frame.data(), frame.size()) == static_cast<ssize_t>(frame.size());
+  };
+  send_frame({0, 0, 0, 4, 0, 0, 0, 0, 0});  // server preface: empty SETTINGS
+  std::string in;
+  size_t pos = 24;  // frames follow the client's 24-byte preface
+  bool refused = false;
+  while (!over.load()) {
+    pollfd p{conn, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0) continue;
+    char buf[4096];
+    const ssize_t n = read(conn, buf, sizeof(buf));
+    if (n <= 0) break;
+    in.append(buf, static_cast<size_t>(n));
+    while (in.size() >= pos + 9) {
+      const auto* f = reinterpret_cast<const uint8_t*>(in.data() + pos);
+      const size_t length = (size_t{f[0]} << 16) | (size_t{f[1]} << 8) | f[2];
+      if (in.size() < pos + 9 + length) break;
+      const uint8_t type = f[3];
+      const uint8_t flags = f[4];
+      if (type == 4 && (flags & 1) == 0) send_frame({0, 0, 0, 4, 1, 0, 0, 0, 0});  // ACK
+      if (type == 1 && !refused) {  // HEADERS: the request
+        refused = true;
+        send_frame({0, 0, 4, 3, 0, static_cast<uint8_t>(f[5] & 0x7f), f[6], f[7], f[8], 0, 0, 0,
+                    7});  // RST_STREAM REFUSED_STREAM
+      }
+      pos += 9 + length;
+    }
+  }
+  close(conn);
+}
+
+// A write etcd refused before processing it (REFUSED_STREAM, as for the
+// streams beyond a GOAWAY) is sent through the gRPC client, which reaches
+// the member: the caller sees only the answer.
+TEST_F(RelayStreamsEtcdTest, AWriteEtcdRefusedGoesToTheGrpcClient) {
+  int port = 0;
+  const int listener = ListenOnLoopback(&port);
+  ASSERT_GE(listener, 0);
+  std::atomic<bool> over{false};
+  std::thread refuser([listener, &over] { RefuseFirstStream(listener, over); });
+  RelayTo("127.0.0.1:" + std::to_string(port));  // (no early return: `refuser` is joined below)
+
+  PutRequest put;
+  put.set_key("refused");
+  put.set_value("then written");
+  absl::StatusOr<PutResponse> written =
+      Await<PutResponse>([&](auto done) { streams_->Put({}, put, std::move(done)); });
+  EXPECT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(ValueOnEtcd("refused"), "then written");
+  over = true;
+  refuser.join();
   streams_->Detach();
   relay_.reset();
   close(listener);
