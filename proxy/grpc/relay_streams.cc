@@ -146,8 +146,8 @@ class RelayBidiStream final : public api::BidiStream<Request> {
 // A unary call on a relay stream: etcd's one response, then the stream's end
 // (called by the relay, never overlapping). A call the relay could not
 // deliver (an UNAVAILABLE of its own) is handed to `fallback` with its
-// request when that is safe, by the gRPC client's rule (remote_backend.h): a
-// read always, a write only when etcd never saw it (NeverSentToEtcd); a write
+// request when the gRPC client's own rule allows it (MaySendAgain: a read
+// always, a write only when etcd never saw it, NeverSentToEtcd); a write
 // whose connection was lost after it may have left gets that UNAVAILABLE.
 template <class Request, class Response>
 class RelayUnaryState final : public EtcdStreamObserver {
@@ -155,11 +155,10 @@ class RelayUnaryState final : public EtcdStreamObserver {
   using Fallback = absl::AnyInvocable<void(Request, api::Done<Response>) &&>;
 
   // `cancel` (may be null): the caller's CancelSignal, cleared at the end.
-  RelayUnaryState(Request request, api::Done<Response> done, bool read_only, Fallback fallback,
+  RelayUnaryState(Request request, api::Done<Response> done, Fallback fallback,
                   std::shared_ptr<api::CancelSignal> cancel)
       : request_(std::move(request)),
         done_(std::move(done)),
-        read_only_(read_only),
         fallback_(std::move(fallback)),
         cancel_(std::move(cancel)) {}
 
@@ -191,9 +190,13 @@ class RelayUnaryState final : public EtcdStreamObserver {
       ended_ = true;
       if (cancel_ != nullptr) cancel_->Clear();
     }
-    // The relay's own UNAVAILABLE, not etcd's ("etcdserver: no leader").
-    if (absl::IsUnavailable(status) && !IsEtcdError(status.message()) &&
-        (read_only_ || NeverSentToEtcd(status))) {
+    // Only the relay's own UNAVAILABLE is a failed attempt; etcd's
+    // ("etcdserver: no leader") is its answer.
+    AttemptFailure failure = AttemptFailure::kNone;
+    if (absl::IsUnavailable(status) && !IsEtcdError(status.message())) {
+      failure = NeverSentToEtcd(status) ? AttemptFailure::kNotSent : AttemptFailure::kTransport;
+    }
+    if (MaySendAgain(failure, IsReadOnly(request_))) {
       std::move(fallback_)(std::move(request_), std::move(done_));
       return;
     }
@@ -212,7 +215,6 @@ class RelayUnaryState final : public EtcdStreamObserver {
  private:
   Request request_;
   api::Done<Response> done_;
-  const bool read_only_;
   Fallback fallback_;
   const std::shared_ptr<api::CancelSignal> cancel_;
   absl::Mutex mu_;  // Send (caller's thread) against OnEnd (the relay's)
@@ -254,7 +256,7 @@ std::unique_ptr<api::BidiStream<Request>> RelayStreamsBackend::OpenOnRelay(
 }
 
 template <class Request, class Response>
-void RelayStreamsBackend::UnaryOnRelay(const std::string& path, bool read_only,
+void RelayStreamsBackend::UnaryOnRelay(const std::string& path,
                                        InnerMethod<Request, Response> method,
                                        const api::CallContext& ctx, Request request,
                                        api::Done<Response> done) {
@@ -276,7 +278,7 @@ void RelayStreamsBackend::UnaryOnRelay(const std::string& path, bool read_only,
     (inner().*method)(ctx, std::move(request), std::move(done));
   };
   auto state = std::make_shared<RelayUnaryState<Request, Response>>(
-      std::move(request), std::move(done), read_only, std::move(fallback), ctx.cancel);
+      std::move(request), std::move(done), std::move(fallback), ctx.cancel);
   std::shared_ptr<EtcdStream> etcd = OpenEtcdStream(path, ctx, state);
   if (etcd == nullptr) {  // the relay never calls the state
     auto [unsent, unsent_done] = state->Take();
@@ -289,15 +291,13 @@ void RelayStreamsBackend::UnaryOnRelay(const std::string& path, bool read_only,
 void RelayStreamsBackend::Range(const api::CallContext& ctx, ::etcdserverpb::RangeRequest request,
                                 api::Done<::etcdserverpb::RangeResponse> done) {
   static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Range");
-  UnaryOnRelay(kPath, /*read_only=*/true, &api::Backend::Range, ctx, std::move(request),
-               std::move(done));
+  UnaryOnRelay(kPath, &api::Backend::Range, ctx, std::move(request), std::move(done));
 }
 
 void RelayStreamsBackend::Put(const api::CallContext& ctx, ::etcdserverpb::PutRequest request,
                               api::Done<::etcdserverpb::PutResponse> done) {
   static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Put");
-  UnaryOnRelay(kPath, /*read_only=*/false, &api::Backend::Put, ctx, std::move(request),
-               std::move(done));
+  UnaryOnRelay(kPath, &api::Backend::Put, ctx, std::move(request), std::move(done));
 }
 
 void RelayStreamsBackend::DeleteRange(const api::CallContext& ctx,
@@ -305,15 +305,13 @@ void RelayStreamsBackend::DeleteRange(const api::CallContext& ctx,
                                       api::Done<::etcdserverpb::DeleteRangeResponse> done) {
   static const std::string kPath =
       MethodPath(remote_services::KV::service_full_name(), "DeleteRange");
-  UnaryOnRelay(kPath, /*read_only=*/false, &api::Backend::DeleteRange, ctx, std::move(request),
-               std::move(done));
+  UnaryOnRelay(kPath, &api::Backend::DeleteRange, ctx, std::move(request), std::move(done));
 }
 
 void RelayStreamsBackend::Txn(const api::CallContext& ctx, ::etcdserverpb::TxnRequest request,
                               api::Done<::etcdserverpb::TxnResponse> done) {
   static const std::string kPath = MethodPath(remote_services::KV::service_full_name(), "Txn");
-  UnaryOnRelay(kPath, /*read_only=*/false, &api::Backend::Txn, ctx, std::move(request),
-               std::move(done));
+  UnaryOnRelay(kPath, &api::Backend::Txn, ctx, std::move(request), std::move(done));
 }
 
 std::unique_ptr<api::WatchStream> RelayStreamsBackend::Watch(

@@ -85,7 +85,7 @@ class RelayStreamsBackend final : public api::ForwardingBackend {
   using InnerMethod = void (api::Backend::*)(const api::CallContext&, Request, api::Done<Response>);
   // One unary call on the relay (see Range); `method` is inner's for it.
   template <class Request, class Response>
-  void UnaryOnRelay(const std::string& path, bool read_only, InnerMethod<Request, Response> method,
+  void UnaryOnRelay(const std::string& path, InnerMethod<Request, Response> method,
                     const api::CallContext& ctx, Request request, api::Done<Response> done)
       ABSL_LOCKS_EXCLUDED(mu_);
   template <class Request, class Response>

@@ -14,29 +14,6 @@
 namespace keel::proxy::grpcproxy {
 namespace {
 
-// Whether a request only reads, so that it may be sent again after a
-// transport failure that left its fate unknown (remote_backend.h).
-template <class Request>
-bool IsReadOnly(const Request&) {
-  return false;
-}
-bool IsReadOnly(const ::etcdserverpb::RangeRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::LeaseTimeToLiveRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::LeaseLeasesRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::MemberListRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::StatusRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::AlarmRequest& request) {
-  return request.action() == ::etcdserverpb::AlarmRequest::GET;
-}
-bool IsReadOnly(const ::etcdserverpb::HashRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::HashKVRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::AuthStatusRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::AuthUserGetRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::AuthUserListRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::AuthRoleGetRequest&) { return true; }
-bool IsReadOnly(const ::etcdserverpb::AuthRoleListRequest&) { return true; }
-bool IsReadOnly(const ::v3electionpb::LeaderRequest&) { return true; }
-
 // One unary call: tries endpoints from the preferred one on, one attempt
 // each (fresh ClientContext every time), and completes `done` once.
 // Self-deleting; lives from Start() until its last attempt's callback.
@@ -91,9 +68,7 @@ class UnaryCall {
   void OnAttemptDone(::grpc::Status status) {
     if (ctx_.cancel != nullptr) ctx_.cancel->Clear();
     const AttemptFailure failure = ClassifyAttempt(status);
-    const bool may_retry = failure == AttemptFailure::kNotSent ||
-                           (failure == AttemptFailure::kTransport && IsReadOnly(request_));
-    if (may_retry && tries_ < endpoints_.size()) {
+    if (MaySendAgain(failure, IsReadOnly(request_)) && tries_ < endpoints_.size()) {
       Attempt();
       return;
     }

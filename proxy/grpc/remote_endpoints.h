@@ -32,6 +32,37 @@ enum class AttemptFailure {
 // Classifies the final status of one attempt. Thread-safe.
 AttemptFailure ClassifyAttempt(const ::grpc::Status& status);
 
+// Whether a request only reads, so that it may be sent again after a
+// transport failure that left its fate unknown (remote_backend.h).
+template <class Request>
+bool IsReadOnly(const Request&) {
+  return false;
+}
+inline bool IsReadOnly(const ::etcdserverpb::RangeRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::LeaseTimeToLiveRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::LeaseLeasesRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::MemberListRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::StatusRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::AlarmRequest& request) {
+  return request.action() == ::etcdserverpb::AlarmRequest::GET;
+}
+inline bool IsReadOnly(const ::etcdserverpb::HashRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::HashKVRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::AuthStatusRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::AuthUserGetRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::AuthUserListRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::AuthRoleGetRequest&) { return true; }
+inline bool IsReadOnly(const ::etcdserverpb::AuthRoleListRequest&) { return true; }
+inline bool IsReadOnly(const ::v3electionpb::LeaderRequest&) { return true; }
+
+// Whether a request whose attempt failed so may be sent again (to the next
+// endpoint, or by the relay through the gRPC client): when it never reached
+// etcd, or when it only reads.
+inline bool MaySendAgain(AttemptFailure failure, bool read_only) {
+  return failure == AttemptFailure::kNotSent ||
+         (failure == AttemptFailure::kTransport && read_only);
+}
+
 // Whether an error message is etcd's own ("etcdserver: ..."), as opposed to
 // one of the transport's: an UNAVAILABLE from etcd is an answer, not a
 // reason to try again.

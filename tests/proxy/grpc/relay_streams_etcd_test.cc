@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -113,6 +114,38 @@ int ListenOnLoopback(int* port) {
   return fd;
 }
 
+// A stand-in "etcd" on a loopback port: the first connection made to it is
+// served by `serve(conn, over)` on a thread of its own; `over` is set, the
+// thread joined and the port closed when this goes.
+class FakeEtcd {
+ public:
+  using Serve = std::function<void(int conn, const std::atomic<bool>& over)>;
+  explicit FakeEtcd(Serve serve) : listener_(ListenOnLoopback(&port_)) {
+    if (listener_ < 0) return;
+    thread_ = std::thread([this, serve = std::move(serve)] {
+      pollfd incoming{listener_, POLLIN, 0};
+      if (poll(&incoming, 1, 10000) <= 0) return;  // nobody came: the test fails
+      const int conn = accept(listener_, nullptr, nullptr);
+      if (conn < 0) return;
+      serve(conn, over_);
+      close(conn);
+    });
+  }
+  ~FakeEtcd() {
+    over_ = true;
+    if (thread_.joinable()) thread_.join();
+    if (listener_ >= 0) close(listener_);
+  }
+  bool ok() const { return listener_ >= 0; }
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int port_ = 0;
+  const int listener_;
+  std::atomic<bool> over_{false};
+  std::thread thread_;
+};
+
 // A RelayStreamsBackend on `relay` whose gRPC client can reach nothing:
 // whatever it answers came over the relay.
 struct RelayOnly {
@@ -186,6 +219,14 @@ class RelayStreamsEtcdTest : public ::testing::Test {
   }
 
   int64_t ChainStreams() { return metrics_.GetGauge(kChainStreams, "")->Value(); }
+
+  // A Put through streams_.
+  absl::StatusOr<PutResponse> Put(const std::string& key, const std::string& value) {
+    PutRequest put;
+    put.set_key(key);
+    put.set_value(value);
+    return Await<PutResponse>([&](auto done) { streams_->Put({}, put, std::move(done)); });
+  }
 
   // `key`'s value on the member, read directly ("" when absent).
   std::string ValueOnEtcd(const std::string& key) {
@@ -524,16 +565,9 @@ TEST_F(RelayStreamsEtcdTest, WritesRideTheRelay) {
 // UNAVAILABLE and is not sent again through the gRPC client, which would
 // have reached the member and written it.
 TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
-  int port = 0;
-  const int listener = ListenOnLoopback(&port);
-  ASSERT_GE(listener, 0);
-  std::thread closer([listener] {
-    pollfd incoming{listener, POLLIN, 0};
-    if (poll(&incoming, 1, 10000) <= 0) return;  // the relay never came: the test fails
-    const int conn = accept(listener, nullptr, nullptr);
-    if (conn < 0) return;
-    // Reads what the relay sends (preface, settings, the request) until it
-    // has been quiet for a moment, then drops the connection.
+  // Reads what the relay sends (preface, settings, the request) until it
+  // has been quiet for a moment, then drops the connection.
+  FakeEtcd etcd([](int conn, const std::atomic<bool>&) {
     char buf[4096];
     size_t total = 0;
     for (int quiet = 0; quiet < 3;) {
@@ -546,31 +580,19 @@ TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
       if (n <= 0) break;
       total += static_cast<size_t>(n);
     }
-    close(conn);
   });
-  RelayTo("127.0.0.1:" + std::to_string(port));  // (no early return: `closer` is joined below)
+  ASSERT_TRUE(etcd.ok());
+  ASSERT_NO_FATAL_FAILURE(RelayTo(etcd.endpoint()));
 
-  PutRequest put;
-  put.set_key("maybe");
-  put.set_value("once");
-  absl::StatusOr<PutResponse> lost =
-      Await<PutResponse>([&](auto done) { streams_->Put({}, put, std::move(done)); });
+  absl::StatusOr<PutResponse> lost = Put("maybe", "once");
   EXPECT_EQ(lost.status().code(), absl::StatusCode::kUnavailable) << lost.status();
   EXPECT_EQ(ValueOnEtcd("maybe"), "");  // the gRPC client (to the member) never sent it
-  closer.join();
-  streams_->Detach();
-  relay_.reset();
-  close(listener);
 }
 
-// An "etcd" that speaks just enough HTTP/2 to refuse the first request
-// stream it is sent (RST_STREAM REFUSED_STREAM: not processed), then keeps
-// the connection until `over`.
-void RefuseFirstStream(int listener, const std::atomic<bool>& over) {
-  pollfd incoming{listener, POLLIN, 0};
-  if (poll(&incoming, 1, 10000) <= 0) return;  // the relay never came: the test fails
-  const int conn = accept(listener, nullptr, nullptr);
-  if (conn < 0) return;
+// Speaks just enough HTTP/2 on `conn` to refuse the first request stream it
+// is sent (RST_STREAM REFUSED_STREAM: not processed), then keeps the
+// connection until `over`.
+void RefuseFirstStream(int conn, const std::atomic<bool>& over) {
   auto send_frame = [conn](std::initializer_list<uint8_t> bytes) {
     const std::vector<uint8_t> frame(bytes);
     return write(conn, frame.data(), frame.size()) == static_cast<ssize_t>(frame.size());
@@ -601,32 +623,19 @@ void RefuseFirstStream(int listener, const std::atomic<bool>& over) {
       pos += 9 + length;
     }
   }
-  close(conn);
 }
 
 // A write etcd refused before processing it (REFUSED_STREAM, as for the
 // streams beyond a GOAWAY) is sent through the gRPC client, which reaches
 // the member: the caller sees only the answer.
 TEST_F(RelayStreamsEtcdTest, AWriteEtcdRefusedGoesToTheGrpcClient) {
-  int port = 0;
-  const int listener = ListenOnLoopback(&port);
-  ASSERT_GE(listener, 0);
-  std::atomic<bool> over{false};
-  std::thread refuser([listener, &over] { RefuseFirstStream(listener, over); });
-  RelayTo("127.0.0.1:" + std::to_string(port));  // (no early return: `refuser` is joined below)
+  FakeEtcd etcd(RefuseFirstStream);
+  ASSERT_TRUE(etcd.ok());
+  ASSERT_NO_FATAL_FAILURE(RelayTo(etcd.endpoint()));
 
-  PutRequest put;
-  put.set_key("refused");
-  put.set_value("then written");
-  absl::StatusOr<PutResponse> written =
-      Await<PutResponse>([&](auto done) { streams_->Put({}, put, std::move(done)); });
+  absl::StatusOr<PutResponse> written = Put("refused", "then written");
   EXPECT_TRUE(written.ok()) << written.status();
   EXPECT_EQ(ValueOnEtcd("refused"), "then written");
-  over = true;
-  refuser.join();
-  streams_->Detach();
-  relay_.reset();
-  close(listener);
 }
 
 // A write the relay could not deliver because etcd never saw it (its
@@ -637,13 +646,10 @@ TEST_F(RelayStreamsEtcdTest, AWriteEtcdNeverSawGoesToTheGrpcClient) {
   // The relay takes the first (it has not found etcd down yet): that one is
   // sent again; it refuses the next at once.
   for (int i = 0; i < 3; ++i) {
-    PutRequest put;
-    put.set_key("k" + std::to_string(i));
-    put.set_value("v");
-    absl::StatusOr<PutResponse> written =
-        Await<PutResponse>([&](auto done) { streams_->Put({}, put, std::move(done)); });
+    const std::string key = "k" + std::to_string(i);
+    absl::StatusOr<PutResponse> written = Put(key, "v");
     ASSERT_TRUE(written.ok()) << written.status();
-    EXPECT_EQ(ValueOnEtcd(put.key()), "v");
+    EXPECT_EQ(ValueOnEtcd(key), "v");
   }
 }
 
