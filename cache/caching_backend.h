@@ -53,10 +53,9 @@ struct CacheOptions {
 //   it is reopened with backoff. With auth on and no proxy identity allowed
 //   to watch, the cache is off.
 // - The watch source is `inner` unless another backend is given. The proxy
-//   gives the one below its watch coalescer: the coalescer asks etcd for
-//   prev_kv on every upstream watcher, and a prev_kv watch on the whole
-//   keyspace costs etcd a read of the old value on every write (a third of
-//   its put throughput here), while the cache needs only keys and revisions.
+//   gives the one below its watch coalescer: no client shares the cache's
+//   watch, so the coalescer's per-client work (a revision probe per create,
+//   queues) would buy nothing.
 // - Freshness lease. A live watch does not prove that A keeps up with the
 //   store: an etcd that is black-holed leaves the watch quiet, not ended, and
 //   a watch coalescer below (as in some tests) hides the loss of its

@@ -70,8 +70,8 @@ bool FilteredOut(const ::mvccpb::Event& e, bool no_put, bool no_delete) {
 }
 
 // `src`'s events from revision `from` on that pass the filters, added to
-// `out`. Field by field: the upstream watcher always asks for prev_kv, and
-// most clients do not, so it is not copied only to be cleared.
+// `out`. Field by field, and prev_kv only for a watcher that asked for it
+// (its group's upstream watcher asked etcd for it as its watchers do).
 void AddEvents(const WatchResponse& src, int64_t from, bool prev_kv, bool no_put, bool no_delete,
                WatchResponse& out) {
   for (const auto& e : src.events()) {
@@ -353,7 +353,7 @@ void WatchCoalescer::Attach(WatchClientId client, int64_t watch_id, int64_t need
                             bool allow_replay, std::vector<WatchAction>& actions) {
   Client& c = clients_.at(client);
   ClientWatcher& w = c.watchers.at(watch_id);
-  GroupKey key{c.token, c.require_leader, w.key, w.range_end};
+  GroupKey key{c.token, c.require_leader, w.key, w.range_end, w.prev_kv};
   w.next = need;
   auto jit = joinable_.find(key);
   if (jit == joinable_.end()) {
@@ -400,7 +400,7 @@ void WatchCoalescer::AttachDedicated(WatchClientId client, int64_t watch_id, int
   Client& c = clients_.at(client);
   ClientWatcher& w = c.watchers.at(watch_id);
   ++resyncs_total_;
-  const GroupId gid = NewGroup(GroupKey{c.token, c.require_leader, w.key, w.range_end},
+  const GroupId gid = NewGroup(GroupKey{c.token, c.require_leader, w.key, w.range_end, w.prev_kv},
                                /*joinable=*/false, from, actions);
   groups_.at(gid).receivers.insert({client, watch_id});
   w.group = gid;
@@ -451,7 +451,7 @@ void WatchCoalescer::SendCreate(GroupId id, std::vector<WatchAction>& actions) {
   cr->set_range_end(std::get<3>(g.key));
   cr->set_start_revision(g.next);
   cr->set_progress_notify(true);
-  cr->set_prev_kv(true);
+  cr->set_prev_kv(std::get<4>(g.key));
   cr->set_watch_id(uwid);
   actions.push_back(std::move(send));
 }

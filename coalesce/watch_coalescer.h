@@ -21,11 +21,15 @@
 //
 // Model. A client stream (WatchClientId, chosen by the glue) holds client
 // watchers (c-watchers), each known by the etcd watch_id it has on that
-// stream. A group is (token, require_leader, key, range_end) as sent (an empty
-// key is "\x00", as etcd treats it); it has one upstream watcher, with
-// prev_kv and progress_notify on and no filters, on the upstream Watch stream
-// of its (token, require_leader). A group tracks `next`: every event with a
-// lower revision has been received. A "from now" c-watcher needing older
+// stream. A group is (token, require_leader, key, range_end, prev_kv) as sent
+// (an empty key is "\x00", as etcd treats it); it has one upstream watcher,
+// with progress_notify on, prev_kv as its c-watchers ask and no filters, on
+// the upstream Watch stream of its (token, require_leader). prev_kv splits
+// groups because it is not free: etcd reads the old value for every event of
+// a prev_kv watcher, and on a busy range that costs it most of its write
+// throughput (bench/watch_write_cost.sh), so only the watchers that ask for
+// it pay for it. A group tracks `next`: every event with a lower revision has
+// been received. A "from now" c-watcher needing older
 // events than its group's `next` is replayed from the group's bounded
 // history; a historical one (or one the history does not reach) gets a
 // dedicated upstream watcher of its own, since only etcd knows whether its
@@ -237,8 +241,8 @@ class WatchCoalescer {
 
  private:
   using GroupId = uint64_t;
-  // (token, require_leader, key, range_end).
-  using GroupKey = std::tuple<std::string, bool, std::string, std::string>;
+  // (token, require_leader, key, range_end, prev_kv).
+  using GroupKey = std::tuple<std::string, bool, std::string, std::string, bool>;
   // (token, require_leader).
   using StreamKey = std::pair<std::string, bool>;
 

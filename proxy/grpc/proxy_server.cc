@@ -195,9 +195,8 @@ absl::Status ProxyServer::Start() {
     if (cache_on) {
       cache::CacheOptions cache_options;
       cache_options.max_bytes = static_cast<uint64_t>(config_.range_cache_max_bytes);
-      // The cache's watch goes below the coalescers, whose upstream watchers
-      // carry prev_kv: the cache needs only keys and revisions, and a prev_kv
-      // watch of the whole keyspace costs etcd a read on every write.
+      // The cache's watch goes below the coalescers: no client shares it, so
+      // their per-client work (a probe per create, queues) would buy nothing.
       cache_ = std::make_unique<cache::CachingBackend>(*inner, cache_options, &metrics_,
                                                        relay_streams_.get());
       inner = cache_.get();

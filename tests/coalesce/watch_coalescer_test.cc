@@ -159,6 +159,38 @@ TEST(WatchCoalescer, FiltersAndPrevKvPerWatcher) {
   sim.CheckAll();
 }
 
+// etcd reads the old value of every event for a prev_kv watcher, so only
+// the watchers that ask for prev_kv share an upstream watcher that asks for
+// it; the others share one that does not (the fake etcd then leaves prev_kv
+// out, and CheckAll compares each stream with what etcd would send it).
+TEST(WatchCoalescer, PrevKvIsAskedOfEtcdOnlyForWatchersThatWantIt) {
+  WatchSim sim;
+  sim.AddClient(1);
+  sim.AddClient(2);
+  auto with_prev = CreateReq("a");
+  with_prev.set_prev_kv(true);
+  const size_t plain1 = sim.Create(1, CreateReq("a"));
+  const size_t plain2 = sim.Create(2, CreateReq("a"));
+  sim.Settle();
+  ASSERT_EQ(sim.upstream_creates.size(), 1u);
+  EXPECT_FALSE(sim.upstream_creates[0].prev_kv());
+  const size_t prev1 = sim.Create(1, with_prev);
+  const size_t prev2 = sim.Create(2, with_prev);
+  sim.Settle();
+  ASSERT_EQ(sim.upstream_creates.size(), 2u);
+  EXPECT_TRUE(sim.upstream_creates[1].prev_kv());
+  EXPECT_EQ(sim.core.upstream_watchers(), 2u);
+  EXPECT_EQ(sim.core.watchers_coalescing(), 2u);
+  sim.Put("a", "1");
+  sim.Put("a", "2");
+  sim.Delete("a");
+  sim.Settle();
+  for (size_t c : {plain1, plain2, prev1, prev2}) ASSERT_EQ(sim.cws[c].events.size(), 3u);
+  EXPECT_FALSE(sim.cws[plain1].events[1].has_prev_kv());
+  EXPECT_EQ(sim.cws[prev2].events[1].prev_kv().value(), "1");
+  sim.CheckAll();
+}
+
 TEST(WatchCoalescer, CancelRepliesWithCurrentHeaderAndReleasesUpstream) {
   WatchSim sim;
   sim.AddClient(1);
@@ -660,18 +692,15 @@ TEST(WatchCoalescer, QueueAndHistoryAreBoundedByBytes) {
   sim.CheckAll();
 }
 
-// A client's queue is charged what its watchers' responses weigh, not what
-// etcd sent the proxy: the upstream watcher always asks for prev_kv, and a
-// watcher without it must not be resynced as if it had it. The bound holds
-// to the byte: responses that sum to exactly the bound stay queued, one byte
-// less and the last one is resynced.
+// A client's queue is charged what its watchers' responses weigh, each
+// watcher's view to the byte: responses that sum to exactly the bound stay
+// queued, one byte less and the last one is resynced.
 TEST(WatchCoalescer, QueueIsChargedWhatEachWatcherGets) {
   constexpr int kWatchers = 10;
   const std::string big(500, 'v');
   // The run: ten watchers of one stream, none with prev_kv; a small put
-  // (read at once), then a big one over a big value (so etcd's response
-  // carries a big prev_kv) left queued. Returns the sizes of the big one's
-  // responses as the client got them.
+  // (read at once), then a big one over a big value left queued. Returns the
+  // sizes of the big one's responses as the client got them.
   auto run = [&](size_t queue_bytes, uint64_t* resyncs) {
     WatchCoalescerOptions options;
     options.client_queue_bytes = queue_bytes;

@@ -74,6 +74,7 @@ class WatchSim {
 
   struct UpWatcher {
     std::string key, end;
+    bool prev_kv = false;
   };
   struct UpStream {
     std::string token;
@@ -140,7 +141,6 @@ class WatchSim {
       const WatchCreateRequest& cr = req.create_request();
       upstream_creates.push_back(cr);
       ++s.creates;
-      EXPECT_TRUE(cr.prev_kv());
       EXPECT_TRUE(cr.progress_notify());
       EXPECT_EQ(cr.filters_size(), 0);
       EXPECT_GT(cr.watch_id(), 0);
@@ -182,10 +182,12 @@ class WatchSim {
           ++revs;
           last = r;
         }
-        *batch.add_events() = e;
+        Event* out = batch.add_events();
+        *out = e;
+        if (!cr.prev_kv()) out->clear_prev_kv();
       }
       flush();
-      s.watchers[cr.watch_id()] = UpWatcher{cr.key(), cr.range_end()};
+      s.watchers[cr.watch_id()] = UpWatcher{cr.key(), cr.range_end(), cr.prev_kv()};
     } else if (req.has_cancel_request()) {
       ++s.cancels;
       ++upstream_cancels;
@@ -238,7 +240,10 @@ class WatchSim {
       for (auto& [wid, w] : s.watchers) {
         WatchResponse r;
         for (const Event& e : evs) {
-          if (InRange(e.kv().key(), w.key, w.end)) *r.add_events() = e;
+          if (!InRange(e.kv().key(), w.key, w.end)) continue;
+          Event* out = r.add_events();
+          *out = e;
+          if (!w.prev_kv) out->clear_prev_kv();
         }
         if (r.events_size() == 0) continue;
         *r.mutable_header() = Header(rev);

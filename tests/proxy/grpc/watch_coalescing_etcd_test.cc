@@ -218,33 +218,49 @@ class WatchCoalescingEtcdTest : public ::testing::Test {
 };
 
 // Scenario 19: N client watchers on one key cost one etcd watcher; a range
-// one more; none once they are gone.
+// one more; none once they are gone. prev_kv is asked of etcd only for the
+// watchers that want it (a second etcd watcher on the key): etcd reads the
+// old value for every event of a prev_kv watcher.
 TEST_F(WatchCoalescingEtcdTest, EtcdSeesOneWatcherPerGroup) {
   const int b0 = EtcdWatchers();
   ASSERT_GE(b0, 0);
+  const int64_t first = Put("k", "old");
   {
     Stream s1(*layer_), s2(*layer_), s3(*layer_);
     s1.Write(Create("k"));
     s2.Write(Create("k"));
+    for (Stream* s : {&s1, &s2}) ASSERT_TRUE(s->WaitNth(1).has_value());
+    EXPECT_TRUE(WaitFor([&] { return EtcdWatchers() == b0 + 1; }, kPoll)) << EtcdWatchers();
     WatchRequest prev = Create("k");
     prev.mutable_create_request()->set_prev_kv(true);
     s3.Write(prev);
-    for (Stream* s : {&s1, &s2, &s3}) ASSERT_TRUE(s->WaitNth(1).has_value());
-    EXPECT_TRUE(WaitFor([&] { return EtcdWatchers() == b0 + 1; }, kPoll)) << EtcdWatchers();
+    ASSERT_TRUE(s3.WaitNth(1).has_value());
+    EXPECT_TRUE(WaitFor([&] { return EtcdWatchers() == b0 + 2; }, kPoll)) << EtcdWatchers();
     s1.Write(Create("k", "l"));
     ASSERT_TRUE(s1.WaitNth(2).has_value());
-    EXPECT_TRUE(WaitFor([&] { return EtcdWatchers() == b0 + 2; }, kPoll)) << EtcdWatchers();
+    EXPECT_TRUE(WaitFor([&] { return EtcdWatchers() == b0 + 3; }, kPoll)) << EtcdWatchers();
     const int64_t rev = Put("k", "v");
-    for (Stream* s : {&s1, &s2, &s3}) {
-      EXPECT_TRUE(s->Wait([&](const auto& v) {
+    // The event as each watcher gets it (the first at `rev`).
+    auto event_at_rev = [&](Stream& s) {
+      std::optional<::mvccpb::Event> found;
+      EXPECT_TRUE(s.Wait([&](const auto& v) {
         for (const auto& r : v) {
-          if (r.events_size() > 0 && r.events(0).kv().mod_revision() == rev) return true;
+          if (r.events_size() > 0 && r.events(0).kv().mod_revision() == rev) {
+            found = r.events(0);
+            return true;
+          }
         }
         return false;
       }));
-    }
+      return found.value_or(::mvccpb::Event{});
+    };
+    EXPECT_FALSE(event_at_rev(s1).has_prev_kv());
+    EXPECT_FALSE(event_at_rev(s2).has_prev_kv());
+    const ::mvccpb::Event with_prev = event_at_rev(s3);
+    EXPECT_EQ(with_prev.prev_kv().value(), "old");
+    EXPECT_EQ(with_prev.prev_kv().mod_revision(), first);
     EXPECT_NE(metrics_.RenderText().find("keel_watch_client_watchers 4"), std::string::npos);
-    EXPECT_NE(metrics_.RenderText().find("etcd_grpc_proxy_watchers_coalescing_total 2"),
+    EXPECT_NE(metrics_.RenderText().find("etcd_grpc_proxy_watchers_coalescing_total 1"),
               std::string::npos);
   }
   EXPECT_TRUE(WaitFor([&] { return EtcdWatchers() == b0; }, kPoll)) << EtcdWatchers();
