@@ -9,9 +9,13 @@
 # Per cell, `etcdctl watch --prefix ""` runs through the given path (none,
 # directly on etcd, directly with --prev-kv, through etcd's proxy, through
 # keel's), then keel-bench puts with 64 clients directly on etcd for 5 s
-# (256-byte values, 100,000 keys); the watcher must have seen events. A
-# watcher that asks for prev_kv makes etcd read the old value of every
-# event. Cell order rotated per round; the median req/s of the rounds.
+# (256-byte values, 100,000 keys), and the share of those puts the watcher
+# saw (given up to 10 s to catch up). A watcher that asks for prev_kv makes
+# etcd read the old value of every event. keel's range cache (on by
+# default) keeps its own whole-keyspace watch, without prev_kv, on etcd in
+# every cell, "none" included. Cell order rotated per round, reversed every
+# other round; the median req/s of the rounds. Exit status 1 if a cell
+# failed.
 # KEEL_BIN_DIR (or $KEEL_BIN_DIR) holds `keel`; default <checkout>/build/bin.
 # Writes bench/results/watch-write-cost-<date>.md.
 set -uo pipefail
@@ -52,6 +56,7 @@ wait_etcd "127.0.0.1:$P_EPX" || exit 1
 wait_etcd "127.0.0.1:$P_KPX" || exit 1
 
 CELLS=(none direct direct-prev-kv etcd-px keel-px)
+FAILED=0
 # cell NAME: one watcher on that path, a put run directly on etcd.
 cell() {
   local name=$1 args=() ep=$P_ETCD wpid="" out rps seen
@@ -61,42 +66,55 @@ cell() {
     keel-px) ep=$P_KPX ;;
   esac
   if [[ $name != none ]]; then
-    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ep" watch --prefix "" "${args[@]}" \
-      >"$WORK/watch.out" 2>&1 &
-    wpid=$!
+    start watch env ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ep" watch --prefix "" "${args[@]}"
+    wpid=$PID_watch
     sleep 1
   fi
   out=$("$BENCH" --endpoints "127.0.0.1:$P_ETCD" --transport h2 --clients 64 --duration 5s \
-          --json --no-progress put --key-size 8 --val-size 256 --key-space-size 100000 2>/dev/null)
+          --json --no-progress put --key-size 8 --val-size 256 --key-space-size 100000 \
+          2>"$WORK/bench.err")
   rps=$(jq -r '.rps' <<<"$out" 2>/dev/null || echo "")
+  puts=$(jq -r '.requests' <<<"$out" 2>/dev/null || echo 0)
+  seen=$puts
   if [[ -n "$wpid" ]]; then
-    sleep 0.5
-    kill "$wpid" 2>/dev/null; wait "$wpid" 2>/dev/null
-    seen=$(grep -c '^PUT$' "$WORK/watch.out")
+    for _ in $(seq 1 100); do
+      seen=$(grep -c '^PUT$' "$WORK/watch.log")
+      ((seen >= puts)) && break
+      sleep 0.1
+    done
+    stop watch
     if ((seen == 0)); then
-      echo "   $name: the watcher saw no event: $(head -c 300 "$WORK/watch.out")" >&2
+      echo "   $name: the watcher saw no event: $(head -c 300 "$WORK/watch.log")" >&2
+      FAILED=1
       return
     fi
   fi
-  [[ -n "$rps" && "$rps" != null ]] || { echo "   $name: keel-bench failed" >&2; return; }
-  printf '%s\t%s\n' "$name" "$rps" >>"$RES"
-  printf '   %-16s %8.0f put/s\n' "$name" "$rps"
+  if [[ -z "$rps" || "$rps" == null ]]; then
+    echo "   $name: keel-bench failed: $(head -c 300 "$WORK/bench.err")" >&2
+    FAILED=1
+    return
+  fi
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rps" "$seen" "$puts" >>"$RES"
+  printf '   %-16s %8.0f put/s%s\n' "$name" "$rps" "${wpid:+, the watcher saw $seen of $puts}"
 }
 
 for ((round = 0; round < ROUNDS; round++)); do
   echo "round $((round + 1)) of $ROUNDS"
   for ((i = 0; i < ${#CELLS[@]}; i++)); do
-    cell "${CELLS[(i + round) % ${#CELLS[@]}]}"
+    j=$(((i + round) % ${#CELLS[@]}))
+    ((round % 2)) && j=$((${#CELLS[@]} - 1 - j))
+    cell "${CELLS[j]}"
   done
 done
 
-"$PY" - "$RES" "$ROUNDS" $((SECONDS - BEGIN)) "$(etcd --version | head -1)" >"$OUT" <<'PYEOF'
+"$PY" - "$RES" "$ROUNDS" $((SECONDS - BEGIN)) "$(etcd --version | head -1)" "$(nproc)" >"$OUT" <<'PYEOF'
 import statistics, sys
-res, rounds, secs, version = sys.argv[1:]
-by = {}
+res, rounds, secs, version, cores = sys.argv[1:]
+by, seen = {}, {}
 for line in open(res):
-    name, rps = line.split()
+    name, rps, saw, puts = line.split()
     by.setdefault(name, []).append(float(rps))
+    seen.setdefault(name, []).append(int(saw) / max(int(puts), 1))
 med = {k: statistics.median(v) for k, v in by.items()}
 labels = {
     "none": "no watcher",
@@ -106,20 +124,26 @@ labels = {
     "keel-px": "`etcdctl watch --prefix \"\"` through `keel grpc-proxy`",
 }
 print("# What a whole-keyspace watcher costs etcd's write rate\n")
-print(f"bench/watch_write_cost.sh, {secs} s, {version}; one etcd member; both proxies "
-      f"with default flags and running throughout; put with 64 clients directly on etcd "
+print(f"bench/watch_write_cost.sh, {secs} s, {version}; one etcd member; {cores} cores shared "
+      f"by etcd, both proxies, the watcher and the load generator (what a proxy spends "
+      f"forwarding events is taken from etcd too); both proxies with default flags and "
+      f"running throughout (keel's range cache keeps a whole-keyspace watch without prev_kv "
+      f"on etcd in every cell); put with 64 clients directly on etcd "
       f"(keel-bench --transport=h2, 5 s, 256-byte values, 100,000 keys) while one client "
-      f"watches the whole keyspace through each path; median of {rounds} round(s), order rotated.\n")
-print("| watcher | put/s (median) | runs | ÷ no watcher |")
-print("|---|---|---|---|")
+      f"(`etcdctl watch`) watches the whole keyspace through each path; median of {rounds} "
+      f"round(s), order rotated and reversed every other round.\n")
+print("| watcher | put/s (median) | runs | ÷ no watcher | puts the watcher saw (lowest) |")
+print("|---|---|---|---|---|")
 for k in ["none", "direct", "direct-prev-kv", "etcd-px", "keel-px"]:
     if k not in med:
-        print(f"| {labels[k]} | failed | 0 | — |")
+        print(f"| {labels[k]} | failed | 0 | — | — |")
         continue
     ratio = f"{med[k] / med['none']:.2f}×" if "none" in med else "—"
     runs = ", ".join(f"{x:,.0f}" for x in by[k])
-    print(f"| {labels[k]} | {med[k]:,.0f} | {runs} | {ratio} |")
+    saw = "—" if k == "none" else f"{min(seen[k]):.0%}"
+    print(f"| {labels[k]} | {med[k]:,.0f} | {runs} | {ratio} | {saw} |")
 if "keel-px" in med and "etcd-px" in med:
     print(f"\nkeel-px ÷ etcd-px: {med['keel-px'] / med['etcd-px']:.2f}×")
 PYEOF
 cat "$OUT"
+exit "$FAILED"

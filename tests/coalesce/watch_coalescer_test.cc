@@ -136,26 +136,30 @@ TEST(WatchCoalescer, ProbeErrorRefusesTheCreateWithItsMessage) {
   EXPECT_EQ(sim.cws[c2].refusal.header().cluster_id(), 7u);
 }
 
-TEST(WatchCoalescer, FiltersAndPrevKvPerWatcher) {
+// Watchers of one group (one upstream watcher) each get their own filters.
+TEST(WatchCoalescer, FiltersPerWatcherOfOneGroup) {
   WatchSim sim;
   sim.AddClient(1);
   sim.AddClient(2);
   auto noput = CreateReq("a");
   noput.add_filters(::etcdserverpb::WatchCreateRequest::NOPUT);
   noput.set_prev_kv(true);
+  auto all = CreateReq("a");
+  all.set_prev_kv(true);
   const size_t c1 = sim.Create(1, noput);
-  const size_t c2 = sim.Create(2, CreateReq("a"));
+  const size_t c2 = sim.Create(2, all);
   sim.Settle();
+  EXPECT_EQ(sim.core.upstream_watchers(), 1u);
   sim.Put("a", "1");
   sim.Put("a", "2");
   sim.Delete("a");
   sim.Settle();
   ASSERT_EQ(sim.cws[c1].events.size(), 1u);
   EXPECT_EQ(sim.cws[c1].events[0].type(), ::mvccpb::Event::DELETE);
-  EXPECT_TRUE(sim.cws[c1].events[0].has_prev_kv());
+  EXPECT_EQ(sim.cws[c1].events[0].prev_kv().value(), "2");
   EXPECT_EQ(sim.cws[c1].responses.size(), 1u);  // the filtered responses were not sent
   ASSERT_EQ(sim.cws[c2].events.size(), 3u);
-  for (const auto& e : sim.cws[c2].events) EXPECT_FALSE(e.has_prev_kv());
+  EXPECT_EQ(sim.cws[c2].events[1].prev_kv().value(), "1");
   sim.CheckAll();
 }
 
@@ -188,6 +192,24 @@ TEST(WatchCoalescer, PrevKvIsAskedOfEtcdOnlyForWatchersThatWantIt) {
   for (size_t c : {plain1, plain2, prev1, prev2}) ASSERT_EQ(sim.cws[c].events.size(), 3u);
   EXPECT_FALSE(sim.cws[plain1].events[1].has_prev_kv());
   EXPECT_EQ(sim.cws[prev2].events[1].prev_kv().value(), "1");
+  // Historical watchers get a dedicated upstream watcher each, asking for
+  // prev_kv as they do; caught up, each moves into the group of its kind.
+  auto old_plain = CreateReq("a", "", 2);
+  auto old_prev = CreateReq("a", "", 2);
+  old_prev.set_prev_kv(true);
+  const size_t hist_plain = sim.Create(1, old_plain);
+  const size_t hist_prev = sim.Create(2, old_prev);
+  sim.Settle();
+  ASSERT_EQ(sim.upstream_creates.size(), 4u);
+  EXPECT_FALSE(sim.upstream_creates[2].prev_kv());
+  EXPECT_TRUE(sim.upstream_creates[3].prev_kv());
+  ASSERT_EQ(sim.cws[hist_prev].events.size(), 3u);
+  EXPECT_EQ(sim.cws[hist_prev].events[2].prev_kv().value(), "2");
+  sim.Put("a", "3");
+  sim.Settle();
+  EXPECT_EQ(sim.core.upstream_watchers(), 2u);
+  EXPECT_EQ(sim.cws[hist_plain].events.size(), 4u);
+  EXPECT_EQ(sim.cws[hist_prev].events.size(), 4u);
   sim.CheckAll();
 }
 
@@ -698,16 +720,19 @@ TEST(WatchCoalescer, QueueAndHistoryAreBoundedByBytes) {
 TEST(WatchCoalescer, QueueIsChargedWhatEachWatcherGets) {
   constexpr int kWatchers = 10;
   const std::string big(500, 'v');
-  // The run: ten watchers of one stream, none with prev_kv; a small put
-  // (read at once), then a big one over a big value left queued. Returns the
-  // sizes of the big one's responses as the client got them.
+  // The run: ten watchers of one stream, with prev_kv; a small put (read at
+  // once), then a big one over a big value (its responses carry a big
+  // prev_kv) left queued. Returns the sizes of the big one's responses as the
+  // client got them.
   auto run = [&](size_t queue_bytes, uint64_t* resyncs) {
     WatchCoalescerOptions options;
     options.client_queue_bytes = queue_bytes;
     WatchSim sim(options);
     sim.AddClient(1);
     std::vector<size_t> recs;
-    for (int i = 0; i < kWatchers; ++i) recs.push_back(sim.Create(1, CreateReq("a")));
+    auto with_prev = CreateReq("a");
+    with_prev.set_prev_kv(true);
+    for (int i = 0; i < kWatchers; ++i) recs.push_back(sim.Create(1, with_prev));
     sim.Settle();
     sim.Put("a", big);
     sim.Settle();
@@ -719,7 +744,7 @@ TEST(WatchCoalescer, QueueIsChargedWhatEachWatcherGets) {
     size_t total = 0;
     for (size_t r : recs) {
       EXPECT_EQ(sim.cws[r].events.size(), 2u);
-      EXPECT_FALSE(sim.cws[r].events.back().has_prev_kv());
+      EXPECT_EQ(sim.cws[r].events.back().prev_kv().value(), big);
       total += sim.cws[r].responses.back().ByteSizeLong();
     }
     sim.CheckAll();

@@ -84,7 +84,7 @@ TEST_F(CacheProxyTest, DirectWritesReachCachedReads) {  // scenarios 12 and 13
       seconds(60)))
       << proxy->Log();
   // The cache's watch is its own stream to etcd, not a watcher of the watch
-  // coalescer (which would ask etcd for prev_kv, a read on every write).
+  // coalescer (no client shares it).
   EXPECT_EQ(ProxyMetric(*proxy, "keel_watch_upstream_watchers"), 0);
 }
 
