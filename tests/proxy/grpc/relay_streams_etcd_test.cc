@@ -589,10 +589,15 @@ TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
   EXPECT_EQ(ValueOnEtcd("maybe"), "");  // the gRPC client (to the member) never sent it
 }
 
+// How a fake etcd tells the relay it did not process a stream.
+enum class Refusal {
+  kRefusedStream,  // RST_STREAM REFUSED_STREAM on it
+  kGoaway,         // GOAWAY NO_ERROR with last stream id 0: none processed
+};
+
 // Speaks just enough HTTP/2 on `conn` to refuse the first request stream it
-// is sent (RST_STREAM REFUSED_STREAM: not processed), then keeps the
-// connection until `over`.
-void RefuseFirstStream(int conn, const std::atomic<bool>& over) {
+// is sent, then keeps the connection until `over`.
+void RefuseFirstStream(int conn, const std::atomic<bool>& over, Refusal how) {
   auto send_frame = [conn](std::initializer_list<uint8_t> bytes) {
     const std::vector<uint8_t> frame(bytes);
     return write(conn, frame.data(), frame.size()) == static_cast<ssize_t>(frame.size());
@@ -617,8 +622,12 @@ void RefuseFirstStream(int conn, const std::atomic<bool>& over) {
       if (type == 4 && (flags & 1) == 0) send_frame({0, 0, 0, 4, 1, 0, 0, 0, 0});  // ACK
       if (type == 1 && !refused) {  // HEADERS: the request
         refused = true;
-        send_frame({0, 0, 4, 3, 0, static_cast<uint8_t>(f[5] & 0x7f), f[6], f[7], f[8], 0, 0, 0,
-                    7});  // RST_STREAM REFUSED_STREAM
+        if (how == Refusal::kRefusedStream) {
+          send_frame({0, 0, 4, 3, 0, static_cast<uint8_t>(f[5] & 0x7f), f[6], f[7], f[8], 0, 0, 0,
+                      7});  // RST_STREAM REFUSED_STREAM
+        } else {
+          send_frame({0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});  // GOAWAY 0 NO_ERROR
+        }
       }
       pos += 9 + length;
     }
@@ -629,13 +638,30 @@ void RefuseFirstStream(int conn, const std::atomic<bool>& over) {
 // streams beyond a GOAWAY) is sent through the gRPC client, which reaches
 // the member: the caller sees only the answer.
 TEST_F(RelayStreamsEtcdTest, AWriteEtcdRefusedGoesToTheGrpcClient) {
-  FakeEtcd etcd(RefuseFirstStream);
+  FakeEtcd etcd([](int conn, const std::atomic<bool>& over) {
+    RefuseFirstStream(conn, over, Refusal::kRefusedStream);
+  });
   ASSERT_TRUE(etcd.ok());
   ASSERT_NO_FATAL_FAILURE(RelayTo(etcd.endpoint()));
 
   absl::StatusOr<PutResponse> written = Put("refused", "then written");
   EXPECT_TRUE(written.ok()) << written.status();
   EXPECT_EQ(ValueOnEtcd("refused"), "then written");
+}
+
+// The same when etcd goes away (GOAWAY, as a member shutting down or
+// enforcing its keepalive policy sends) without having processed the
+// write's stream.
+TEST_F(RelayStreamsEtcdTest, AWriteBeyondEtcdsGoawayGoesToTheGrpcClient) {
+  FakeEtcd etcd([](int conn, const std::atomic<bool>& over) {
+    RefuseFirstStream(conn, over, Refusal::kGoaway);
+  });
+  ASSERT_TRUE(etcd.ok());
+  ASSERT_NO_FATAL_FAILURE(RelayTo(etcd.endpoint()));
+
+  absl::StatusOr<PutResponse> written = Put("gone away", "then written");
+  EXPECT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(ValueOnEtcd("gone away"), "then written");
 }
 
 // A write the relay could not deliver because etcd never saw it (its
