@@ -13,7 +13,9 @@
 #  watch-N-cC  N watchers on one key over C connections (one stream per
 #              connection), then puts one at a time: put -> seen by the last
 #              watcher (p50/p99), the member's watcher count, and the proxy's
-#              RSS growth per watcher (each proxy is restarted per load).
+#              RSS growth per watcher (each proxy is restarted per run);
+#              3 rounds (--quick: 1), target order rotated, medians: the
+#              cell at 1,000 connections swings by a third run to run.
 #  lease-N     N leases kept alive over N/10 streams (a keep-alive every 2 s
 #              per lease, TTL 6 s): reply latency, the member's open
 #              keep-alive streams. lease-N: every lease starts at once, so
@@ -52,10 +54,10 @@ done
 
 if ((QUICK)); then
   WATCHERS=(1000); CONNS=(1 100); LEASES=(1000); PUTS=20; LEASE_T=6; T=2; LIMIT=600
-  RANGE_ROUNDS=1
+  RANGE_ROUNDS=1; WATCH_ROUNDS=1
 else
   WATCHERS=(1000 10000); CONNS=(1 100 1000); LEASES=(1000 10000); PUTS=50; LEASE_T=10; T=5
-  LIMIT=2400; RANGE_ROUNDS=3
+  LIMIT=2400; RANGE_ROUNDS=3; WATCH_ROUNDS=3
 fi
 KEEL="$BIN_DIR/keel"
 [[ -x "$KEEL" ]] || { echo "coalesce.sh: no keel binary at $KEEL (pass its directory)" >&2; exit 2; }
@@ -145,10 +147,13 @@ TARGETS=(direct etcd-px keel-px)
 START=$SECONDS
 for n in "${WATCHERS[@]}"; do
   for c in "${CONNS[@]}"; do
-    for t in "${TARGETS[@]}"; do
-      run "$t" "watch-$n-c$c" "$n" -- --conns "$c" watch-latency --streams "$c" \
-        --watch-per-stream $((n / c)) --put-total "$PUTS" --event-timeout 10s \
-        --metrics-url "$METRICS"
+    for ((round = 0; round < WATCH_ROUNDS; round++)); do
+      for ((i = 0; i < ${#TARGETS[@]}; i++)); do
+        t=${TARGETS[(i + round) % ${#TARGETS[@]}]}
+        run "$t" "watch-$n-c$c" "$n" -- --conns "$c" watch-latency --streams "$c" \
+          --watch-per-stream $((n / c)) --put-total "$PUTS" --event-timeout 10s \
+          --metrics-url "$METRICS"
+      done
     done
   done
 done
@@ -181,9 +186,10 @@ for ((round = 0; round < RANGE_ROUNDS; round++)); do
 done
 ELAPSED=$((SECONDS - START))
 
-"$PY" - "$RES" "$OUT" "$ELAPSED" "$(etcd --version | head -1)" "$TRANSPORT" "$RANGE_ROUNDS" <<'PYEOF'
+"$PY" - "$RES" "$OUT" "$ELAPSED" "$(etcd --version | head -1)" "$TRANSPORT" "$RANGE_ROUNDS" \
+  "$WATCH_ROUNDS" <<'PYEOF'
 import json, statistics, sys
-res, out, elapsed, etcd_version, transport, range_rounds = sys.argv[1:]
+res, out, elapsed, etcd_version, transport, range_rounds, watch_rounds = sys.argv[1:]
 rows = [json.loads(l) for l in open(res) if l.strip()]
 runs = {}  # (target, load) -> every round's row
 for r in rows:
@@ -198,21 +204,34 @@ L = ["# Coalescing and cache: etcd grpc-proxy vs keel grpc-proxy", "",
      "bench/coalesce.sh, {} s, {}; one etcd member; each proxy restarted per load; "
      "keel-bench --transport={}.".format(elapsed, etcd_version, transport), ""]
 L += ["## Watch fan-out: N watchers on one key over C connections, put → seen by the last watcher", "",
-      "| load | target | p50 ms | p99 ms | puts | errors | member watchers | proxy RSS growth KB/watcher |",
-      "|---|---|---|---|---|---|---|---|"]
+      "Median over {} round(s) (target order rotated per round; each run on a freshly started "
+      "proxy) of each run's p50 and p99; puts and errors summed; member watchers the most "
+      "any run saw.".format(watch_rounds), "",
+      "| load | target | p50 ms | p99 ms | p50 per run ms | p50 ÷ etcd-px | puts | errors | member watchers | proxy RSS growth KB/watcher |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
+def fan_pc(r, q):
+    pc = ((r["report"].get("fanout") or {}).get("percentiles") or {})
+    return pc[q] * 1e3 if q in pc else None
 for load in loads:
     if not load.startswith("watch"): continue
+    p50 = {t: median([v for v in (fan_pc(r, "p50") for r in runs.get((t, load), [])) if v is not None])
+           for t in ("direct", "etcd-px", "keel-px")}
     for t in ("direct", "etcd-px", "keel-px"):
-        r = get.get((t, load))
-        if r is None: continue
-        j = r["report"]; fan = j.get("fanout") or {}; pc = fan.get("percentiles") or {}
-        growth = None
-        if r["peak_kb"] is not None and r["idle_kb"] is not None and r["count"]:
-            growth = (r["peak_kb"] - r["idle_kb"]) / r["count"]
-        L.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(load, t,
-            f(pc.get("p50", 0) * 1e3, "{:.2f}"), f(pc.get("p99", 0) * 1e3, "{:.2f}"),
-            f(fan.get("requests")), f(fan.get("error_count")),
-            f((j.get("server") or {}).get("watchers")), f(growth, "{:.2f}")))
+        rs = runs.get((t, load), [])
+        if not rs: continue
+        fans = [r["report"].get("fanout") or {} for r in rs]
+        growths = [(r["peak_kb"] - r["idle_kb"]) / r["count"] for r in rs
+                   if r["peak_kb"] is not None and r["idle_kb"] is not None and r["count"]]
+        watchers = [(r["report"].get("server") or {}).get("watchers") for r in rs]
+        watchers = [w for w in watchers if w is not None]
+        p99 = median([v for v in (fan_pc(r, "p99") for r in rs) if v is not None])
+        L.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(load, t,
+            f(p50[t], "{:.2f}"), f(p99, "{:.2f}"),
+            ", ".join(f(fan_pc(r, "p50"), "{:.2f}") for r in rs),
+            "—" if t == "etcd-px" else f(ratio(p50[t], p50["etcd-px"]), "{:.2f}×"),
+            f(sum(x.get("requests") or 0 for x in fans)),
+            f(sum(x.get("error_count") or 0 for x in fans)),
+            f(max(watchers) if watchers else None), f(median(growths), "{:.2f}")))
 L += ["", "## Lease keep-alives: N leases over N/10 streams, one keep-alive per lease every 2 s "
       "(-spread: leases started at random points of the first 2 s instead of in one burst); "
       "direct-1s: etcd directly with every lease on one stream, as a coalescing proxy sends them", "",
