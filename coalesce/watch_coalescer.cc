@@ -70,8 +70,8 @@ bool FilteredOut(const ::mvccpb::Event& e, bool no_put, bool no_delete) {
 }
 
 // `src`'s events from revision `from` on that pass the filters, added to
-// `out`. Field by field: prev_kv is there when another watcher of the group
-// asked for it, and is copied only for a watcher that did.
+// `out`. Field by field, and prev_kv only for a watcher that asked for it
+// (its group's upstream watcher asked etcd for it as its watchers do).
 void AddEvents(const WatchResponse& src, int64_t from, bool prev_kv, bool no_put, bool no_delete,
                WatchResponse& out) {
   for (const auto& e : src.events()) {
@@ -353,7 +353,7 @@ void WatchCoalescer::Attach(WatchClientId client, int64_t watch_id, int64_t need
                             bool allow_replay, std::vector<WatchAction>& actions) {
   Client& c = clients_.at(client);
   ClientWatcher& w = c.watchers.at(watch_id);
-  GroupKey key{c.token, c.require_leader, w.key, w.range_end};
+  GroupKey key{c.token, c.require_leader, w.key, w.range_end, w.prev_kv};
   w.next = need;
   auto jit = joinable_.find(key);
   if (jit == joinable_.end()) {
@@ -365,25 +365,26 @@ void WatchCoalescer::Attach(WatchClientId client, int64_t watch_id, int64_t need
     }
     // A shared group always starts at "now", so that later joiners can use
     // it even when this watcher's start revision is in the future.
-    const GroupId gid = NewGroup(std::move(key), /*joinable=*/true, now_next, w.prev_kv, actions);
-    AddReceiver(gid, client, w, actions);
+    const GroupId gid = NewGroup(std::move(key), /*joinable=*/true, now_next, actions);
+    groups_.at(gid).receivers.insert({client, watch_id});
+    w.group = gid;
     return;
   }
   const GroupId gid = jit->second;
   Group& g = groups_.at(gid);
   if (need >= g.next) {
-    AddReceiver(gid, client, w, actions);
+    g.receivers.insert({client, watch_id});
+    w.group = gid;
     return;
   }
-  // The history holds prev_kv only if the upstream watcher asks for it.
-  if (!allow_replay || g.covers_from > need || (w.prev_kv && !g.upstream_prev_kv)) {
+  if (!allow_replay || g.covers_from > need) {
     AttachDedicated(client, watch_id, need, actions);
     return;
   }
   // Replay the group's history from `need`, then live. The watcher joins
-  // first (which changes nothing upstream: the history suits it); a replay
-  // that overflows its client detaches it again (resync).
-  AddReceiver(gid, client, w, actions);
+  // first; a replay that overflows its client detaches it again (resync).
+  g.receivers.insert({client, watch_id});
+  w.group = gid;
   for (size_t i = 0;; ++i) {
     auto git = groups_.find(gid);
     if (git == groups_.end() || i >= git->second.history.size()) break;
@@ -399,14 +400,15 @@ void WatchCoalescer::AttachDedicated(WatchClientId client, int64_t watch_id, int
   Client& c = clients_.at(client);
   ClientWatcher& w = c.watchers.at(watch_id);
   ++resyncs_total_;
-  const GroupId gid = NewGroup(GroupKey{c.token, c.require_leader, w.key, w.range_end},
-                               /*joinable=*/false, from, w.prev_kv, actions);
-  AddReceiver(gid, client, w, actions);
+  const GroupId gid = NewGroup(GroupKey{c.token, c.require_leader, w.key, w.range_end, w.prev_kv},
+                               /*joinable=*/false, from, actions);
+  groups_.at(gid).receivers.insert({client, watch_id});
+  w.group = gid;
   w.next = from;
 }
 
 WatchCoalescer::GroupId WatchCoalescer::NewGroup(GroupKey key, bool joinable, int64_t from,
-                                                 bool prev_kv, std::vector<WatchAction>& actions) {
+                                                 std::vector<WatchAction>& actions) {
   const GroupId gid = next_group_++;
   StreamKey sk{std::get<0>(key), std::get<1>(key)};
   auto sit = stream_by_key_.find(sk);
@@ -427,7 +429,6 @@ WatchCoalescer::GroupId WatchCoalescer::NewGroup(GroupKey key, bool joinable, in
   g.stream = sid;
   g.next = from;
   g.covers_from = from;
-  g.upstream_prev_kv = prev_kv;
   groups_.emplace(gid, std::move(g));
   if (joinable) joinable_[std::move(key)] = gid;
   Stream& s = streams_.at(sid);
@@ -450,37 +451,9 @@ void WatchCoalescer::SendCreate(GroupId id, std::vector<WatchAction>& actions) {
   cr->set_range_end(std::get<3>(g.key));
   cr->set_start_revision(g.next);
   cr->set_progress_notify(true);
-  cr->set_prev_kv(g.upstream_prev_kv);
+  cr->set_prev_kv(std::get<4>(g.key));
   cr->set_watch_id(uwid);
   actions.push_back(std::move(send));
-}
-
-void WatchCoalescer::AddReceiver(GroupId id, WatchClientId client, ClientWatcher& w,
-                                 std::vector<WatchAction>& actions) {
-  Group& g = groups_.at(id);
-  if (g.receivers.insert({client, w.watch_id}).second && w.prev_kv) ++g.prev_kv_receivers;
-  w.group = id;
-  SyncPrevKv(id, actions);
-}
-
-void WatchCoalescer::SyncPrevKv(GroupId id, std::vector<WatchAction>& actions) {
-  Group& g = groups_.at(id);
-  const bool wanted = g.prev_kv_receivers > 0;
-  if (wanted == g.upstream_prev_kv) return;
-  g.upstream_prev_kv = wanted;
-  g.history.clear();
-  g.history_bytes = 0;
-  g.covers_from = g.next;
-  Stream& s = streams_.at(g.stream);
-  if (!s.open) return;  // its create is written once the stream opens
-  // The old watcher's responses still on their way are stale from here (as
-  // in RemoveGroup); the new one starts where the group is.
-  s.watchers.erase(g.upstream_watch_id);
-  WatchSendUpstream cancel;
-  cancel.stream = g.stream;
-  cancel.request.mutable_cancel_request()->set_watch_id(g.upstream_watch_id);
-  actions.push_back(std::move(cancel));
-  SendCreate(id, actions);
 }
 
 void WatchCoalescer::Detach(WatchClientId client, ClientWatcher& w,
@@ -490,13 +463,8 @@ void WatchCoalescer::Detach(WatchClientId client, ClientWatcher& w,
   w.group = 0;
   auto git = groups_.find(gid);
   if (git == groups_.end()) return;
-  Group& g = git->second;
-  if (g.receivers.erase({client, w.watch_id}) > 0 && w.prev_kv) --g.prev_kv_receivers;
-  if (g.receivers.empty()) {
-    RemoveGroup(gid, /*cancel_upstream=*/true, actions);
-  } else {
-    SyncPrevKv(gid, actions);
-  }
+  git->second.receivers.erase({client, w.watch_id});
+  if (git->second.receivers.empty()) RemoveGroup(gid, /*cancel_upstream=*/true, actions);
 }
 
 void WatchCoalescer::RemoveGroup(GroupId id, bool cancel_upstream,
@@ -625,7 +593,6 @@ void WatchCoalescer::HandleUpstreamCancel(GroupId id, const WatchResponse& resp,
   Group& g = groups_.at(id);
   const auto receivers = g.receivers;
   g.receivers.clear();
-  g.prev_kv_receivers = 0;
   // etcd cancels a watcher for compaction only when its next revision is
   // below the compacted one: receivers already past it are not cancelled
   // but move on from their own next revision.
@@ -734,11 +701,8 @@ void WatchCoalescer::MaybeMerge(GroupId id, std::vector<WatchAction>& actions) {
   // every event from w.next on, once. The group has every event below its
   // next, and its history every one from covers_from: once that reaches
   // back to w.next, the group can take over exactly (Deliver cuts below
-  // w.next, so nothing is repeated). A history without prev_kv cannot serve
-  // a watcher that asked for it: that one waits until the group has nothing
-  // it lacks (and then makes the group ask for prev_kv).
-  const bool history_suits = !w.prev_kv || g.upstream_prev_kv;
-  if (w.next < g.next && (!history_suits || g.covers_from > w.next)) return;
+  // w.next, so nothing is repeated).
+  if (g.covers_from > w.next) return;
   RemoveGroup(id, /*cancel_upstream=*/true, actions);
   w.group = 0;
   const int64_t need = w.next;

@@ -21,28 +21,33 @@
 //
 // Model. A client stream (WatchClientId, chosen by the glue) holds client
 // watchers (c-watchers), each known by the etcd watch_id it has on that
-// stream. A group is (token, require_leader, key, range_end) as sent (an empty
-// key is "\x00", as etcd treats it); it has one upstream watcher, with
-// progress_notify on and no filters, on the upstream Watch stream of its
-// (token, require_leader). That watcher asks for prev_kv only while one of
-// the group's c-watchers does: etcd reads the old value of every event for a
-// prev_kv watcher, which on a busy range costs it most of its write
-// throughput (bench/watch_write_cost.sh; etcd's proxy always asks). When the
-// first such c-watcher joins, or the last one leaves, the upstream watcher is
-// created again from the group's `next` with the new setting (as after a
-// lost stream: the c-watchers see no gap and no repeat), and the history
-// starts again there (it holds prev_kv exactly when the watcher asks). A
-// group tracks `next`: every event with a lower revision has been received. A "from now" c-watcher
-// needing older events than its group's `next` is replayed from the group's bounded history; a
-// historical one (or one the history does not reach) gets a dedicated upstream watcher of its own,
-// since only etcd knows whether its start was compacted; once that watcher has answered and the
-// group's history reaches back to it, the c-watcher moves into the group (when its key has no
-// group, its watcher becomes the key's group instead). After an upstream loss a group is created
-// again from max(its next, the lowest next of its c-watchers); a compaction cancel ends only the
-// c-watchers whose next revision was compacted (as etcd would), the others move on from their own.
-// The upstream watcher's `next` advances by the last event's revision (historical batches may carry
-// a header revision beyond the events they hold) and by progress notifications (sent by etcd only
-// for synced watchers, in order).
+// stream. A group is (token, require_leader, key, range_end, prev_kv) as sent
+// (an empty key is "\x00", as etcd treats it); it has one upstream watcher,
+// with progress_notify on, prev_kv as its c-watchers ask and no filters, on
+// the upstream Watch stream of its (token, require_leader). prev_kv splits
+// groups because it is not free: etcd reads the old value for every event of
+// a prev_kv watcher, and on a busy range that costs it most of its write
+// throughput (bench/watch_write_cost.sh), so only the watchers that ask for
+// it pay for it. (So a range watched with and without prev_kv costs etcd two
+// watchers, where etcd's proxy, which always asks, has one. One watcher that
+// switches prev_kv on and off instead would have to be created again from
+// the group's next revision, which etcd may have compacted on an idle range
+// or refuse after an auth change: every client watcher of the range would
+// be cancelled.) A group tracks `next`: every event with a lower revision has
+// been received. A "from now" c-watcher needing older
+// events than its group's `next` is replayed from the group's bounded
+// history; a historical one (or one the history does not reach) gets a
+// dedicated upstream watcher of its own, since only etcd knows whether its
+// start was compacted; once that watcher has answered and the group's
+// history reaches back to it, the c-watcher moves into the group (when its
+// key has no group, its watcher becomes the key's group instead). After an
+// upstream loss a group is created again from max(its next, the lowest next
+// of its c-watchers); a compaction cancel ends only the c-watchers whose next
+// revision was compacted (as etcd would), the others move on from their own. The
+// upstream watcher's `next` advances by the last event's revision
+// (historical batches may carry a header revision beyond the events they
+// hold) and by progress notifications (sent by etcd only for synced
+// watchers, in order).
 //
 // Intended glue (coalesce/watch_coalescing_backend.h): one WatchCoalescer
 // under one mutex; every input is "lock, call the core, unlock, execute the
@@ -241,8 +246,8 @@ class WatchCoalescer {
 
  private:
   using GroupId = uint64_t;
-  // (token, require_leader, key, range_end).
-  using GroupKey = std::tuple<std::string, bool, std::string, std::string>;
+  // (token, require_leader, key, range_end, prev_kv).
+  using GroupKey = std::tuple<std::string, bool, std::string, std::string, bool>;
   // (token, require_leader).
   using StreamKey = std::pair<std::string, bool>;
 
@@ -319,8 +324,6 @@ class WatchCoalescer {
     std::deque<SharedEvents> history;
     size_t history_bytes = 0;  // encoded size of `history`
     std::set<std::pair<WatchClientId, int64_t>> receivers;
-    size_t prev_kv_receivers = 0;   // receivers that asked for prev_kv
-    bool upstream_prev_kv = false;  // what its upstream watcher asks (or will)
   };
   struct Stream {
     StreamKey key;
@@ -371,16 +374,7 @@ class WatchCoalescer {
   // A dedicated (never joined) group for one c-watcher, from `from`.
   void AttachDedicated(WatchClientId client, int64_t watch_id, int64_t from,
                        std::vector<WatchAction>& actions);
-  // A group whose upstream watcher starts at `from`, asking for prev_kv as
-  // told (its first receiver's wish, so that adding it changes nothing).
-  GroupId NewGroup(GroupKey key, bool joinable, int64_t from, bool prev_kv,
-                   std::vector<WatchAction>& actions);
-  // Adds c-watcher (client, w) to group `id`'s receivers.
-  void AddReceiver(GroupId id, WatchClientId client, ClientWatcher& w,
-                   std::vector<WatchAction>& actions);
-  // Creates group `id`'s upstream watcher again, from its next revision,
-  // when whether it should ask for prev_kv has changed.
-  void SyncPrevKv(GroupId id, std::vector<WatchAction>& actions);
+  GroupId NewGroup(GroupKey key, bool joinable, int64_t from, std::vector<WatchAction>& actions);
   // Detaches a c-watcher from its group; cancels the group when empty.
   void Detach(WatchClientId client, ClientWatcher& w, std::vector<WatchAction>& actions);
   void RemoveGroup(GroupId id, bool cancel_upstream, std::vector<WatchAction>& actions);

@@ -136,17 +136,18 @@ TEST(WatchCoalescer, ProbeErrorRefusesTheCreateWithItsMessage) {
   EXPECT_EQ(sim.cws[c2].refusal.header().cluster_id(), 7u);
 }
 
-// Spec scenario 26: coalesced watchers each get their own filters and
-// prev_kv.
-TEST(WatchCoalescer, FiltersAndPrevKvPerWatcher) {
+// Watchers of one group (one upstream watcher) each get their own filters.
+TEST(WatchCoalescer, FiltersPerWatcherOfOneGroup) {
   WatchSim sim;
   sim.AddClient(1);
   sim.AddClient(2);
   auto noput = CreateReq("a");
   noput.add_filters(::etcdserverpb::WatchCreateRequest::NOPUT);
   noput.set_prev_kv(true);
+  auto all = CreateReq("a");
+  all.set_prev_kv(true);
   const size_t c1 = sim.Create(1, noput);
-  const size_t c2 = sim.Create(2, CreateReq("a"));
+  const size_t c2 = sim.Create(2, all);
   sim.Settle();
   EXPECT_EQ(sim.core.upstream_watchers(), 1u);
   sim.Put("a", "1");
@@ -158,17 +159,15 @@ TEST(WatchCoalescer, FiltersAndPrevKvPerWatcher) {
   EXPECT_EQ(sim.cws[c1].events[0].prev_kv().value(), "2");
   EXPECT_EQ(sim.cws[c1].responses.size(), 1u);  // the filtered responses were not sent
   ASSERT_EQ(sim.cws[c2].events.size(), 3u);
-  for (const auto& e : sim.cws[c2].events) EXPECT_FALSE(e.has_prev_kv());
+  EXPECT_EQ(sim.cws[c2].events[1].prev_kv().value(), "1");
   sim.CheckAll();
 }
 
-// etcd reads the old value of every event for a prev_kv watcher, so a
-// group's one upstream watcher asks for prev_kv only while one of its
-// watchers does: it is created again (from where the group is, nothing
-// missed or repeated; CheckAll compares each stream with etcd's, and the
-// fake etcd leaves prev_kv out when not asked) when the first such watcher
-// joins and when the last one leaves.
-TEST(WatchCoalescer, PrevKvIsAskedOfEtcdOnlyWhileAWatcherWantsIt) {
+// etcd reads the old value of every event for a prev_kv watcher, so only
+// the watchers that ask for prev_kv share an upstream watcher that asks for
+// it; the others share one that does not (the fake etcd then leaves prev_kv
+// out, and CheckAll compares each stream with what etcd would send it).
+TEST(WatchCoalescer, PrevKvIsAskedOfEtcdOnlyForWatchersThatWantIt) {
   WatchSim sim;
   sim.AddClient(1);
   sim.AddClient(2);
@@ -179,80 +178,38 @@ TEST(WatchCoalescer, PrevKvIsAskedOfEtcdOnlyWhileAWatcherWantsIt) {
   sim.Settle();
   ASSERT_EQ(sim.upstream_creates.size(), 1u);
   EXPECT_FALSE(sim.upstream_creates[0].prev_kv());
-  sim.Put("a", "1");
-  sim.Settle();
   const size_t prev1 = sim.Create(1, with_prev);
   const size_t prev2 = sim.Create(2, with_prev);
   sim.Settle();
-  // One create more, with prev_kv, from the group's next revision; the old
-  // watcher cancelled.
   ASSERT_EQ(sim.upstream_creates.size(), 2u);
   EXPECT_TRUE(sim.upstream_creates[1].prev_kv());
-  EXPECT_EQ(sim.upstream_creates[1].start_revision(), 3);
-  EXPECT_EQ(sim.upstream_cancels, 1);
-  EXPECT_EQ(sim.core.upstream_watchers(), 1u);
-  EXPECT_EQ(sim.core.watchers_coalescing(), 3u);
+  EXPECT_EQ(sim.core.upstream_watchers(), 2u);
+  EXPECT_EQ(sim.core.watchers_coalescing(), 2u);
+  sim.Put("a", "1");
   sim.Put("a", "2");
   sim.Delete("a");
   sim.Settle();
-  EXPECT_EQ(sim.cws[plain1].events.size(), 3u);
+  for (size_t c : {plain1, plain2, prev1, prev2}) ASSERT_EQ(sim.cws[c].events.size(), 3u);
   EXPECT_FALSE(sim.cws[plain1].events[1].has_prev_kv());
-  ASSERT_EQ(sim.cws[prev2].events.size(), 2u);
-  EXPECT_EQ(sim.cws[prev2].events[0].prev_kv().value(), "1");
-  // A historical prev_kv watcher gets its own upstream watcher with prev_kv.
+  EXPECT_EQ(sim.cws[prev2].events[1].prev_kv().value(), "1");
+  // Historical watchers get a dedicated upstream watcher each, asking for
+  // prev_kv as they do; caught up, each moves into the group of its kind.
+  auto old_plain = CreateReq("a", "", 2);
   auto old_prev = CreateReq("a", "", 2);
   old_prev.set_prev_kv(true);
-  const size_t hist_prev = sim.Create(1, old_prev);
+  const size_t hist_plain = sim.Create(1, old_plain);
+  const size_t hist_prev = sim.Create(2, old_prev);
   sim.Settle();
-  ASSERT_EQ(sim.upstream_creates.size(), 3u);
-  EXPECT_TRUE(sim.upstream_creates[2].prev_kv());
+  ASSERT_EQ(sim.upstream_creates.size(), 4u);
+  EXPECT_FALSE(sim.upstream_creates[2].prev_kv());
+  EXPECT_TRUE(sim.upstream_creates[3].prev_kv());
   ASSERT_EQ(sim.cws[hist_prev].events.size(), 3u);
-  EXPECT_EQ(sim.cws[hist_prev].events[1].prev_kv().value(), "1");
-  // The prev_kv watchers leave: the group's watcher is created again
-  // without prev_kv.
-  sim.Cancel(1, sim.cws[prev1].id);
-  sim.Cancel(2, sim.cws[prev2].id);
-  sim.Cancel(1, sim.cws[hist_prev].id);
-  sim.Settle();
-  EXPECT_FALSE(sim.upstream_creates.back().prev_kv());
-  EXPECT_EQ(sim.core.upstream_watchers(), 1u);
+  EXPECT_EQ(sim.cws[hist_prev].events[2].prev_kv().value(), "2");
   sim.Put("a", "3");
-  sim.Put("a", "4");
   sim.Settle();
-  ASSERT_EQ(sim.cws[plain2].events.size(), 5u);
-  EXPECT_FALSE(sim.cws[plain2].events[4].has_prev_kv());
-  sim.CheckAll();
-}
-
-// A historical prev_kv watcher on a range whose group does not ask for
-// prev_kv joins the group once it has caught up, and the group then asks
-// for it: one upstream watcher again, every stream as etcd's.
-TEST(WatchCoalescer, CaughtUpPrevKvWatcherJoinsAGroupWithoutIt) {
-  WatchSim sim;
-  sim.AddClient(1);
-  sim.AddClient(2);
-  const size_t plain = sim.Create(1, CreateReq("a"));
-  sim.Settle();
-  sim.Put("a", "1");
-  sim.Put("a", "2");
-  sim.Settle();
-  auto old_prev = CreateReq("a", "", 2);
-  old_prev.set_prev_kv(true);
-  const size_t hist = sim.Create(2, old_prev);
-  sim.Settle();
-  // Its own watcher (with prev_kv) caught up, then the group's watcher was
-  // created again with prev_kv.
-  ASSERT_EQ(sim.upstream_creates.size(), 3u);
-  EXPECT_TRUE(sim.upstream_creates[1].prev_kv());
-  EXPECT_EQ(sim.upstream_creates[1].start_revision(), 2);
-  EXPECT_TRUE(sim.upstream_creates[2].prev_kv());
-  EXPECT_EQ(sim.core.upstream_watchers(), 1u);
-  sim.Put("a", "3");
-  sim.Put("a", "4");
-  sim.Settle();
-  ASSERT_EQ(sim.cws[hist].events.size(), 4u);
-  EXPECT_EQ(sim.cws[hist].events[3].prev_kv().value(), "3");
-  EXPECT_EQ(sim.cws[plain].events.size(), 4u);
+  EXPECT_EQ(sim.core.upstream_watchers(), 2u);
+  EXPECT_EQ(sim.cws[hist_plain].events.size(), 4u);
+  EXPECT_EQ(sim.cws[hist_prev].events.size(), 4u);
   sim.CheckAll();
 }
 
