@@ -146,6 +146,51 @@ class FakeEtcd {
   std::thread thread_;
 };
 
+// How a fake etcd tells the relay it did not process a stream.
+enum class Refusal {
+  kRefusedStream,  // RST_STREAM REFUSED_STREAM on it
+  kGoaway,         // GOAWAY NO_ERROR with last stream id 0: none processed
+};
+
+// Speaks just enough HTTP/2 on `conn` to refuse the first request stream it
+// is sent, then keeps the connection until `over`.
+void RefuseFirstStream(int conn, const std::atomic<bool>& over, Refusal how) {
+  auto send_frame = [conn](std::initializer_list<uint8_t> bytes) {
+    const std::vector<uint8_t> frame(bytes);
+    return write(conn, frame.data(), frame.size()) == static_cast<ssize_t>(frame.size());
+  };
+  send_frame({0, 0, 0, 4, 0, 0, 0, 0, 0});  // server preface: empty SETTINGS
+  std::string in;
+  size_t pos = 24;  // frames follow the client's 24-byte preface
+  bool refused = false;
+  while (!over.load()) {
+    pollfd p{conn, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0) continue;
+    char buf[4096];
+    const ssize_t n = read(conn, buf, sizeof(buf));
+    if (n <= 0) break;
+    in.append(buf, static_cast<size_t>(n));
+    while (in.size() >= pos + 9) {
+      const auto* f = reinterpret_cast<const uint8_t*>(in.data() + pos);
+      const size_t length = (size_t{f[0]} << 16) | (size_t{f[1]} << 8) | f[2];
+      if (in.size() < pos + 9 + length) break;
+      const uint8_t type = f[3];
+      const uint8_t flags = f[4];
+      if (type == 4 && (flags & 1) == 0) send_frame({0, 0, 0, 4, 1, 0, 0, 0, 0});  // ACK
+      if (type == 1 && !refused) {  // HEADERS: the request
+        refused = true;
+        if (how == Refusal::kRefusedStream) {
+          send_frame({0, 0, 4, 3, 0, static_cast<uint8_t>(f[5] & 0x7f), f[6], f[7], f[8], 0, 0, 0,
+                      7});  // RST_STREAM REFUSED_STREAM
+        } else {
+          send_frame({0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});  // GOAWAY 0 NO_ERROR
+        }
+      }
+      pos += 9 + length;
+    }
+  }
+}
+
 // A RelayStreamsBackend on `relay` whose gRPC client can reach nothing:
 // whatever it answers came over the relay.
 struct RelayOnly {
@@ -229,6 +274,18 @@ class RelayStreamsEtcdTest : public ::testing::Test {
   }
 
   // `key`'s value on the member, read directly ("" when absent).
+  // A put through a relay to a fake "etcd" that refuses it as `how` says:
+  // the gRPC client, which reaches the member, must carry it, so the caller
+  // sees only the member's answer and the value is there.
+  void PutRefusedThenLands(Refusal how, const std::string& key) {
+    FakeEtcd etcd(
+        [how](int conn, const std::atomic<bool>& over) { RefuseFirstStream(conn, over, how); });
+    ASSERT_TRUE(etcd.ok());
+    ASSERT_NO_FATAL_FAILURE(RelayTo(etcd.endpoint()));
+    absl::StatusOr<PutResponse> written = Put(key, "then written");
+    EXPECT_TRUE(written.ok()) << written.status();
+    EXPECT_EQ(ValueOnEtcd(key), "then written");
+  }
   std::string ValueOnEtcd(const std::string& key) {
     testutil::CommandResult r =
         EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"get", key, "--print-value-only"});
@@ -589,79 +646,18 @@ TEST_F(RelayStreamsEtcdTest, AWriteEtcdMayHaveSeenIsNotSentAgain) {
   EXPECT_EQ(ValueOnEtcd("maybe"), "");  // the gRPC client (to the member) never sent it
 }
 
-// How a fake etcd tells the relay it did not process a stream.
-enum class Refusal {
-  kRefusedStream,  // RST_STREAM REFUSED_STREAM on it
-  kGoaway,         // GOAWAY NO_ERROR with last stream id 0: none processed
-};
-
-// Speaks just enough HTTP/2 on `conn` to refuse the first request stream it
-// is sent, then keeps the connection until `over`.
-void RefuseFirstStream(int conn, const std::atomic<bool>& over, Refusal how) {
-  auto send_frame = [conn](std::initializer_list<uint8_t> bytes) {
-    const std::vector<uint8_t> frame(bytes);
-    return write(conn, frame.data(), frame.size()) == static_cast<ssize_t>(frame.size());
-  };
-  send_frame({0, 0, 0, 4, 0, 0, 0, 0, 0});  // server preface: empty SETTINGS
-  std::string in;
-  size_t pos = 24;  // frames follow the client's 24-byte preface
-  bool refused = false;
-  while (!over.load()) {
-    pollfd p{conn, POLLIN, 0};
-    if (poll(&p, 1, 50) <= 0) continue;
-    char buf[4096];
-    const ssize_t n = read(conn, buf, sizeof(buf));
-    if (n <= 0) break;
-    in.append(buf, static_cast<size_t>(n));
-    while (in.size() >= pos + 9) {
-      const auto* f = reinterpret_cast<const uint8_t*>(in.data() + pos);
-      const size_t length = (size_t{f[0]} << 16) | (size_t{f[1]} << 8) | f[2];
-      if (in.size() < pos + 9 + length) break;
-      const uint8_t type = f[3];
-      const uint8_t flags = f[4];
-      if (type == 4 && (flags & 1) == 0) send_frame({0, 0, 0, 4, 1, 0, 0, 0, 0});  // ACK
-      if (type == 1 && !refused) {  // HEADERS: the request
-        refused = true;
-        if (how == Refusal::kRefusedStream) {
-          send_frame({0, 0, 4, 3, 0, static_cast<uint8_t>(f[5] & 0x7f), f[6], f[7], f[8], 0, 0, 0,
-                      7});  // RST_STREAM REFUSED_STREAM
-        } else {
-          send_frame({0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});  // GOAWAY 0 NO_ERROR
-        }
-      }
-      pos += 9 + length;
-    }
-  }
-}
-
 // A write etcd refused before processing it (REFUSED_STREAM, as for the
 // streams beyond a GOAWAY) is sent through the gRPC client, which reaches
 // the member: the caller sees only the answer.
 TEST_F(RelayStreamsEtcdTest, AWriteEtcdRefusedGoesToTheGrpcClient) {
-  FakeEtcd etcd([](int conn, const std::atomic<bool>& over) {
-    RefuseFirstStream(conn, over, Refusal::kRefusedStream);
-  });
-  ASSERT_TRUE(etcd.ok());
-  ASSERT_NO_FATAL_FAILURE(RelayTo(etcd.endpoint()));
-
-  absl::StatusOr<PutResponse> written = Put("refused", "then written");
-  EXPECT_TRUE(written.ok()) << written.status();
-  EXPECT_EQ(ValueOnEtcd("refused"), "then written");
+  PutRefusedThenLands(Refusal::kRefusedStream, "refused");
 }
 
 // The same when etcd goes away (GOAWAY, as a member shutting down or
 // enforcing its keepalive policy sends) without having processed the
 // write's stream.
 TEST_F(RelayStreamsEtcdTest, AWriteBeyondEtcdsGoawayGoesToTheGrpcClient) {
-  FakeEtcd etcd([](int conn, const std::atomic<bool>& over) {
-    RefuseFirstStream(conn, over, Refusal::kGoaway);
-  });
-  ASSERT_TRUE(etcd.ok());
-  ASSERT_NO_FATAL_FAILURE(RelayTo(etcd.endpoint()));
-
-  absl::StatusOr<PutResponse> written = Put("gone away", "then written");
-  EXPECT_TRUE(written.ok()) << written.status();
-  EXPECT_EQ(ValueOnEtcd("gone away"), "then written");
+  PutRefusedThenLands(Refusal::kGoaway, "gone away");
 }
 
 // A write the relay could not deliver because etcd never saw it (its
