@@ -35,8 +35,9 @@
 // or refuse after an auth change: every client watcher of the range would
 // be cancelled.) A group tracks `next`: every event with a lower revision has
 // been received. A "from now" c-watcher needing older events than its
-// group's `next` is replayed from the group's bounded history; a historical one (or one the history does not reach) gets a
-// dedicated upstream watcher of its own, since only etcd knows whether its
+// group's `next` is replayed from the group's bounded history; a historical
+// one (or one the history does not reach) gets a dedicated upstream watcher
+// of its own, since only etcd knows whether its
 // start was compacted; once that watcher has answered and the group's
 // history reaches back to it, the c-watcher moves into the group (when its
 // key has no group, its watcher becomes the key's group instead). After an
