@@ -20,34 +20,33 @@
 //    as far as the core can know (see FinishProgress for the exact rule).
 //
 // Model. A client stream (WatchClientId, chosen by the glue) holds client
-// watchers (c-watchers), each known by the etcd watch_id it has on that
-// stream. A group is (token, require_leader, key, range_end, prev_kv) as sent
-// (an empty key is "\x00", as etcd treats it); it has one upstream watcher,
-// with progress_notify on, prev_kv as its c-watchers ask and no filters, on
-// the upstream Watch stream of its (token, require_leader). prev_kv splits
-// groups because it is not free: etcd reads the old value for every event of
-// a prev_kv watcher, and on a busy range that costs it most of its write
-// throughput (bench/watch_write_cost.sh), so only the watchers that ask for
-// it pay for it. (So a range watched with and without prev_kv costs etcd two
-// watchers, where etcd's proxy, which always asks, has one. One watcher that
-// switches prev_kv on and off instead would have to be created again from
-// the group's next revision, which etcd may have compacted on an idle range
-// or refuse after an auth change: every client watcher of the range would
-// be cancelled.) A group tracks `next`: every event with a lower revision has
-// been received. A "from now" c-watcher needing older events than its
-// group's `next` is replayed from the group's bounded history; a historical
-// one (or one the history does not reach) gets a dedicated upstream watcher
-// of its own, since only etcd knows whether its
-// start was compacted; once that watcher has answered and the group's
-// history reaches back to it, the c-watcher moves into the group (when its
-// key has no group, its watcher becomes the key's group instead). After an
-// upstream loss a group is created again from max(its next, the lowest next
-// of its c-watchers); a compaction cancel ends only the c-watchers whose next
-// revision was compacted (as etcd would), the others move on from their own. The
-// upstream watcher's `next` advances by the last event's revision
-// (historical batches may carry a header revision beyond the events they
-// hold) and by progress notifications (sent by etcd only for synced
-// watchers, in order).
+// watchers (c-watchers), each known by the etcd watch_id it has on that stream.
+// A group is (token, require_leader, key, range_end, prev_kv) as sent (an empty
+// key is "\x00", as etcd treats it); it has one upstream watcher, with
+// progress_notify on, prev_kv as its c-watchers ask and no filters, on the
+// upstream Watch stream of its (token, require_leader). prev_kv splits groups
+// because it is not free: etcd reads the old value for every event of a prev_kv
+// watcher, and on a busy range that costs it most of its write throughput
+// (bench/watch_write_cost.sh), so only the watchers that ask for it pay for it.
+// (So a range watched with and without prev_kv costs etcd two watchers, where
+// etcd's proxy, which always asks, has one. One watcher that switches prev_kv
+// on and off instead would have to be created again from the group's next
+// revision, which etcd may have compacted on an idle range or refuse after an
+// auth change: every client watcher of the range would be cancelled.) A group
+// tracks `next`: every event with a lower revision has been received. A "from
+// now" c-watcher needing older events than its group's `next` is replayed from
+// the group's bounded history; a historical one (or one the history does not
+// reach) gets a dedicated upstream watcher of its own, since only etcd knows
+// whether its start was compacted; once that watcher has answered and the
+// group's history reaches back to it, the c-watcher moves into the group (when
+// its key has no group, its watcher becomes the key's group instead). After an
+// upstream loss a group is created again from max(its next, the lowest next of
+// its c-watchers); a compaction cancel ends only the c-watchers whose next
+// revision was compacted (as etcd would), the others move on from their own.
+// The upstream watcher's `next` advances by the last event's revision
+// (historical batches may carry a header revision beyond the events they hold)
+// and by progress notifications (sent by etcd only for synced watchers, in
+// order).
 //
 // Intended glue (coalesce/watch_coalescing_backend.h): one WatchCoalescer
 // under one mutex; every input is "lock, call the core, unlock, execute the
