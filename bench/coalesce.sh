@@ -23,6 +23,8 @@
 #              each lease starts at a random point of the first 2 s, as
 #              independent clients would. direct-1s: the same leases sent to
 #              etcd on one stream, as a coalescing proxy sends them.
+#              3 rounds (--quick: 1), target order rotated, medians: a
+#              burst's p99 swings by half from one run to the next.
 #  range-*     one key read by C clients (-cC), serializable (s1: etcd's
 #              proxy serves it from its cache) or linearizable (l1); req/s
 #              and proxy CPU over RANGE_ROUNDS rounds (target order rotated
@@ -54,10 +56,10 @@ done
 
 if ((QUICK)); then
   WATCHERS=(1000); CONNS=(1 100); LEASES=(1000); PUTS=20; LEASE_T=6; T=2; LIMIT=600
-  RANGE_ROUNDS=1; WATCH_ROUNDS=1
+  RANGE_ROUNDS=1; WATCH_ROUNDS=1; LEASE_ROUNDS=1
 else
   WATCHERS=(1000 10000); CONNS=(1 100 1000); LEASES=(1000 10000); PUTS=50; LEASE_T=10; T=5
-  LIMIT=2400; RANGE_ROUNDS=3; WATCH_ROUNDS=3
+  LIMIT=2400; RANGE_ROUNDS=3; WATCH_ROUNDS=3; LEASE_ROUNDS=3
 fi
 KEEL="$BIN_DIR/keel"
 [[ -x "$KEEL" ]] || { echo "coalesce.sh: no keel binary at $KEEL (pass its directory)" >&2; exit 2; }
@@ -157,18 +159,20 @@ for n in "${WATCHERS[@]}"; do
     done
   done
 done
+# direct-1s: what etcd itself takes to answer them all on one stream, as it
+# gets them from a proxy that coalesces (the floor for both proxies' p99).
+LEASE_TARGETS=(direct direct-1s etcd-px keel-px)
 for n in "${LEASES[@]}"; do
   for spread in "" "-spread"; do
-    for t in "${TARGETS[@]}"; do
-      run "$t" "lease-$n$spread" "$n" -- --conns 10 --clients 64 --duration "${LEASE_T}s" \
-        lease-keepalive --leases "$n" --streams $((n / 10)) --ttl 6 --interval 2s \
-        ${spread:+--spread} --metrics-url "$METRICS"
+    for ((round = 0; round < LEASE_ROUNDS; round++)); do
+      for ((i = 0; i < ${#LEASE_TARGETS[@]}; i++)); do
+        t=${LEASE_TARGETS[(i + round) % ${#LEASE_TARGETS[@]}]}
+        if [[ $t == direct-1s ]]; then conns=1 streams=1; else conns=10 streams=$((n / 10)); fi
+        run "$t" "lease-$n$spread" "$n" -- --conns "$conns" --clients 64 --duration "${LEASE_T}s" \
+          lease-keepalive --leases "$n" --streams "$streams" --ttl 6 --interval 2s \
+          ${spread:+--spread} --metrics-url "$METRICS"
+      done
     done
-    # What etcd itself takes to answer them all on one stream, as it gets
-    # them from a proxy that coalesces (the floor for both proxies' p99).
-    run direct-1s "lease-$n$spread" "$n" -- --conns 1 --clients 64 --duration "${LEASE_T}s" \
-      lease-keepalive --leases "$n" --streams 1 --ttl 6 --interval 2s \
-      ${spread:+--spread} --metrics-url "$METRICS"
   done
 done
 for ((round = 0; round < RANGE_ROUNDS; round++)); do
@@ -187,14 +191,13 @@ done
 ELAPSED=$((SECONDS - START))
 
 "$PY" - "$RES" "$OUT" "$ELAPSED" "$(etcd --version | head -1)" "$TRANSPORT" "$RANGE_ROUNDS" \
-  "$WATCH_ROUNDS" <<'PYEOF'
+  "$WATCH_ROUNDS" "$LEASE_ROUNDS" <<'PYEOF'
 import json, statistics, sys
-res, out, elapsed, etcd_version, transport, range_rounds, watch_rounds = sys.argv[1:]
+res, out, elapsed, etcd_version, transport, range_rounds, watch_rounds, lease_rounds = sys.argv[1:]
 rows = [json.loads(l) for l in open(res) if l.strip()]
 runs = {}  # (target, load) -> every round's row
 for r in rows:
     runs.setdefault((r["target"], r["load"]), []).append(r)
-get = {k: v[0] for k, v in runs.items()}
 median = lambda v: statistics.median(v) if v else None
 loads = list(dict.fromkeys(r["load"] for r in rows))
 f = lambda v, fmt="{:,.0f}": "—" if v is None else fmt.format(v)
@@ -235,18 +238,26 @@ for load in loads:
 L += ["", "## Lease keep-alives: N leases over N/10 streams, one keep-alive per lease every 2 s "
       "(-spread: leases started at random points of the first 2 s instead of in one burst); "
       "direct-1s: etcd directly with every lease on one stream, as a coalescing proxy sends them", "",
-      "| load | target | replies | p50 ms | p99 ms | errors | member keep-alive streams | proxy CPU s |",
-      "|---|---|---|---|---|---|---|---|"]
+      "Median over {} round(s) (target order rotated per round; each run on a freshly started "
+      "proxy) of each run's p50 and p99; replies, errors and proxy CPU summed; member "
+      "keep-alive streams the most any run saw.".format(lease_rounds), "",
+      "| load | target | replies | p50 ms | p99 ms | p99 per run ms | errors | member keep-alive streams | proxy CPU s |",
+      "|---|---|---|---|---|---|---|---|---|"]
 for load in loads:
     if not load.startswith("lease"): continue
     for t in ("direct", "direct-1s", "etcd-px", "keel-px"):
-        r = get.get((t, load))
-        if r is None: continue
-        j = r["report"]; pc = j.get("percentiles") or {}
-        L.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(load, t, f(j.get("requests")),
-            f(pc.get("p50", 0) * 1e3, "{:.2f}"), f(pc.get("p99", 0) * 1e3, "{:.2f}"),
-            f(j.get("error_count")), f((j.get("server") or {}).get("keepalive_streams")),
-            f(r["cpu_s"], "{:.2f}")))
+        rs = runs.get((t, load), [])
+        if not rs: continue
+        pc = lambda r, q: ((r["report"].get("percentiles") or {}).get(q) or 0) * 1e3
+        streams = [(r["report"].get("server") or {}).get("keepalive_streams") for r in rs]
+        streams = [s for s in streams if s is not None]
+        cpus = [r["cpu_s"] for r in rs if r["cpu_s"] is not None]
+        L.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(load, t,
+            f(sum(r["report"].get("requests") or 0 for r in rs)),
+            f(median([pc(r, "p50") for r in rs]), "{:.2f}"), f(median([pc(r, "p99") for r in rs]), "{:.2f}"),
+            ", ".join(f(pc(r, "p99"), "{:.1f}") for r in rs),
+            f(sum(r["report"].get("error_count") or 0 for r in rs)),
+            f(max(streams) if streams else None), f(sum(cpus) if cpus else None, "{:.2f}")))
 L += ["", "## One key read by many clients (etcd's proxy caches serializable reads); "
       "median req/s of {} round(s), CPU over all".format(range_rounds), "",
       "| load | direct req/s | etcd-px req/s | keel-px req/s | keel ÷ etcd-px | keel ÷ direct | etcd-px µs CPU/req | keel-px µs CPU/req |",
