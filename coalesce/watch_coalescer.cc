@@ -32,6 +32,16 @@ std::string RefusalReason(const absl::Status& status) {
          std::string(api::EtcdStatus(api::EtcdError::kPermissionDenied).message());
 }
 
+// Whether a probe failed for want of a quorum (an election, a member cut
+// off, an etcd too slow to answer in time) rather than because of the
+// client's request. `etcdserver: no leader` answers a require-leader client,
+// as etcd would.
+bool WaitsForQuorum(const absl::Status& status) {
+  if (api::ParseEtcdError(status) == api::EtcdError::kNoLeader) return false;
+  return status.code() == absl::StatusCode::kUnavailable ||
+         status.code() == absl::StatusCode::kDeadlineExceeded;
+}
+
 // The key etcd watches for `key` (an empty key means "\x00").
 std::string NormalizeKey(const std::string& key) {
   return key.empty() ? std::string(1, '\0') : key;
@@ -144,15 +154,17 @@ void WatchCoalescer::DropClient(WatchClientId client, std::vector<WatchAction>& 
 ProbeId WatchCoalescer::NewProbe(const Client& c, std::string key, std::string range_end,
                                  PendingProbe p, std::vector<WatchAction>& actions) {
   const ProbeId id = next_probe_++;
-  probes_.emplace(id, std::move(p));
   // Without a token there is no permission to check: a fixed point key keeps
   // the read cheap and lets RevisionProbe share it between all clients.
   if (c.token.empty()) {
     key = std::string(1, '\0');
     range_end.clear();
   }
+  p.key = key;
+  p.range_end = range_end;
   actions.push_back(
-      WatchProbe{id, c.token, c.require_leader, std::move(key), std::move(range_end)});
+      WatchProbe{id, c.token, c.require_leader, std::move(key), std::move(range_end), p.retry});
+  probes_.emplace(id, std::move(p));
   return id;
 }
 
@@ -233,6 +245,17 @@ std::vector<WatchAction> WatchCoalescer::OnProbeResult(
   if (result.ok()) last_header_ = *result;
   auto cit = clients_.find(p.client);
   if (cit == clients_.end()) return actions;
+  if (p.kind == ProbeKind::kCreate && !result.ok() && WaitsForQuorum(result.status())) {
+    // etcd accepts a watch while it has no leader (under its own revision);
+    // ours needs a linearizable one, so the create waits for the quorum
+    // rather than fail, its probe sent again (the client stays busy).
+    ++p.retry;
+    ++probe_retries_total_;
+    std::string key = p.key;
+    std::string end = p.range_end;
+    NewProbe(cit->second, std::move(key), std::move(end), std::move(p), actions);
+    return actions;
+  }
   cit->second.busy = false;
   if (p.kind == ProbeKind::kCreate) {
     for (const WatchCreateRequest& create : p.creates) {

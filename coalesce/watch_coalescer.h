@@ -95,12 +95,15 @@ using ProbeId = uint64_t;
 
 // Fetch the current revision header (api::RevisionProbe) over [key,
 // range_end) with this identity, then call OnProbeResult(probe, result).
+// `retry` > 0: the retry-th attempt of a create's probe that failed for want
+// of a quorum; the glue waits before it (backoff), the core has no clock.
 struct WatchProbe {
   ProbeId probe = 0;
   std::string token;
   bool require_leader = false;
   std::string key;
   std::string range_end;
+  int retry = 0;
 };
 // Open upstream Watch stream `stream` with this identity, then call
 // OnUpstreamOpened(stream).
@@ -194,8 +197,10 @@ class WatchCoalescer {
   std::vector<WatchAction> RemoveClient(WatchClientId client);
 
   // The result of WatchProbe `probe`: the header of a linearizable read, or
-  // the error etcd gave (used as a create's cancel_reason). Ignored when
-  // stale.
+  // the error etcd gave (used as a create's cancel_reason, unless it is for
+  // want of a quorum: unavailable or deadline exceeded, but not `etcdserver:
+  // no leader`; then the create's probe is sent again, with `retry` counting
+  // up). Ignored when stale.
   std::vector<WatchAction> OnProbeResult(
       ProbeId probe, const absl::StatusOr<::etcdserverpb::ResponseHeader>& result);
 
@@ -240,6 +245,8 @@ class WatchCoalescer {
   // Client watchers given a dedicated upstream watcher (history too short,
   // or resynced after being too slow).
   uint64_t resyncs_total() const { return resyncs_total_; }
+  // Create probes sent again because the last try failed for want of a quorum.
+  uint64_t probe_retries_total() const { return probe_retries_total_; }
   // Responses queued for `client` (0 for unknown clients).
   size_t QueuedForTest(WatchClientId client) const;
 
@@ -341,6 +348,10 @@ class WatchCoalescer {
     std::vector<::etcdserverpb::WatchCreateRequest> creates;
     int64_t watch_id = 0;
     ::etcdserverpb::ResponseHeader fallback_header;
+    // The key the probe reads, and how many times it has been sent again.
+    std::string key;
+    std::string range_end;
+    int retry = 0;
   };
 
   void ProcessRequests(WatchClientId client, std::vector<WatchAction>& actions);
@@ -412,6 +423,7 @@ class WatchCoalescer {
   size_t client_watcher_count_ = 0;
   uint64_t events_coalescing_total_ = 0;
   uint64_t resyncs_total_ = 0;
+  uint64_t probe_retries_total_ = 0;
 };
 
 class WatchCoalescer::TakenResponse {

@@ -26,18 +26,24 @@ using ::etcdserverpb::WatchResponse;
 
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(50);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
+// The wait before the next try after `failures` failures in a row (>= 1).
+absl::Duration Backoff(int failures) {
+  return std::min(kMaxBackoff, kFirstBackoff * (int64_t{1} << std::min(failures - 1, 10)));
+}
 // An upstream stream that lived this long before failing was healthy: its
 // loss starts no backoff (nor does one that delivered events or progress).
 constexpr absl::Duration kHealthyAfter = absl::Seconds(10);
-// A revision probe not answered by then fails (the create is refused with
-// the error, the progress request answered from what is known), so one hung
-// read does not hold a client stream's later requests forever.
+// A revision probe not answered by then fails, so one hung read does not
+// hold a client stream's later requests forever: a progress request is
+// answered from what is known; a create's probe is sent again after a backoff
+// while it fails for want of a quorum (the core's rule), and its client's
+// later requests wait for it, as the create waits for etcd's quorum.
 constexpr absl::Duration kProbeTimeout = absl::Seconds(5);
 // Resyncs are logged at most once per this interval, with their count.
 constexpr absl::Duration kResyncLogInterval = absl::Seconds(10);
 
-// Runs functions at given times on one thread of its own (the reopen
-// backoff). Thread-safe. Stop() drops what has not run yet.
+// Runs functions at given times on one thread of its own (the backoffs of
+// reopens and of probe retries). Thread-safe. Stop() drops what has not run yet.
 class Timer {
  public:
   Timer() : thread_([this] { Run(); }) {}
@@ -159,6 +165,8 @@ class WatchCoalescingImpl : public std::enable_shared_from_this<WatchCoalescingI
   void OpenUpstream(UpstreamStreamId sid, std::string token, bool require_leader);
   void UpstreamResponse(UpstreamStreamId sid, WatchResponse response);
   void UpstreamDone(UpstreamStreamId sid, absl::Status status);
+  // Sends `probe`'s read now; its result goes to ProbeDone.
+  void FetchRevision(WatchProbe probe);
   void ProbeDone(ProbeId probe, absl::StatusOr<::etcdserverpb::ResponseHeader> result);
   // Logs new resyncs of the core (rate-limited).
   void NoteResyncs() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -226,6 +234,10 @@ void WatchCoalescingImpl::RegisterMetrics(common::MetricsRegistry& m) {
   m.AddCallbackCounter("keel_watch_resyncs_total",
                        "Client watchers given a dedicated upstream watcher to catch up.",
                        read([](const WatchCoalescer& c) { return c.resyncs_total(); }));
+  m.AddCallbackCounter(
+      "keel_watch_create_probe_retries_total",
+      "Revision probes of watch creates sent again because etcd had no quorum (the creates wait).",
+      read([](const WatchCoalescer& c) { return c.probe_retries_total(); }));
   m.AddCallbackGauge("etcd_grpc_proxy_watchers_coalescing_total",
                      "Total number of current watchers coalescing",
                      read([](const WatchCoalescer& c) { return c.watchers_coalescing(); }));
@@ -346,23 +358,21 @@ void WatchCoalescingImpl::Drain() {
 
 void WatchCoalescingImpl::Execute(WatchAction& action) {
   if (auto* p = std::get_if<WatchProbe>(&action)) {
-    api::CallContext ctx;
-    ctx.token = p->token;
-    ctx.require_leader = p->require_leader;
-    ctx.deadline = absl::Now() + kProbeTimeout;
-    probe_.Fetch(ctx, std::move(p->key), std::move(p->range_end),
-                 [self = shared_from_this(),
-                  id = p->probe](absl::StatusOr<::etcdserverpb::ResponseHeader> result) {
-                   self->ProbeDone(id, std::move(result));
-                 });
+    if (p->retry == 0) {
+      FetchRevision(std::move(*p));
+    } else {
+      // A create waiting for the quorum: 50 ms doubling to 2 s between tries.
+      timer_.At(
+          absl::Now() + Backoff(p->retry),
+          [self = shared_from_this(), probe = std::move(*p)]() { self->FetchRevision(probe); });
+    }
   } else if (auto* o = std::get_if<WatchOpenUpstream>(&action)) {
     absl::Duration delay;
     {
       absl::MutexLock lock(&mu_);
       auto fit = failures_.find({o->token, o->require_leader});
       const int f = fit == failures_.end() ? 0 : fit->second;
-      delay = f == 0 ? absl::ZeroDuration()
-                     : std::min(kMaxBackoff, kFirstBackoff * (int64_t{1} << std::min(f - 1, 10)));
+      delay = f == 0 ? absl::ZeroDuration() : Backoff(f);
     }
     if (delay == absl::ZeroDuration()) {
       OpenUpstream(o->stream, std::move(o->token), o->require_leader);
@@ -413,6 +423,18 @@ void WatchCoalescingImpl::Execute(WatchAction& action) {
     }
     Pump(e->client);
   }
+}
+
+void WatchCoalescingImpl::FetchRevision(WatchProbe probe) {
+  api::CallContext ctx;
+  ctx.token = std::move(probe.token);
+  ctx.require_leader = probe.require_leader;
+  ctx.deadline = absl::Now() + kProbeTimeout;
+  probe_.Fetch(ctx, std::move(probe.key), std::move(probe.range_end),
+               [self = shared_from_this(),
+                id = probe.probe](absl::StatusOr<::etcdserverpb::ResponseHeader> result) {
+                 self->ProbeDone(id, std::move(result));
+               });
 }
 
 void WatchCoalescingImpl::OpenUpstream(UpstreamStreamId sid, std::string token,

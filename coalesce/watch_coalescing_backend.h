@@ -13,7 +13,9 @@
 // stream is reopened (50 ms doubling to 2 s while attempts fail; an attempt
 // counts as good once etcd sent events or progress on it or it lived 10 s,
 // a bare `created` does not) and its watchers are created again from where
-// they stopped; clients see nothing. Revision probes time out after 5 s.
+// they stopped; clients see nothing. Revision probes time out after 5 s; a
+// create whose probe failed for want of a quorum (unavailable, deadline) waits
+// and tries again (50 ms doubling to 2 s) rather than being refused.
 // When an upstream stream opened with require_leader ends with etcd's
 // `etcdserver: no leader`, the require-leader client streams of that identity
 // end with the same status, as etcd ends them.
@@ -38,7 +40,8 @@
 //
 // Metrics (when `metrics` is not null): keel_watch_client_watchers,
 // keel_watch_upstream_watchers, keel_watch_upstream_streams,
-// keel_watch_resyncs_total, etcd_grpc_proxy_watchers_coalescing_total,
+// keel_watch_resyncs_total, keel_watch_create_probe_retries_total,
+// etcd_grpc_proxy_watchers_coalescing_total,
 // etcd_grpc_proxy_events_coalescing_total.
 //
 // Thread-safe. Every call but Watch is forwarded to `inner` unchanged.

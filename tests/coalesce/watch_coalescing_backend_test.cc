@@ -406,6 +406,35 @@ TEST_F(WatchCoalescingBackendTest, ProbesHaveADeadlineAndStopAtDestruction) {
   EXPECT_EQ(fake_.watch_count(), 0u);
 }
 
+// A create whose probe fails for want of a quorum is not refused: the probe
+// is sent again after a backoff, and the create is answered once it succeeds.
+TEST_F(WatchCoalescingBackendTest, ACreateWhoseProbeTimesOutIsProbedAgain) {
+  fake_.ClearAuto("Range");
+  WatchCoalescingBackend backend(fake_, nullptr);
+  Recorder r;
+  auto s = backend.Watch(api::CallContext{}, &r);
+  s->ReadNext();
+  s->Write(Create("a"));
+  ASSERT_TRUE(fake_.WaitForUnaryCalls(1, kWait));
+  fake_.Fail(0, absl::DeadlineExceededError("context deadline exceeded"));
+  ASSERT_TRUE(fake_.WaitForUnaryCalls(2, kWait));
+  EXPECT_EQ(fake_.Method(1), "Range");
+  fake_.Fail(1, absl::UnavailableError("etcdserver: request timed out"));
+  ASSERT_TRUE(fake_.WaitForUnaryCalls(3, kWait));
+  EXPECT_TRUE(r.responses().empty());
+  etcdserverpb::RangeResponse probe;
+  probe.mutable_header()->set_revision(9);
+  fake_.Reply(2, probe);
+  ASSERT_TRUE(r.WaitForResponses(1));
+  EXPECT_TRUE(r.responses()[0].created());
+  EXPECT_FALSE(r.responses()[0].canceled());
+  EXPECT_EQ(r.responses()[0].header().revision(), 9);
+  ASSERT_TRUE(fake_.WaitForWatches(1, kWait));
+  ASSERT_TRUE(fake_.watch(0)->WaitForRequests(1, kWait));
+  EXPECT_EQ(fake_.watch(0)->Requests()[0].create_request().start_revision(), 10);
+  s.reset();
+}
+
 TEST_F(WatchCoalescingBackendTest, OtherCallsAreForwarded) {
   WatchCoalescingBackend backend(fake_, nullptr);
   bool done = false;

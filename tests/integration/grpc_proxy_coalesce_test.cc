@@ -264,5 +264,110 @@ TEST_F(GrpcProxyCoalesceTest, CacheCanBeTurnedOff) {
   EXPECT_NE(bad.Log().find("--range-cache-max-bytes"), std::string::npos) << bad.Log();
 }
 
+// etcd without a quorum (2 of 3 members down) still accepts a watch, under
+// its own revision. Through keel the create needs a linearizable revision: it
+// waits for the quorum (its probe tried again) instead of being refused, then
+// is created and sees the next write, as the watch made directly does.
+TEST(GrpcProxyQuorumTest, AWatchCreatedWithoutAQuorumWaitsForItInsteadOfBeingRefused) {
+  EtcdCluster::Options options;
+  options.members = 3;
+  EtcdCluster etcd(options);
+  std::string error;
+  ASSERT_TRUE(etcd.Start(&error)) << error;
+  TempDir dir;
+  GrpcProxyProcess proxy(dir, {"--endpoints=" + etcd.ClientUrl(0), "--range-cache-max-bytes=0"});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  etcd.Stop(1);
+  etcd.Stop(2);
+
+  struct Stream {
+    grpc::ClientContext ctx;
+    std::unique_ptr<WatchRW> rw;
+  };
+  auto open = [](const std::string& addr, Stream& s) {
+    s.ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
+    s.rw =
+        etcdserverpb::Watch::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()))
+            ->Watch(&s.ctx);
+    etcdserverpb::WatchRequest req;
+    req.mutable_create_request()->set_key("q");
+    return s.rw->Write(req);
+  };
+  Stream direct, via;
+  ASSERT_TRUE(open(etcd.ClientAddr(0), direct));
+  etcdserverpb::WatchResponse created;
+  ASSERT_TRUE(direct.rw->Read(&created));
+  EXPECT_TRUE(created.created());
+  EXPECT_FALSE(created.canceled()) << created.cancel_reason();
+  ASSERT_TRUE(open(proxy.addr(), via));
+  // Its probe failed for want of a quorum and is being tried again.
+  EXPECT_TRUE(WaitFor(
+      [&] { return ProxyMetric(proxy, "keel_watch_create_probe_retries_total").value_or(0) >= 1; },
+      seconds(60)))
+      << proxy.Log();
+
+  etcd.Restart(1);
+  ASSERT_TRUE(etcd.WaitWritable(0)) << etcd.Log(0);
+  ASSERT_TRUE(via.rw->Read(&created)) << proxy.Log();
+  EXPECT_TRUE(created.created());
+  EXPECT_FALSE(created.canceled()) << created.cancel_reason();
+  CommandResult put = EtcdCluster::Etcdctl(etcd.ClientAddr(0), {"-w", "json", "put", "q", "v"});
+  ASSERT_EQ(put.exit_code, 0) << put.err;
+  for (Stream* s : {&direct, &via}) {
+    etcdserverpb::WatchResponse event;
+    ASSERT_TRUE(s->rw->Read(&event)) << proxy.Log();
+    ASSERT_EQ(event.events_size(), 1);
+    EXPECT_EQ(event.events(0).kv().key(), "q");
+    EXPECT_EQ(event.events(0).kv().value(), "v");
+    s->ctx.TryCancel();
+    s->rw->Finish();
+  }
+}
+
+// etcd ends a require-leader watch stream ("hasleader" metadata, which
+// clientv3 sends for WithRequireLeader, as etcdctl watch does) once its member
+// has been without a leader for a while; through keel the stream ends with
+// the same status.
+TEST(GrpcProxyQuorumTest, ARequireLeaderWatchEndsWithNoLeaderAsOnEtcd) {
+  EtcdCluster::Options options;
+  options.members = 3;
+  EtcdCluster etcd(options);
+  std::string error;
+  ASSERT_TRUE(etcd.Start(&error)) << error;
+  TempDir dir;
+  GrpcProxyProcess proxy(dir, {"--endpoints=" + etcd.ClientUrl(0), "--range-cache-max-bytes=0"});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+
+  struct Stream {
+    grpc::ClientContext ctx;
+    std::unique_ptr<WatchRW> rw;
+  };
+  Stream direct, via;
+  for (auto [addr, s] : {std::pair{etcd.ClientAddr(0), &direct}, {proxy.addr(), &via}}) {
+    s->ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
+    s->ctx.AddMetadata("hasleader", "true");
+    s->rw =
+        etcdserverpb::Watch::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()))
+            ->Watch(&s->ctx);
+    etcdserverpb::WatchRequest req;
+    req.mutable_create_request()->set_key("rl");
+    ASSERT_TRUE(s->rw->Write(req));
+    etcdserverpb::WatchResponse created;
+    ASSERT_TRUE(s->rw->Read(&created)) << proxy.Log();
+    ASSERT_TRUE(created.created());
+  }
+  etcd.Stop(1);
+  etcd.Stop(2);
+  for (Stream* s : {&direct, &via}) {
+    etcdserverpb::WatchResponse more;
+    while (s->rw->Read(&more)) {
+      EXPECT_EQ(more.events_size(), 0);  // nothing was written
+    }
+    const grpc::Status status = s->rw->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+    EXPECT_EQ(status.error_message(), "etcdserver: no leader") << proxy.Log();
+  }
+}
+
 }  // namespace
 }  // namespace keel::testutil
