@@ -1,5 +1,6 @@
 #!/bin/bash
-# `keel gateway start` with DNS SRV discovery (proxy.md 1.3, 3.8; member.md 6.2).
+# `keel gateway start` with DNS SRV discovery (proxy.md 1.3, 3.8; member.md 6.2), and
+# `keel grpc-proxy start` with the same flags (section g).
 #
 # Runs in a private network + mount namespace: only `lo` exists, so no packet
 # leaves 127.0.0.0/8 and the fixed ports below cannot clash with anything else
@@ -301,6 +302,35 @@ stop_pid "$PID_B"
 [[ "$(count_of C "$TMP/f-fallback.out")" == 50 ]] ||
   fail "(f) with A and B down, C must get every connection: $(cat "$TMP/f-fallback.out")"
 stop_pid "$GW_PID"
+
+# ---- (g) keel grpc-proxy start takes its endpoints from SRV records too ------
+
+step "(g) grpc-proxy: SRV records, --discovery-srv-name, an https record with --cacert"
+# expect_px_who NAME PORT WANT FLAGS...: a grpc-proxy started with FLAGS on
+# 127.0.0.1:PORT serves reads from the member named WANT.
+expect_px_who() {
+  local name=$1 port=$2 want=$3
+  shift 3
+  bg "$name" "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$port" \
+    --data-dir "$TMP/$name.data" "$@"
+  local pid=$LAST_PID
+  reached() { [[ "$(who_via "$port")" == "$want" ]]; }
+  wait_for 60 reached || fail "$name: reads through the proxy reached '$(who_via "$port")', want '$want'"
+  grep -q "discovered cluster from SRV" "$TMP/$name.log" || fail "$name: no 'discovered cluster from SRV' log"
+  stop_pid "$pid"
+}
+start_dns "srv-host=_etcd-client._tcp.example.test,m1.example.test,$M1,0,0" \
+  "srv-host=_etcd-client-prod._tcp.example.test,m2.example.test,$M2,0,0"
+# --endpoints names another member: reaching the SRV one proves the records were used.
+expect_px_who px-g1 23781 m1 --discovery-srv example.test --insecure-discovery \
+  --endpoints "127.0.0.1:$M2"
+expect_px_who px-g2 23782 m2 --discovery-srv example.test --discovery-srv-name prod \
+  --insecure-discovery --endpoints "127.0.0.1:$M1"
+start_dns "srv-host=_etcd-client-ssl._tcp.example.test,tls.example.test,$M3,0,0"
+# Not insecure: the https target must verify against --cacert; the proxy then
+# speaks TLS to it while its own clients stay plain.
+expect_px_who px-g3 23783 m3 --discovery-srv example.test --cacert "$TMP/ca.pem" \
+  --endpoints "127.0.0.1:$M1"
 
 # ---- start-up errors: same words as etcd's gateway ---------------------------
 

@@ -364,6 +364,48 @@ TEST_F(GrpcProxyEtcdTest, MaxSendBytesLikeEtcd) {
   EXPECT_NE(py.out.find("2097152"), std::string::npos) << py.out;
 }
 
+// Lowered below etcd's own limits, --max-send-bytes limits what goes to etcd
+// and --max-recv-bytes what comes back from it: a put over the first is
+// refused unsent with etcd's error, a read of a value over the second fails
+// with gRPC's, and everything under both works; etcd itself takes both.
+TEST_F(GrpcProxyEtcdTest, LoweredMaxSendAndRecvBytesLimitBothDirections) {
+  GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientAddr(0), "--max-send-bytes=100000",
+                                "--max-recv-bytes=200000"});
+  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
+  auto file_of = [&](const std::string& name, size_t bytes) {
+    const std::string path = dir_.File(name);
+    std::ofstream(path) << std::string(bytes, 'a');
+    return path;
+  };
+  const std::string small = file_of("90k", 90 * 1000);
+  const std::string medium = file_of("150k", 150 * 1000);
+  const std::string large = file_of("250k", 250 * 1000);
+
+  CommandResult put_small = PutFromFile(proxy.addr(), "small", small);
+  EXPECT_EQ(put_small.exit_code, 0) << put_small.err << proxy.Log();
+  CommandResult put_medium = PutFromFile(proxy.addr(), "medium", medium);
+  EXPECT_NE(put_medium.exit_code, 0);
+  EXPECT_EQ(LastErrorLine(put_medium), "Error: etcdserver: request is too large") << put_medium.err;
+  EXPECT_EQ(EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"get", "medium"}).out, "")
+      << "nothing was written";
+
+  // Written directly, then read back through the proxy.
+  ASSERT_EQ(PutFromFile(etcd_.ClientAddr(0), "medium", medium).exit_code, 0);
+  ASSERT_EQ(PutFromFile(etcd_.ClientAddr(0), "large", large).exit_code, 0);
+  CommandResult get_medium =
+      EtcdCluster::Etcdctl(proxy.addr(), {"get", "medium", "--print-value-only"});
+  EXPECT_EQ(get_medium.exit_code, 0) << get_medium.err;
+  EXPECT_EQ(get_medium.out.size(), 150 * 1000 + 1);
+  CommandResult get_large =
+      EtcdCluster::Etcdctl(proxy.addr(), {"get", "large", "--print-value-only"});
+  EXPECT_NE(get_large.exit_code, 0);
+  EXPECT_EQ(get_large.out, "");
+  EXPECT_NE(get_large.err.find("larger than max"), std::string::npos) << get_large.err;
+  // The proxy serves on.
+  EXPECT_EQ(EtcdCluster::Etcdctl(proxy.addr(), {"get", "small", "--print-value-only"}).out,
+            std::string(90 * 1000, 'a') + "\n");
+}
+
 TEST_F(GrpcProxyEtcdTest, NamespacePrefixesKeys) {
   GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientAddr(0), "--namespace=ns1/"});
   ASSERT_TRUE(proxy.Ready()) << proxy.Log();

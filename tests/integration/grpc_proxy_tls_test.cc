@@ -5,11 +5,19 @@
 #include <stdlib.h>
 
 #include <chrono>
+#include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "api/etcdserverpb/rpc.grpc.pb.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "tests/testutil/certs.h"
 #include "tests/testutil/etcd_cluster.h"
@@ -221,6 +229,52 @@ TEST_F(GrpcProxyTlsTest, UpstreamCertWithCommonNameRefusesToStart) {
   EXPECT_EQ(*code, 1) << proxy.Log();
   EXPECT_NE(proxy.Log().find("cert has non empty Common Name (root)"), std::string::npos)
       << proxy.Log();
+}
+
+// etcd's clients ping on their own schedule, also while idle (etcdctl asks
+// for every 2 s). With TLS the listener is keel's gRPC server, which must take
+// that like etcd: a default gRPC server strikes every ping within 5 minutes
+// of no data and closes the connection (GOAWAY too_many_pings) at the third.
+// A watch stream of a client pinging every second stays open through many
+// such pings, and then gets its event.
+TEST_F(GrpcProxyTlsTest, ClientPingsDoNotCloseAnIdleWatch) {
+  ProxyProcess proxy(dir_, "pings",
+                     Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert,
+                                            "--key-file=" + proxy_server_.key}));
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  grpc::SslCredentialsOptions ssl;
+  std::stringstream ca;
+  ca << std::ifstream(pki_->ca_file()).rdbuf();
+  ssl.pem_root_certs = ca.str();
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  auto channel = grpc::CreateCustomChannel(proxy.addr(), grpc::SslCredentials(ssl), args);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
+  auto stream = etcdserverpb::Watch::NewStub(channel)->Watch(&ctx);
+  etcdserverpb::WatchRequest create;
+  create.mutable_create_request()->set_key("pinged");
+  ASSERT_TRUE(stream->Write(create));
+  etcdserverpb::WatchResponse created;
+  ASSERT_TRUE(stream->Read(&created)) << proxy.Log();
+  ASSERT_TRUE(created.created());
+  // Idle, but for pings: gRPC's client sends one every 5 s at most without
+  // data, and a default server closes at the third.
+  std::this_thread::sleep_for(seconds(17));
+  CommandResult put = EtcdCluster::Etcdctl(
+      cluster_->ClientUrl(0), {"--cacert=" + pki_->ca_file(), "--cert=" + user_client_.cert,
+                               "--key=" + user_client_.key, "put", "pinged", "v"});
+  ASSERT_EQ(put.exit_code, 0) << put.err;
+  etcdserverpb::WatchResponse event;
+  ASSERT_TRUE(stream->Read(&event)) << stream->Finish().error_message() << "\n" << proxy.Log();
+  ASSERT_EQ(event.events_size(), 1);
+  EXPECT_EQ(event.events(0).kv().value(), "v");
+  ctx.TryCancel();
+  stream->Finish();
 }
 
 }  // namespace

@@ -24,6 +24,9 @@ ETCDCTL = "/usr/bin/etcdctl"
 
 PROCS = []  # every Proc ever started, for kill_all()
 
+# Extra etcdctl flags per --endpoints value: the TLS client flags of a TLS endpoint.
+CTL_FLAGS = {}
+
 
 def _dying_with_parent(argv):
     """argv under setpriv(1), which makes the child SIGKILLed when the harness dies (even
@@ -166,9 +169,13 @@ def ctl_env():
     return env
 
 
+def ctl_argv(endpoints, args):
+    return [ETCDCTL, "--endpoints=" + endpoints] + CTL_FLAGS.get(endpoints, []) + list(args)
+
+
 def etcdctl(endpoints, args, stdin=None, timeout=60):
     """Runs etcdctl against endpoints; returns (rc, stdout, stderr) as text."""
-    argv = [ETCDCTL, "--endpoints=" + endpoints] + list(args)
+    argv = ctl_argv(endpoints, args)
     try:
         r = subprocess.run(argv, input=stdin.encode() if stdin is not None else None,
                            capture_output=True, env=ctl_env(), timeout=timeout,
@@ -180,17 +187,44 @@ def etcdctl(endpoints, args, stdin=None, timeout=60):
             r.stderr.decode("utf-8", "replace"))
 
 
-class Member:
-    """One etcd 3.4 member (part of a cluster started with the same initial_cluster)."""
+def make_certs():
+    """A CA and one certificate it signed for 127.0.0.1 that serves and authenticates clients
+    (etcd, the proxy and the clients share it); returns their paths."""
+    d = os.path.join(TmpRoot.get(), "certs")
+    os.makedirs(d, exist_ok=True)
+    c = {k: os.path.join(d, k) for k in ("ca.pem", "ca.key", "cert.pem", "cert.key")}
+    ext = os.path.join(d, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth, clientAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for argv in (["req", "-x509"] + ec + ["-days", "2", "-subj", "/CN=keel-conformance-ca",
+                                          "-keyout", c["ca.key"], "-out", c["ca.pem"]],
+                 ["req"] + ec + ["-subj", "/CN=127.0.0.1", "-keyout", c["cert.key"],
+                                 "-out", os.path.join(d, "cert.csr")],
+                 ["x509", "-req", "-in", os.path.join(d, "cert.csr"), "-CA", c["ca.pem"],
+                  "-CAkey", c["ca.key"], "-CAcreateserial", "-days", "2", "-extfile", ext,
+                  "-out", c["cert.pem"]]):
+        r = subprocess.run(["openssl"] + argv, capture_output=True)
+        if r.returncode != 0:
+            raise RuntimeError("openssl %s: %s" % (argv[0], r.stderr.decode()))
+    return c
 
-    def __init__(self, name, cluster_token="keel-conformance", etcd_name=None):
+
+class Member:
+    """One etcd 3.4 member (part of a cluster started with the same initial_cluster).
+    certs (make_certs()): clients reach it over TLS only."""
+
+    def __init__(self, name, cluster_token="keel-conformance", etcd_name=None, certs=None):
         self.name = name
         self.etcd_name = etcd_name or name
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.client_url = "http://127.0.0.1:%d" % self.client_port
+        self.certs = certs
+        self.client_url = "%s://127.0.0.1:%d" % ("https" if certs else "http", self.client_port)
         self.peer_url = "http://127.0.0.1:%d" % self.peer_port
         self.endpoint = "127.0.0.1:%d" % self.client_port
+        if certs:
+            CTL_FLAGS[self.endpoint] = ["--cacert=" + certs["ca.pem"]]
         self.token = cluster_token
         self.data_dir = os.path.join(TmpRoot.get(), "etcd-%s-%d" % (name, self.client_port))
         self.proc = None
@@ -204,6 +238,8 @@ class Member:
                 "--initial-cluster", initial_cluster,
                 "--initial-cluster-token", self.token,
                 "--initial-cluster-state", state]
+        if self.certs:
+            argv += ["--cert-file", self.certs["cert.pem"], "--key-file", self.certs["cert.key"]]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         self.proc = Proc("etcd-" + self.name, argv, self.data_dir + ".log", env=env)
 
@@ -246,14 +282,16 @@ def proxy_cmd():
 class Proxy:
     """The grpc-proxy under test, listening on a free 127.0.0.1 port.
     advertise: the --advertise-client-url value, None to leave the flag out, SELF for the
-    proxy's own listen address."""
+    proxy's own listen address. ctl_flags: the etcdctl flags its clients need (TLS)."""
 
     SELF = object()
 
-    def __init__(self, name, endpoints, extra_flags=(), advertise=""):
+    def __init__(self, name, endpoints, extra_flags=(), advertise="", ctl_flags=()):
         self.name = name
         self.port = free_port()
         self.endpoint = "127.0.0.1:%d" % self.port
+        if ctl_flags:
+            CTL_FLAGS[self.endpoint] = list(ctl_flags)
         self.data_dir = os.path.join(TmpRoot.get(), "proxy-%s-%d" % (name, self.port))
         argv = proxy_cmd() + ["--endpoints=" + ",".join(endpoints),
                               "--listen-addr=" + self.endpoint,
@@ -285,7 +323,7 @@ class Background:
     """A background etcdctl (watch, elect, lock) whose stdout lines are collected."""
 
     def __init__(self, endpoints, args):
-        argv = [ETCDCTL, "--endpoints=" + endpoints] + list(args)
+        argv = ctl_argv(endpoints, args)
         self.popen = subprocess.Popen(_dying_with_parent(argv), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                       env=ctl_env(), start_new_session=True)

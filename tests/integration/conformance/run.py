@@ -2,11 +2,14 @@
 """Differential conformance suite for the grpc-proxy (issue 4; proxy.md 2.3, 2.9, section 4
 scenarios 10, 11, 18, 39-42).
 
-The same step list (steps.py) runs against three fresh single-member etcd 3.4.23 servers:
+The same step list (steps.py) runs against four fresh single-member etcd 3.4.23 servers:
   direct: etcd A, used directly (the truth);
   proxy:  etcd B behind the proxy under test (--advertise-client-url="" so MemberList passes);
-  ns:     etcd C behind the proxy under test with --namespace=ns/.
-Outputs (exit code, normalized stdout and stderr, see norm.py) of proxy and ns must equal
+  ns:     etcd C behind the proxy under test with --namespace=ns/;
+  tls:    etcd D serving TLS only, behind the proxy under test speaking TLS to it and serving
+          TLS that requires client certificates (keel serves this without its frame relay:
+          every call goes through its gRPC server and gRPC client).
+Outputs (exit code, normalized stdout and stderr, see norm.py) of proxy, ns and tls must equal
 direct's. Then namespace escape checks on C, MemberList advertise modes, and a
 3-member cluster with one member stopped.
 
@@ -56,7 +59,7 @@ def ok(group, step):
 class Target:
     """One client-visible endpoint plus the etcd server behind it."""
 
-    def __init__(self, name, endpoint, server, normalize_hashes=False):
+    def __init__(self, name, endpoint, server, normalize_hashes=False, certs=None):
         self.name = name
         self.endpoint = endpoint
         self.server = server
@@ -77,8 +80,15 @@ class Target:
             raise RuntimeError("endpoint status on %s: %s" % (server.endpoint, err))
         st = json.loads(out)[0]["Status"]
         self.norm.register_members(st["header"]["cluster_id"], [st["header"]["member_id"]])
-        host, port = endpoint.rsplit(":", 1)
-        self.client = etcd3.client(host=host, port=int(port), timeout=30)
+        # python3-etcd3's TLS options when the endpoint wants a client certificate.
+        self.tls = {} if certs is None else {"ca_cert": certs["ca.pem"],
+                                             "cert_cert": certs["cert.pem"],
+                                             "cert_key": certs["cert.key"]}
+        self.client = self.etcd3_client()
+
+    def etcd3_client(self, **kwargs):
+        host, port = self.endpoint.rsplit(":", 1)
+        return etcd3.client(host=host, port=int(port), timeout=30, **self.tls, **kwargs)
 
     def fmt(self, args):
         return [a.format(**self.vars) for a in args]
@@ -165,9 +175,7 @@ def run_bg(t, step):
 def run_py(t, step):
     try:
         if getattr(step, "user", None):
-            host, port = t.endpoint.rsplit(":", 1)
-            c = etcd3.client(host=host, port=int(port), timeout=30, user=step.user[0],
-                             password=step.user[1])
+            c = t.etcd3_client(user=step.user[0], password=step.user[1])
         else:
             c = t.client
         v = step.fn(c, t.vars)
@@ -571,16 +579,25 @@ def main():
             a = procs.Member("a", etcd_name="conformance")
             b = procs.Member("b", etcd_name="conformance")
             c = procs.Member("c", etcd_name="conformance")
-            for m in (a, b, c):
+            certs = procs.make_certs()
+            d = procs.Member("d", etcd_name="conformance", certs=certs)
+            for m in (a, b, c, d):
                 m.start("%s=%s" % (m.etcd_name, m.peer_url))
-            for m in (a, b, c):
+            for m in (a, b, c, d):
                 m.wait_healthy()
             pb = procs.Proxy("b", [b.endpoint])
             pc = procs.Proxy("c", [c.endpoint], extra_flags=["--namespace=ns/"])
-            pb.wait_ready()
-            pc.wait_ready()
+            # TLS on both sides, client certificates required of clients.
+            pd = procs.Proxy("d", [d.endpoint], extra_flags=[
+                "--cacert=" + certs["ca.pem"], "--cert-file=" + certs["cert.pem"],
+                "--key-file=" + certs["cert.key"], "--trusted-ca-file=" + certs["ca.pem"]],
+                ctl_flags=["--cacert=" + certs["ca.pem"], "--cert=" + certs["cert.pem"],
+                           "--key=" + certs["cert.key"]])
+            for p in (pb, pc, pd):
+                p.wait_ready()
             targets = [Target("direct", a.endpoint, a), Target("proxy", pb.endpoint, b),
-                       Target("ns", pc.endpoint, c, normalize_hashes=True)]
+                       Target("ns", pc.endpoint, c, normalize_hashes=True),
+                       Target("tls", pd.endpoint, d, certs=certs)]
             if "main" in groups:
                 guarded("main", group_main, targets)
             if "escape" in groups:
@@ -589,7 +606,7 @@ def main():
             if "advertise" in groups:
                 guarded("advertise", group_advertise, b)
                 guarded("advertise", group_resolver, b)
-            for p in (pb, pc):
+            for p in (pb, pc, pd):
                 if not p.proc.alive():
                     fail("process", p.name, "proxy exited during the run:\n" + p.proc.tail())
         if "failover" in groups:

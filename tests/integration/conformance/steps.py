@@ -17,6 +17,7 @@ Leases use long TTLs (300 s) and are revoked explicitly: an expiry during the ru
 would delete attached keys at a timing-dependent revision.
 """
 
+import io
 import queue
 import threading
 import time
@@ -26,8 +27,8 @@ from etcd3.etcdrpc import rpc_pb2
 
 import wire
 
-ALL = ("direct", "proxy", "ns")
-NO_NS = ("direct", "proxy")
+ALL = ("direct", "proxy", "ns", "tls")
+NO_NS = ("direct", "proxy", "tls")
 
 REV = r'"revision":(\d+)'
 LEASE_HEX = r"lease ([0-9a-f]+) granted"
@@ -310,6 +311,29 @@ def py_status(c, v):
             "raft_term": s.raft_term, "dbSize": s.db_size}
 
 
+def py_maintenance(c, v):
+    """Compaction and the Maintenance calls python3-etcd3 makes (snapshot contents and hashes
+    differ between servers: only their presence is compared)."""
+    def run(fn):
+        try:
+            return fn()
+        except Exception as e:  # the client's error is the observation
+            return _err(e)
+    rev = c.put("py/m", "1").header.revision
+    c.put("py/m", "2")
+    out = {"compact": run(lambda: repr(c.compact(rev))),
+           "compact_again": run(lambda: repr(c.compact(rev - 1))),
+           "get_compacted": run(lambda: repr(c.kvstub.Range(
+               rpc_pb2.RangeRequest(key=b"py/m", revision=rev - 1), 10))),
+           "defragment": run(lambda: repr(c.defragment())),
+           "hash": run(lambda: type(c.hash()).__name__),
+           "alarms": run(lambda: [repr(a) for a in c.list_alarms()]),
+           "disarm": run(lambda: [repr(a) for a in c.disarm_alarm()])}
+    buf = io.BytesIO()
+    out["snapshot"] = run(lambda: c.snapshot(buf) or len(buf.getvalue()) > 0)
+    return out
+
+
 def _raw(call):
     try:
         r = call()
@@ -482,11 +506,13 @@ def py_v3lock(c, v):
 
 
 def py_v3election(c, v):
-    """The v3election gRPC service: Campaign, Leader, Proclaim, Resign and their errors."""
+    """The v3election gRPC service: Campaign, Leader, Observe, Proclaim, Resign and their
+    errors."""
     ch = c.channel
     lease = c.leasestub.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=300), 10).ID
     out = {"lease": lease}
     E = "/v3electionpb.Election/"
+    observe = None
     try:
         r = wire.call(ch, E + "Campaign", [(1, b"ve"), (2, lease), (3, b"v1")])
         leader_raw = wire.one(r, 2, b"")
@@ -504,8 +530,18 @@ def py_v3election(c, v):
             return {"header": wire.header(wire.one(m, 1)), "key": wire.one(kv, 1, b"").decode(),
                     "value": wire.one(kv, 5, b"").decode(), "lease": wire.one(kv, 6, 0)}
         out["leader1"] = _try(leader)
+        # Observe streams the leader's value: the current one, then each proclaimed one.
+        observe = ch.unary_stream(E + "Observe")(wire.encode([(1, b"ve")]), timeout=30)
+
+        def observed():
+            m = wire.decode(next(observe))
+            kv = wire.key_value(wire.one(m, 2))
+            return {"revision": wire.header(wire.one(m, 1))["revision"], "key": kv["key"],
+                    "value": kv["value"], "lease": kv["lease"]}
+        out["observe1"] = _try(observed)
         out["proclaim"] = _try(lambda: wire.header(wire.one(wire.call(
             ch, E + "Proclaim", [(1, leader_raw), (2, b"v2")]), 1)))
+        out["observe2"] = _try(observed)
         out["leader2"] = _try(leader)
         bogus = wire.encode([(1, b"ve"), (2, b"ve/nope"), (3, 1), (4, lease)])
         out["proclaim_not_leader"] = _try(lambda: wire.call(ch, E + "Proclaim",
@@ -518,6 +554,8 @@ def py_v3election(c, v):
     except grpc.RpcError as e:
         out["error"] = wire.rpc_error(e)
     finally:
+        if observe is not None:
+            observe.cancel()
         c.leasestub.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=lease), 10)
     return out
 
@@ -556,6 +594,7 @@ def steps():
     a(Ctl("get-sort-create-desc-json", ["-w", "json", "get", "--from-key", "a",
                                         "--sort-by=CREATE", "--order=DESCEND", "--limit=3"]))
     a(Ctl("get-sort-value", ["get", "--prefix", "", "--sort-by=VALUE", "--order=DESCEND"]))
+    a(Ctl("get-prefix-count-only-json", ["-w", "json", "get", "--prefix", "a/", "--count-only"]))
     a(Ctl("get-range", ["get", "a/1", "a/3"]))
     a(Ctl("get-range-empty", ["get", "k1", "a/3"]))
     a(Ctl("get-rev", ["get", "k1", "--rev={rev_k2}"]))
@@ -664,6 +703,7 @@ def steps():
     a(Py("py-v3election", py_v3election))
     a(Py("py-members", py_members))
     a(Py("py-status", py_status))
+    a(Py("py-maintenance", py_maintenance))
     a(Py("py-raw-errors", py_raw_errors))
     a(Py("py-message-sizes", py_message_sizes))
     # membership changes pass through (a learner that never starts: it has no vote, so the

@@ -310,6 +310,8 @@ void CacheEtcdTest::RunConcurrentWritersAndReaders() {
   for (size_t i = 2; i < threads.size(); ++i) threads[i].join();
   EXPECT_EQ(violations.load(), 0);
   EXPECT_GT(reads.load(), 0);
+  // The linearizable path was taken (not only misses forwarded to etcd).
+  EXPECT_GT(CounterValue(metrics_, "keel_cache_linearizable_hits_total"), 0u);
   std::cout << "reads " << reads.load() << " hits "
             << CounterValue(metrics_, "etcd_grpc_proxy_cache_hits_total") << " linearizable hits "
             << CounterValue(metrics_, "keel_cache_linearizable_hits_total") << std::endl;
