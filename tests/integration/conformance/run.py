@@ -520,7 +520,13 @@ def group_failover():
         # Establish the watch: write until the watcher has seen one event.
         procs.wait_for(lambda: procs.etcdctl(p.endpoint, ["put", "f/0", "warm"])[0] == 0 and
                        "warm" in w.snapshot(), 60, "watch through proxy established")
+        # A lease kept alive through the proxy (TTL 5 s; etcdctl sends every ~1.7 s).
+        rc, out, err = procs.etcdctl(p.endpoint, ["lease", "grant", "5"])
+        lease = re.search(r"lease ([0-9a-f]+) granted", out).group(1)
+        ka = procs.Background(p.endpoint, ["lease", "keep-alive", lease])
+        ka.wait_lines(1)
         victim.stop()
+        stopped_at = time.monotonic()
         errors = []
         for i in range(1, 11):
             rc, out, err = procs.etcdctl(p.endpoint, ["put", "f/%d" % i, "v%d" % i])
@@ -540,9 +546,22 @@ def group_failover():
                            "x" in w2.snapshot(), 60, "new watch after the stop")
         except TimeoutError:
             errors.append("watch created after the stop got no event (got %r)" % w2.snapshot())
+        # Two TTLs after the stop the lease still lives (asked of a live member directly):
+        # its keep-alives went on through the proxy. The wait is the point of the check.
+        live = next(m for m in ms if m is not victim)
+        time.sleep(max(0.0, stopped_at + 10 - time.monotonic()))
+        rc, out, err = procs.etcdctl(live.endpoint, ["lease", "timetolive", lease])
+        if rc != 0 or "remaining(" not in out:
+            errors.append("lease kept alive through the proxy expired after the stop: rc=%d %r %s"
+                          % (rc, out, err.strip()))
+        rc, out, err = procs.etcdctl(p.endpoint, ["lock", "f-lock", "--", "echo", "locked"])
+        if rc != 0 or out.strip() != "locked":
+            errors.append("lock through the proxy: rc=%d %r %s" % (rc, out, err.strip()))
+        ka.stop(signal.SIGINT)
         w.stop(signal.SIGINT)
         w2.stop(signal.SIGINT)
-        check(g, "puts/gets/watches through the proxy with one of three members down",
+        check(g, "puts/gets/watches/keep-alives/locks through the proxy with one of three "
+              "members down",
               not errors, "  endpoints: %s (first one stopped)\n  " % ",".join(
                   m.endpoint for m in order) + "\n  ".join(errors))
     finally:
