@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "tests/integration/grpc_proxy_helpers.h"
 #include "tests/testutil/etcd_cluster.h"
 #include "tests/testutil/process.h"
+#include "tests/testutil/socket_io.h"
 
 namespace keel::testutil {
 namespace {
@@ -404,6 +406,55 @@ TEST_F(GrpcProxyEtcdTest, LoweredMaxSendAndRecvBytesLimitBothDirections) {
   // The proxy serves on.
   EXPECT_EQ(EtcdCluster::Etcdctl(proxy.addr(), {"get", "small", "--print-value-only"}).out,
             std::string(90 * 1000, 'a') + "\n");
+}
+
+// The settings (id -> value) of the SETTINGS frame a server sends first on a
+// new HTTP/2 connection; nullopt if its first frame is not SETTINGS.
+std::optional<std::map<uint16_t, uint32_t>> ServerSettings(int port) {
+  const int fd = ConnectTcp(port);
+  if (fd < 0) return std::nullopt;
+  std::optional<std::map<uint16_t, uint32_t>> settings;
+  const std::string empty_settings("\0\0\0\x04\0\0\0\0\0", 9);
+  if (SendAll(fd, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + empty_settings)) {
+    const std::string head = ReadN(fd, 9);
+    auto byte = [](const std::string& b, size_t i) { return static_cast<uint8_t>(b[i]); };
+    if (head.size() == 9 && byte(head, 3) == 0x4) {
+      const size_t length =
+          (size_t{byte(head, 0)} << 16) | (size_t{byte(head, 1)} << 8) | byte(head, 2);
+      const std::string payload = ReadN(fd, length);
+      settings.emplace();
+      for (size_t i = 0; i + 6 <= payload.size(); i += 6) {
+        (*settings)[static_cast<uint16_t>((byte(payload, i) << 8) | byte(payload, i + 1))] =
+            (uint32_t{byte(payload, i + 2)} << 24) | (uint32_t{byte(payload, i + 3)} << 16) |
+            (uint32_t{byte(payload, i + 4)} << 8) | byte(payload, i + 5);
+      }
+    }
+  }
+  close(fd);
+  return settings;
+}
+
+// --max-concurrent-streams is what the proxy's gRPC side advertises to its
+// clients; by default no limit (etcd's default is 2^32 - 1; left out, the
+// setting is unlimited in HTTP/2). etcd's own proxy applies the flag only to
+// its HTTP/1.1 side (spec 2.1).
+TEST_F(GrpcProxyEtcdTest, MaxConcurrentStreamsIsAdvertisedToClients) {
+  GrpcProxyProcess by_default(dir_, {"--endpoints=" + etcd_.ClientAddr(0)});
+  GrpcProxyProcess limited(dir_,
+                           {"--endpoints=" + etcd_.ClientAddr(0), "--max-concurrent-streams=7"});
+  ASSERT_TRUE(by_default.Ready()) << by_default.Log();
+  ASSERT_TRUE(limited.Ready()) << limited.Log();
+  constexpr uint16_t kMaxConcurrentStreams = 0x3;
+  const auto unlimited = ServerSettings(by_default.port());
+  ASSERT_TRUE(unlimited.has_value());
+  EXPECT_TRUE(unlimited->count(kMaxConcurrentStreams) == 0 ||
+              unlimited->at(kMaxConcurrentStreams) == 4294967295u);
+  const auto seven = ServerSettings(limited.port());
+  ASSERT_TRUE(seven.has_value());
+  ASSERT_EQ(seven->count(kMaxConcurrentStreams), 1u);
+  EXPECT_EQ(seven->at(kMaxConcurrentStreams), 7u);
+  // Clients keep working within the limit.
+  EXPECT_EQ(EtcdCluster::Etcdctl(limited.addr(), {"put", "streams", "7"}).exit_code, 0);
 }
 
 TEST_F(GrpcProxyEtcdTest, NamespacePrefixesKeys) {
