@@ -32,14 +32,18 @@ std::string RefusalReason(const absl::Status& status) {
          std::string(api::EtcdStatus(api::EtcdError::kPermissionDenied).message());
 }
 
-// Whether a probe failed for want of a quorum (an election, a member cut
-// off, an etcd too slow to answer in time) rather than because of the
-// client's request. `etcdserver: no leader` answers a require-leader client,
-// as etcd would.
+// Whether a probe failed because etcd could not answer it (no quorum, an
+// election, no endpoint reachable, too slow for the probe's deadline) rather
+// than because of the client's request. etcd 3.4 answers a request whose own
+// deadline passed while it waited for a quorum with gRPC-Go's text for it
+// under UNKNOWN. `etcdserver: no leader` comes only to require-leader
+// clients, whose streams etcd ends: their create is refused with it.
 bool WaitsForQuorum(const absl::Status& status) {
   if (api::ParseEtcdError(status) == api::EtcdError::kNoLeader) return false;
   return status.code() == absl::StatusCode::kUnavailable ||
-         status.code() == absl::StatusCode::kDeadlineExceeded;
+         status.code() == absl::StatusCode::kDeadlineExceeded ||
+         (status.code() == absl::StatusCode::kUnknown &&
+          status.message() == "context deadline exceeded");
 }
 
 // The key etcd watches for `key` (an empty key means "\x00").

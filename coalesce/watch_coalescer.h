@@ -197,9 +197,9 @@ class WatchCoalescer {
   std::vector<WatchAction> RemoveClient(WatchClientId client);
 
   // The result of WatchProbe `probe`: the header of a linearizable read, or
-  // the error etcd gave (used as a create's cancel_reason, unless it is for
-  // want of a quorum: unavailable or deadline exceeded, but not `etcdserver:
-  // no leader`; then the create's probe is sent again, with `retry` counting
+  // the error etcd gave (used as a create's cancel_reason, unless etcd could
+  // not answer: unavailable or past the deadline, but not `etcdserver: no
+  // leader`; then the create's probe is sent again, with `retry` counting
   // up). Ignored when stale.
   std::vector<WatchAction> OnProbeResult(
       ProbeId probe, const absl::StatusOr<::etcdserverpb::ResponseHeader>& result);

@@ -33,11 +33,10 @@ absl::Duration Backoff(int failures) {
 // An upstream stream that lived this long before failing was healthy: its
 // loss starts no backoff (nor does one that delivered events or progress).
 constexpr absl::Duration kHealthyAfter = absl::Seconds(10);
-// A revision probe not answered by then fails, so one hung read does not
-// hold a client stream's later requests forever: a progress request is
-// answered from what is known; a create's probe is sent again after a backoff
-// while it fails for want of a quorum (the core's rule), and its client's
-// later requests wait for it, as the create waits for etcd's quorum.
+// A revision probe not answered by then fails: a progress request is
+// answered from what is known; a create's probe is sent again after a
+// backoff while etcd cannot answer it (the core's rule), so the create, and
+// its client's later requests behind it, wait until etcd can.
 constexpr absl::Duration kProbeTimeout = absl::Seconds(5);
 // Resyncs are logged at most once per this interval, with their count.
 constexpr absl::Duration kResyncLogInterval = absl::Seconds(10);

@@ -14,8 +14,9 @@
 // counts as good once etcd sent events or progress on it or it lived 10 s,
 // a bare `created` does not) and its watchers are created again from where
 // they stopped; clients see nothing. Revision probes time out after 5 s; a
-// create whose probe failed for want of a quorum (unavailable, deadline) waits
-// and tries again (50 ms doubling to 2 s) rather than being refused.
+// create whose probe etcd could not answer (no quorum, no endpoint reachable:
+// unavailable or past the deadline) waits and tries again (50 ms doubling to
+// 2 s) rather than being refused, as long as its client stays.
 // When an upstream stream opened with require_leader ends with etcd's
 // `etcdserver: no leader`, the require-leader client streams of that identity
 // end with the same status, as etcd ends them.

@@ -624,25 +624,28 @@ TEST(WatchCoalescer, RequestBacklogIsBounded) {
   EXPECT_TRUE(ended);
 }
 
-// Creates that queued behind a probe share the next one (sent after they all
-// arrived): 10,000 watchers opened on one stream cost a handful of probes,
-// not 10,000 round trips. With a token only creates on the same range share.
+// A create whose probe etcd could not answer (no quorum, an election: its
+// read timed out) is not refused: the probe is sent again until it succeeds,
+// the client's later requests waiting behind it.
 TEST(WatchCoalescer, ACreateWaitsForTheQuorumInsteadOfBeingRefused) {
   WatchSim sim;
   sim.AddClient(1, "tok");
   const size_t c = sim.Create(1, CreateReq("a"));
   sim.Put("a", "0");  // before the create is answered: not its event
-  // No quorum: the read timed out in etcd, then past our deadline.
+  // No quorum: the read timed out in etcd, past its deadline (etcd 3.4's
+  // UNKNOWN), then past ours.
   sim.AnswerProbe(absl::UnavailableError("etcdserver: request timed out"));
   ASSERT_EQ(sim.probes.size(), 1u);
-  EXPECT_EQ(sim.probes[0].retry, 1);
+  sim.AnswerProbe(absl::UnknownError("context deadline exceeded"));
+  ASSERT_EQ(sim.probes.size(), 1u);
+  EXPECT_EQ(sim.probes[0].retry, 2);
   EXPECT_EQ(sim.probes[0].token, "tok");
   EXPECT_EQ(sim.probes[0].key, "a");
   sim.Cancel(1, 0);  // waits behind the create, as every later request does
   sim.AnswerProbe(absl::DeadlineExceededError("deadline exceeded"));
   ASSERT_EQ(sim.probes.size(), 1u);
-  EXPECT_EQ(sim.probes[0].retry, 2);
-  EXPECT_EQ(sim.core.probe_retries_total(), 2u);
+  EXPECT_EQ(sim.probes[0].retry, 3);
+  EXPECT_EQ(sim.core.probe_retries_total(), 3u);
   sim.Settle();  // the quorum is back: the next try succeeds
   ASSERT_FALSE(sim.cws[c].refused);
   ASSERT_TRUE(sim.cws[c].created);
@@ -657,15 +660,21 @@ TEST(WatchCoalescer, ACreateWaitsForTheQuorumInsteadOfBeingRefused) {
   sim.RemoveClient(2);
   sim.AnswerProbe(absl::UnavailableError("etcdserver: leader changed"));
   EXPECT_TRUE(sim.probes.empty());
-  // A require-leader client is answered as etcd answers it: no leader ends it.
+  // A require-leader client waits too, but not for `no leader` (its stream
+  // is one etcd ends): that create is refused with it.
   sim.AddClient(3, "", /*rl=*/true);
   const size_t c3 = sim.Create(3, CreateReq("c"));
+  sim.AnswerProbe(absl::UnavailableError("etcdserver: leader changed"));
+  ASSERT_EQ(sim.probes.size(), 1u);
   sim.AnswerProbe(api::EtcdStatus(api::EtcdError::kNoLeader));
   sim.Settle();
   ASSERT_TRUE(sim.cws[c3].refused);
   EXPECT_EQ(sim.cws[c3].refusal.cancel_reason(), "etcdserver: no leader");
 }
 
+// Creates that queued behind a probe share the next one (sent after they all
+// arrived): 10,000 watchers opened on one stream cost a handful of probes,
+// not 10,000 round trips. With a token only creates on the same range share.
 TEST(WatchCoalescer, QueuedCreatesShareOneProbe) {
   WatchSim sim;
   sim.AddClient(1);

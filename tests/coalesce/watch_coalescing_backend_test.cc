@@ -382,9 +382,10 @@ TEST_F(WatchCoalescingBackendTest, ProbeCompletingAfterDestructionIsIgnored) {
   EXPECT_NE(metrics_.RenderText().find("keel_watch_client_watchers 0"), std::string::npos);
 }
 
-// Probes carry a bounded deadline (a hung read fails instead of holding the
-// client's later requests), and after destruction a completing probe sends
-// no further Range for the callers that were waiting for the next one.
+// Probes carry a bounded deadline (a hung read fails, and is then tried
+// again or answered from what is known), and after destruction a completing
+// probe sends no further Range for the callers that were waiting for the next
+// one.
 TEST_F(WatchCoalescingBackendTest, ProbesHaveADeadlineAndStopAtDestruction) {
   fake_.ClearAuto("Range");
   auto backend = std::make_unique<WatchCoalescingBackend>(fake_, nullptr);
@@ -433,6 +434,22 @@ TEST_F(WatchCoalescingBackendTest, ACreateWhoseProbeTimesOutIsProbedAgain) {
   ASSERT_TRUE(fake_.watch(0)->WaitForRequests(1, kWait));
   EXPECT_EQ(fake_.watch(0)->Requests()[0].create_request().start_revision(), 10);
   s.reset();
+}
+
+// Destroyed while a create waits out its backoff: the retry never runs.
+TEST_F(WatchCoalescingBackendTest, DestructionDuringAProbeBackoffSendsNoMoreReads) {
+  fake_.ClearAuto("Range");
+  auto backend = std::make_unique<WatchCoalescingBackend>(fake_, nullptr);
+  Recorder r;
+  auto s = backend->Watch(api::CallContext{}, &r);
+  s->Write(Create("a"));
+  ASSERT_TRUE(fake_.WaitForUnaryCalls(1, kWait));
+  fake_.Fail(0, absl::UnavailableError("etcdserver: request timed out"));
+  s.reset();
+  ASSERT_TRUE(r.WaitForDone());
+  backend.reset();
+  EXPECT_EQ(fake_.unary_count(), 1u);
+  EXPECT_EQ(fake_.watch_count(), 0u);
 }
 
 TEST_F(WatchCoalescingBackendTest, OtherCallsAreForwarded) {

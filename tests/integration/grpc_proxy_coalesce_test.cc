@@ -264,58 +264,81 @@ TEST_F(GrpcProxyCoalesceTest, CacheCanBeTurnedOff) {
   EXPECT_NE(bad.Log().find("--range-cache-max-bytes"), std::string::npos) << bad.Log();
 }
 
-// etcd without a quorum (2 of 3 members down) still accepts a watch, under
-// its own revision. Through keel the create needs a linearizable revision: it
-// waits for the quorum (its probe tried again) instead of being refused, then
-// is created and sees the next write, as the watch made directly does.
-TEST(GrpcProxyQuorumTest, AWatchCreatedWithoutAQuorumWaitsForItInsteadOfBeingRefused) {
-  EtcdCluster::Options options;
-  options.members = 3;
-  EtcdCluster etcd(options);
-  std::string error;
-  ASSERT_TRUE(etcd.Start(&error)) << error;
-  TempDir dir;
-  GrpcProxyProcess proxy(dir, {"--endpoints=" + etcd.ClientUrl(0), "--range-cache-max-bytes=0"});
-  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
-  etcd.Stop(1);
-  etcd.Stop(2);
+// A 3-member etcd cluster, and keel in front of member 0 (without the cache,
+// whose own watch is not under test).
+class GrpcProxyQuorumTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string error;
+    ASSERT_TRUE(etcd_.Start(&error)) << error;
+    proxy_ = std::make_unique<GrpcProxyProcess>(
+        dir_,
+        std::vector<std::string>{"--endpoints=" + etcd_.ClientUrl(0), "--range-cache-max-bytes=0"});
+    ASSERT_TRUE(proxy_->Ready()) << proxy_->Log();
+  }
 
+  // One client Watch stream (at most 120 s long).
   struct Stream {
     grpc::ClientContext ctx;
     std::unique_ptr<WatchRW> rw;
   };
-  auto open = [](const std::string& addr, Stream& s) {
+  // Opens `s` to `addr` (require-leader: with clientv3's "hasleader"
+  // metadata) and sends a create for `key`.
+  static bool Open(const std::string& addr, const std::string& key, bool require_leader,
+                   Stream& s) {
     s.ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
+    if (require_leader) s.ctx.AddMetadata("hasleader", "true");
     s.rw =
         etcdserverpb::Watch::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()))
             ->Watch(&s.ctx);
     etcdserverpb::WatchRequest req;
-    req.mutable_create_request()->set_key("q");
+    req.mutable_create_request()->set_key(key);
     return s.rw->Write(req);
-  };
+  }
+
+  static EtcdCluster::Options ThreeMembers() {
+    EtcdCluster::Options options;
+    options.members = 3;
+    return options;
+  }
+
+  EtcdCluster etcd_{ThreeMembers()};
+  TempDir dir_;
+  std::unique_ptr<GrpcProxyProcess> proxy_;
+};
+
+// etcd without a quorum (2 of 3 members down) still accepts a watch, under
+// its own revision. Through keel the create needs a linearizable revision: it
+// waits for the quorum (its probe tried again) instead of being refused, then
+// is created and sees the next write, as the watch made directly does.
+TEST_F(GrpcProxyQuorumTest, AWatchCreatedWithoutAQuorumWaitsForItInsteadOfBeingRefused) {
+  etcd_.Stop(1);
+  etcd_.Stop(2);
   Stream direct, via;
-  ASSERT_TRUE(open(etcd.ClientAddr(0), direct));
+  ASSERT_TRUE(Open(etcd_.ClientAddr(0), "q", false, direct));
   etcdserverpb::WatchResponse created;
   ASSERT_TRUE(direct.rw->Read(&created));
   EXPECT_TRUE(created.created());
   EXPECT_FALSE(created.canceled()) << created.cancel_reason();
-  ASSERT_TRUE(open(proxy.addr(), via));
+  ASSERT_TRUE(Open(proxy_->addr(), "q", false, via));
   // Its probe failed for want of a quorum and is being tried again.
   EXPECT_TRUE(WaitFor(
-      [&] { return ProxyMetric(proxy, "keel_watch_create_probe_retries_total").value_or(0) >= 1; },
+      [&] {
+        return ProxyMetric(*proxy_, "keel_watch_create_probe_retries_total").value_or(0) >= 1;
+      },
       seconds(60)))
-      << proxy.Log();
+      << proxy_->Log();
 
-  etcd.Restart(1);
-  ASSERT_TRUE(etcd.WaitWritable(0)) << etcd.Log(0);
-  ASSERT_TRUE(via.rw->Read(&created)) << proxy.Log();
+  etcd_.Restart(1);
+  ASSERT_TRUE(etcd_.WaitWritable(0)) << etcd_.Log(0);
+  ASSERT_TRUE(via.rw->Read(&created)) << proxy_->Log();
   EXPECT_TRUE(created.created());
   EXPECT_FALSE(created.canceled()) << created.cancel_reason();
-  CommandResult put = EtcdCluster::Etcdctl(etcd.ClientAddr(0), {"-w", "json", "put", "q", "v"});
+  CommandResult put = EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"put", "q", "v"});
   ASSERT_EQ(put.exit_code, 0) << put.err;
   for (Stream* s : {&direct, &via}) {
     etcdserverpb::WatchResponse event;
-    ASSERT_TRUE(s->rw->Read(&event)) << proxy.Log();
+    ASSERT_TRUE(s->rw->Read(&event)) << proxy_->Log();
     ASSERT_EQ(event.events_size(), 1);
     EXPECT_EQ(event.events(0).kv().key(), "q");
     EXPECT_EQ(event.events(0).kv().value(), "v");
@@ -328,36 +351,16 @@ TEST(GrpcProxyQuorumTest, AWatchCreatedWithoutAQuorumWaitsForItInsteadOfBeingRef
 // clientv3 sends for WithRequireLeader, as etcdctl watch does) once its member
 // has been without a leader for a while; through keel the stream ends with
 // the same status.
-TEST(GrpcProxyQuorumTest, ARequireLeaderWatchEndsWithNoLeaderAsOnEtcd) {
-  EtcdCluster::Options options;
-  options.members = 3;
-  EtcdCluster etcd(options);
-  std::string error;
-  ASSERT_TRUE(etcd.Start(&error)) << error;
-  TempDir dir;
-  GrpcProxyProcess proxy(dir, {"--endpoints=" + etcd.ClientUrl(0), "--range-cache-max-bytes=0"});
-  ASSERT_TRUE(proxy.Ready()) << proxy.Log();
-
-  struct Stream {
-    grpc::ClientContext ctx;
-    std::unique_ptr<WatchRW> rw;
-  };
+TEST_F(GrpcProxyQuorumTest, ARequireLeaderWatchEndsWithNoLeaderAsOnEtcd) {
   Stream direct, via;
-  for (auto [addr, s] : {std::pair{etcd.ClientAddr(0), &direct}, {proxy.addr(), &via}}) {
-    s->ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
-    s->ctx.AddMetadata("hasleader", "true");
-    s->rw =
-        etcdserverpb::Watch::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()))
-            ->Watch(&s->ctx);
-    etcdserverpb::WatchRequest req;
-    req.mutable_create_request()->set_key("rl");
-    ASSERT_TRUE(s->rw->Write(req));
+  for (auto [addr, s] : {std::pair{etcd_.ClientAddr(0), &direct}, {proxy_->addr(), &via}}) {
+    ASSERT_TRUE(Open(addr, "rl", true, *s));
     etcdserverpb::WatchResponse created;
-    ASSERT_TRUE(s->rw->Read(&created)) << proxy.Log();
+    ASSERT_TRUE(s->rw->Read(&created)) << proxy_->Log();
     ASSERT_TRUE(created.created());
   }
-  etcd.Stop(1);
-  etcd.Stop(2);
+  etcd_.Stop(1);
+  etcd_.Stop(2);
   for (Stream* s : {&direct, &via}) {
     etcdserverpb::WatchResponse more;
     while (s->rw->Read(&more)) {
@@ -365,7 +368,7 @@ TEST(GrpcProxyQuorumTest, ARequireLeaderWatchEndsWithNoLeaderAsOnEtcd) {
     }
     const grpc::Status status = s->rw->Finish();
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
-    EXPECT_EQ(status.error_message(), "etcdserver: no leader") << proxy.Log();
+    EXPECT_EQ(status.error_message(), "etcdserver: no leader") << proxy_->Log();
   }
 }
 

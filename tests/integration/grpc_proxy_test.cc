@@ -434,10 +434,11 @@ std::optional<std::map<uint16_t, uint32_t>> ServerSettings(int port) {
   return settings;
 }
 
-// --max-concurrent-streams is what the proxy's gRPC side advertises to its
-// clients; by default no limit (etcd's default is 2^32 - 1; left out, the
+// --max-concurrent-streams is what the proxy's plain listener advertises to
+// its clients; by default no limit (etcd's default is 2^32 - 1; left out, the
 // setting is unlimited in HTTP/2). etcd's own proxy applies the flag only to
-// its HTTP/1.1 side (spec 2.1).
+// its HTTP/1.1 side (spec 2.1). (A TLS listener is gRPC's server, which caps
+// the value at 2^31 - 1.)
 TEST_F(GrpcProxyEtcdTest, MaxConcurrentStreamsIsAdvertisedToClients) {
   GrpcProxyProcess by_default(dir_, {"--endpoints=" + etcd_.ClientAddr(0)});
   GrpcProxyProcess limited(dir_,

@@ -312,19 +312,16 @@ def py_status(c, v):
 
 
 def py_maintenance(c, v):
-    """Compaction and the Maintenance calls python3-etcd3 makes (snapshot contents and hashes
-    differ between servers: only their presence is compared)."""
+    """python3-etcd3's own compaction and Maintenance calls (compaction errors are steps of
+    their own; snapshot contents and hashes differ between servers: only their presence is
+    compared)."""
     def run(fn):
         try:
             return fn()
         except Exception as e:  # the client's error is the observation
             return _err(e)
     rev = c.put("py/m", "1").header.revision
-    c.put("py/m", "2")
     out = {"compact": run(lambda: repr(c.compact(rev))),
-           "compact_again": run(lambda: repr(c.compact(rev - 1))),
-           "get_compacted": run(lambda: repr(c.kvstub.Range(
-               rpc_pb2.RangeRequest(key=b"py/m", revision=rev - 1), 10))),
            "defragment": run(lambda: repr(c.defragment())),
            "hash": run(lambda: type(c.hash()).__name__),
            "alarms": run(lambda: [repr(a) for a in c.list_alarms()]),
