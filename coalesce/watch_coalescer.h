@@ -95,8 +95,9 @@ using ProbeId = uint64_t;
 
 // Fetch the current revision header (api::RevisionProbe) over [key,
 // range_end) with this identity, then call OnProbeResult(probe, result).
-// `retry` > 0: the retry-th attempt of a create's probe that failed for want
-// of a quorum; the glue waits before it (backoff), the core has no clock.
+// `retry` > 0: the retry-th attempt of a create's probe that etcd could not
+// answer (no quorum, unreachable); the glue waits before it (backoff), the
+// core has no clock.
 struct WatchProbe {
   ProbeId probe = 0;
   std::string token;
@@ -245,7 +246,7 @@ class WatchCoalescer {
   // Client watchers given a dedicated upstream watcher (history too short,
   // or resynced after being too slow).
   uint64_t resyncs_total() const { return resyncs_total_; }
-  // Create probes sent again because the last try failed for want of a quorum.
+  // Create probes sent again because etcd could not answer the last try.
   uint64_t probe_retries_total() const { return probe_retries_total_; }
   // Responses queued for `client` (0 for unknown clients).
   size_t QueuedForTest(WatchClientId client) const;

@@ -235,7 +235,8 @@ void WatchCoalescingImpl::RegisterMetrics(common::MetricsRegistry& m) {
                        read([](const WatchCoalescer& c) { return c.resyncs_total(); }));
   m.AddCallbackCounter(
       "keel_watch_create_probe_retries_total",
-      "Revision probes of watch creates sent again because etcd had no quorum (the creates wait).",
+      "Revision probes of watch creates sent again because etcd could not answer (no quorum, "
+      "unreachable); the creates wait.",
       read([](const WatchCoalescer& c) { return c.probe_retries_total(); }));
   m.AddCallbackGauge("etcd_grpc_proxy_watchers_coalescing_total",
                      "Total number of current watchers coalescing",
@@ -360,7 +361,7 @@ void WatchCoalescingImpl::Execute(WatchAction& action) {
     if (p->retry == 0) {
       FetchRevision(std::move(*p));
     } else {
-      // A create waiting for the quorum: 50 ms doubling to 2 s between tries.
+      // A create waiting for etcd: 50 ms doubling to 2 s between tries.
       timer_.At(
           absl::Now() + Backoff(p->retry),
           [self = shared_from_this(), probe = std::move(*p)]() { self->FetchRevision(probe); });
