@@ -166,8 +166,8 @@ ProbeId WatchCoalescer::NewProbe(const Client& c, std::string key, std::string r
   }
   p.key = key;
   p.range_end = range_end;
-  actions.push_back(
-      WatchProbe{id, c.token, c.require_leader, std::move(key), std::move(range_end), p.retry});
+  actions.push_back(WatchProbe{id, c.token, c.require_leader, std::move(key), std::move(range_end),
+                               p.retry, std::move(p.last_error)});
   probes_.emplace(id, std::move(p));
   return id;
 }
@@ -257,6 +257,7 @@ std::vector<WatchAction> WatchCoalescer::OnProbeResult(
     ++probe_retries_total_;
     std::string key = p.key;
     std::string end = p.range_end;
+    p.last_error = std::string(result.status().message());
     NewProbe(cit->second, std::move(key), std::move(end), std::move(p), actions);
     return actions;
   }

@@ -96,8 +96,8 @@ using ProbeId = uint64_t;
 // Fetch the current revision header (api::RevisionProbe) over [key,
 // range_end) with this identity, then call OnProbeResult(probe, result).
 // `retry` > 0: the retry-th attempt of a create's probe that etcd could not
-// answer (no quorum, unreachable); the glue waits before it (backoff), the
-// core has no clock.
+// answer (no quorum, unreachable), `error` the last try's; the glue waits
+// before it (backoff), the core has no clock.
 struct WatchProbe {
   ProbeId probe = 0;
   std::string token;
@@ -105,6 +105,7 @@ struct WatchProbe {
   std::string key;
   std::string range_end;
   int retry = 0;
+  std::string error;
 };
 // Open upstream Watch stream `stream` with this identity, then call
 // OnUpstreamOpened(stream).
@@ -349,10 +350,12 @@ class WatchCoalescer {
     std::vector<::etcdserverpb::WatchCreateRequest> creates;
     int64_t watch_id = 0;
     ::etcdserverpb::ResponseHeader fallback_header;
-    // The key the probe reads, and how many times it has been sent again.
+    // The key the probe reads, how many times it has been sent again, and
+    // the error of the try before this one.
     std::string key;
     std::string range_end;
     int retry = 0;
+    std::string last_error;
   };
 
   void ProcessRequests(WatchClientId client, std::vector<WatchAction>& actions);

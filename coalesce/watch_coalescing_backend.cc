@@ -38,7 +38,8 @@ constexpr absl::Duration kHealthyAfter = absl::Seconds(10);
 // backoff while etcd cannot answer it (the core's rule), so the create, and
 // its client's later requests behind it, wait until etcd can.
 constexpr absl::Duration kProbeTimeout = absl::Seconds(5);
-// Resyncs are logged at most once per this interval, with their count.
+// Resyncs, and creates waiting for etcd, are logged at most once per this
+// interval.
 constexpr absl::Duration kResyncLogInterval = absl::Seconds(10);
 
 // Runs functions at given times on one thread of its own (the backoffs of
@@ -169,6 +170,8 @@ class WatchCoalescingImpl : public std::enable_shared_from_this<WatchCoalescingI
   void ProbeDone(ProbeId probe, absl::StatusOr<::etcdserverpb::ResponseHeader> result);
   // Logs new resyncs of the core (rate-limited).
   void NoteResyncs() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Logs that creates wait for etcd (rate-limited like resyncs).
+  void NoteProbeRetry(const WatchProbe& probe) ABSL_LOCKS_EXCLUDED(mu_);
 
   api::Backend& inner_;
   api::RevisionProbe probe_;
@@ -188,6 +191,7 @@ class WatchCoalescingImpl : public std::enable_shared_from_this<WatchCoalescingI
   std::map<std::pair<std::string, bool>, int> failures_ ABSL_GUARDED_BY(mu_);
   uint64_t resyncs_logged_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_resync_log_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Time last_probe_retry_log_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::deque<WatchAction> outbox_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -361,6 +365,7 @@ void WatchCoalescingImpl::Execute(WatchAction& action) {
     if (p->retry == 0) {
       FetchRevision(std::move(*p));
     } else {
+      NoteProbeRetry(*p);
       // A create waiting for etcd: 50 ms doubling to 2 s between tries.
       timer_.At(
           absl::Now() + Backoff(p->retry),
@@ -568,6 +573,16 @@ void WatchCoalescingImpl::NoteResyncs() {
                  {{"resyncs", total - resyncs_logged_}, {"resyncs-total", total}});
   resyncs_logged_ = total;
   last_resync_log_ = now;
+}
+
+void WatchCoalescingImpl::NoteProbeRetry(const WatchProbe& probe) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  if (now - last_probe_retry_log_ < kResyncLogInterval) return;
+  KEEL_LOG_EVENT(*log_, spdlog::level::warn,
+                 "watch creates wait: etcd could not answer their revision probe, trying again",
+                 {{"error", probe.error}, {"retry", probe.retry}});
+  last_probe_retry_log_ = now;
 }
 
 void WatchCoalescingImpl::Shutdown() {

@@ -16,7 +16,8 @@
 // they stopped; clients see nothing. Revision probes time out after 5 s; a
 // create whose probe etcd could not answer (no quorum, no endpoint reachable:
 // unavailable or past the deadline) waits and tries again (50 ms doubling to
-// 2 s) rather than being refused, as long as its client stays.
+// 2 s) rather than being refused, as long as its client stays (a warning
+// says so, at most every 10 s).
 // When an upstream stream opened with require_leader ends with etcd's
 // `etcdserver: no leader`, the require-leader client streams of that identity
 // end with the same status, as etcd ends them.

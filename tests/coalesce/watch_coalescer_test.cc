@@ -636,6 +636,7 @@ TEST(WatchCoalescer, ACreateWaitsForTheQuorumInsteadOfBeingRefused) {
   // UNKNOWN), then past ours.
   sim.AnswerProbe(absl::UnavailableError("etcdserver: request timed out"));
   ASSERT_EQ(sim.probes.size(), 1u);
+  EXPECT_EQ(sim.probes[0].error, "etcdserver: request timed out");  // for the glue's log
   sim.AnswerProbe(absl::UnknownError("context deadline exceeded"));
   ASSERT_EQ(sim.probes.size(), 1u);
   EXPECT_EQ(sim.probes[0].retry, 2);

@@ -410,6 +410,8 @@ TEST_F(WatchCoalescingBackendTest, ProbesHaveADeadlineAndStopAtDestruction) {
 // A create whose probe fails for want of a quorum is not refused: the probe
 // is sent again after a backoff, and the create is answered once it succeeds.
 TEST_F(WatchCoalescingBackendTest, ACreateWhoseProbeTimesOutIsProbedAgain) {
+  std::ostringstream log;
+  common::SetLogSinkForTest(std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
   fake_.ClearAuto("Range");
   WatchCoalescingBackend backend(fake_, nullptr);
   Recorder r;
@@ -434,6 +436,11 @@ TEST_F(WatchCoalescingBackendTest, ACreateWhoseProbeTimesOutIsProbedAgain) {
   ASSERT_TRUE(fake_.watch(0)->WaitForRequests(1, kWait));
   EXPECT_EQ(fake_.watch(0)->Requests()[0].create_request().start_revision(), 10);
   s.reset();
+  common::SetLogSinkForTest(nullptr);
+  // Said once (rate-limited), with the first failure's error.
+  const std::string text = log.str();
+  EXPECT_EQ(testutil::CountOf(text, "watch creates wait"), 1u) << text;
+  EXPECT_NE(text.find("context deadline exceeded"), std::string::npos) << text;
 }
 
 // Destroyed while a create waits out its backoff: the retry never runs.
