@@ -39,13 +39,7 @@ class GatewayClusterTest : public ::testing::Test {
     ASSERT_TRUE(cluster_.Start(&error)) << error;
   }
 
-  static EtcdCluster::Options ThreeMembers() {
-    EtcdCluster::Options options;
-    options.members = 3;
-    return options;
-  }
-
-  EtcdCluster cluster_{ThreeMembers()};
+  EtcdCluster cluster_{EtcdCluster::Options::Members(3)};
   TempDir dir_;
 };
 

@@ -296,13 +296,7 @@ class GrpcProxyQuorumTest : public ::testing::Test {
     return s.rw->Write(req);
   }
 
-  static EtcdCluster::Options ThreeMembers() {
-    EtcdCluster::Options options;
-    options.members = 3;
-    return options;
-  }
-
-  EtcdCluster etcd_{ThreeMembers()};
+  EtcdCluster etcd_{EtcdCluster::Options::Members(3)};
   TempDir dir_;
   std::unique_ptr<GrpcProxyProcess> proxy_;
 };

@@ -19,6 +19,13 @@ class EtcdCluster {
     std::vector<std::string> extra_flags;
     // Client URL scheme: "http" or "https" (then cert flags go in extra_flags).
     std::string client_scheme = "http";
+
+    // Plain members, `n` of them.
+    static Options Members(int n) {
+      Options options;
+      options.members = n;
+      return options;
+    }
   };
 
   explicit EtcdCluster(Options options);
