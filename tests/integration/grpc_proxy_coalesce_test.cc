@@ -113,11 +113,15 @@ struct Watcher {
   std::unique_ptr<WatchRW> stream;
   etcdserverpb::WatchResponse created;
 
-  bool Open(etcdserverpb::Watch::Stub& stub, const std::string& key) {
+  // Opens the stream and sends the create; its reply is left unread.
+  bool Send(etcdserverpb::Watch::Stub& stub, const std::string& key) {
     stream = stub.Watch(&ctx);
     etcdserverpb::WatchRequest req;
     req.mutable_create_request()->set_key(key);
-    return stream->Write(req) && stream->Read(&created) && created.created();
+    return stream->Write(req);
+  }
+  bool Open(etcdserverpb::Watch::Stub& stub, const std::string& key) {
+    return Send(stub, key) && stream->Read(&created) && created.created();
   }
 };
 
@@ -277,23 +281,17 @@ class GrpcProxyQuorumTest : public ::testing::Test {
     ASSERT_TRUE(proxy_->Ready()) << proxy_->Log();
   }
 
-  // One client Watch stream (at most 120 s long).
-  struct Stream {
-    grpc::ClientContext ctx;
-    std::unique_ptr<WatchRW> rw;
-  };
-  // Opens `s` to `addr` (require-leader: with clientv3's "hasleader"
-  // metadata) and sends a create for `key`.
-  static bool Open(const std::string& addr, const std::string& key, bool require_leader,
-                   Stream& s) {
-    s.ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
-    if (require_leader) s.ctx.AddMetadata("hasleader", "true");
-    s.rw =
-        etcdserverpb::Watch::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()))
-            ->Watch(&s.ctx);
-    etcdserverpb::WatchRequest req;
-    req.mutable_create_request()->set_key(key);
-    return s.rw->Write(req);
+  // A Watcher whose stream may last 120 s (require-leader: with clientv3's
+  // "hasleader" metadata), and a Watch stub on `addr` to open it with.
+  static std::unique_ptr<Watcher> NewWatcher(bool require_leader) {
+    auto w = std::make_unique<Watcher>();
+    w->ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
+    if (require_leader) w->ctx.AddMetadata("hasleader", "true");
+    return w;
+  }
+  static std::unique_ptr<etcdserverpb::Watch::Stub> WatchStub(const std::string& addr) {
+    return etcdserverpb::Watch::NewStub(
+        grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   }
 
   EtcdCluster etcd_{EtcdCluster::Options::Members(3)};
@@ -308,13 +306,11 @@ class GrpcProxyQuorumTest : public ::testing::Test {
 TEST_F(GrpcProxyQuorumTest, AWatchCreatedWithoutAQuorumWaitsForItInsteadOfBeingRefused) {
   etcd_.Stop(1);
   etcd_.Stop(2);
-  Stream direct, via;
-  ASSERT_TRUE(Open(etcd_.ClientAddr(0), "q", false, direct));
-  etcdserverpb::WatchResponse created;
-  ASSERT_TRUE(direct.rw->Read(&created));
-  EXPECT_TRUE(created.created());
-  EXPECT_FALSE(created.canceled()) << created.cancel_reason();
-  ASSERT_TRUE(Open(proxy_->addr(), "q", false, via));
+  auto direct = NewWatcher(false);
+  auto via = NewWatcher(false);
+  ASSERT_TRUE(direct->Open(*WatchStub(etcd_.ClientAddr(0)), "q"));
+  EXPECT_FALSE(direct->created.canceled()) << direct->created.cancel_reason();
+  ASSERT_TRUE(via->Send(*WatchStub(proxy_->addr()), "q"));
   // Its probe failed for want of a quorum and is being tried again.
   EXPECT_TRUE(WaitFor(
       [&] {
@@ -325,19 +321,19 @@ TEST_F(GrpcProxyQuorumTest, AWatchCreatedWithoutAQuorumWaitsForItInsteadOfBeingR
 
   etcd_.Restart(1);
   ASSERT_TRUE(etcd_.WaitWritable(0)) << etcd_.Log(0);
-  ASSERT_TRUE(via.rw->Read(&created)) << proxy_->Log();
-  EXPECT_TRUE(created.created());
-  EXPECT_FALSE(created.canceled()) << created.cancel_reason();
+  ASSERT_TRUE(via->stream->Read(&via->created)) << proxy_->Log();
+  EXPECT_TRUE(via->created.created());
+  EXPECT_FALSE(via->created.canceled()) << via->created.cancel_reason();
   CommandResult put = EtcdCluster::Etcdctl(etcd_.ClientAddr(0), {"put", "q", "v"});
   ASSERT_EQ(put.exit_code, 0) << put.err;
-  for (Stream* s : {&direct, &via}) {
+  for (Watcher* w : {direct.get(), via.get()}) {
     etcdserverpb::WatchResponse event;
-    ASSERT_TRUE(s->rw->Read(&event)) << proxy_->Log();
+    ASSERT_TRUE(w->stream->Read(&event)) << proxy_->Log();
     ASSERT_EQ(event.events_size(), 1);
     EXPECT_EQ(event.events(0).kv().key(), "q");
     EXPECT_EQ(event.events(0).kv().value(), "v");
-    s->ctx.TryCancel();
-    s->rw->Finish();
+    w->ctx.TryCancel();
+    w->stream->Finish();
   }
 }
 
@@ -346,21 +342,18 @@ TEST_F(GrpcProxyQuorumTest, AWatchCreatedWithoutAQuorumWaitsForItInsteadOfBeingR
 // has been without a leader for a while; through keel the stream ends with
 // the same status.
 TEST_F(GrpcProxyQuorumTest, ARequireLeaderWatchEndsWithNoLeaderAsOnEtcd) {
-  Stream direct, via;
-  for (auto [addr, s] : {std::pair{etcd_.ClientAddr(0), &direct}, {proxy_->addr(), &via}}) {
-    ASSERT_TRUE(Open(addr, "rl", true, *s));
-    etcdserverpb::WatchResponse created;
-    ASSERT_TRUE(s->rw->Read(&created)) << proxy_->Log();
-    ASSERT_TRUE(created.created());
-  }
+  auto direct = NewWatcher(true);
+  auto via = NewWatcher(true);
+  ASSERT_TRUE(direct->Open(*WatchStub(etcd_.ClientAddr(0)), "rl"));
+  ASSERT_TRUE(via->Open(*WatchStub(proxy_->addr()), "rl")) << proxy_->Log();
   etcd_.Stop(1);
   etcd_.Stop(2);
-  for (Stream* s : {&direct, &via}) {
+  for (Watcher* w : {direct.get(), via.get()}) {
     etcdserverpb::WatchResponse more;
-    while (s->rw->Read(&more)) {
+    while (w->stream->Read(&more)) {
       EXPECT_EQ(more.events_size(), 0);  // nothing was written
     }
-    const grpc::Status status = s->rw->Finish();
+    const grpc::Status status = w->stream->Finish();
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
     EXPECT_EQ(status.error_message(), "etcdserver: no leader") << proxy_->Log();
   }
