@@ -8,7 +8,13 @@
 # /proc/<pid>/stat. The issue 4 goals are judged on the no-cache keel proxy.
 #
 #   bench/grpc_proxy.sh [--quick] [--rounds N] [--transport h2|grpc] [--namespace PREFIX]
-#                       [--out FILE] [KEEL_BIN_DIR]
+#                       [--tls] [--out FILE] [KEEL_BIN_DIR]
+#
+# --tls: the load generator speaks TLS to every path (certificates made here
+# with OpenSSL): etcd serves an https client URL next to its http one, and
+# the direct and L4 gateway paths use it; both proxies terminate TLS
+# (--cert-file/--key-file) and talk plain HTTP/2 to etcd's http URL. Implies
+# --transport grpc (the h2 transport is plaintext only).
 #
 # --namespace PREFIX: both proxies (etcd's and keel's) run with
 # --namespace=PREFIX, so every request crosses each one's namespace layer;
@@ -32,6 +38,7 @@ QUICK=0
 ROUNDS=
 TRANSPORT=h2
 NS=
+TLS=0
 OUT=
 BIN_DIR=${KEEL_BIN_DIR:-$SRC_DIR/build/bin}
 while (($#)); do
@@ -41,6 +48,7 @@ while (($#)); do
     --out) OUT=$2; shift ;;
     --transport) TRANSPORT=$2; shift ;;
     --namespace) NS=$2; shift ;;
+    --tls) TLS=1 ;;
     -h|--help) sed -n '2,/^set /{/^set /!p}' "$0"; exit 0 ;;
     *) BIN_DIR=$1 ;;
   esac
@@ -52,6 +60,10 @@ if ((QUICK)); then
 else
   ROUNDS=${ROUNDS:-3}; T=3; CLIENTS=(1 16 64 256); LIMIT=2400; KEYS=100000
 fi
+if ((TLS)); then
+  [[ "$TRANSPORT" == h2 ]] && TRANSPORT=grpc
+  [[ "$TRANSPORT" == grpc ]] || { echo "grpc_proxy.sh: --tls needs --transport grpc" >&2; exit 2; }
+fi
 KEEL="$BIN_DIR/keel"
 [[ -x "$KEEL" ]] || { echo "grpc_proxy.sh: no keel binary at $KEEL (pass its directory)" >&2; exit 2; }
 "$KEEL" grpc-proxy start --help >/dev/null 2>&1 ||
@@ -61,13 +73,42 @@ BENCH=$(find_keel_bench "$BIN_DIR") || { echo "grpc_proxy.sh: keel-bench not fou
 bench_init
 bench_watchdog "$LIMIT"
 mkdir -p "$SRC_DIR/bench/results"
-OUT=${OUT:-$SRC_DIR/bench/results/grpc-proxy${NS:+-ns}-$(date -u +%Y-%m-%d-%H%M).md}
+TLS_TAG=
+((TLS)) && TLS_TAG=-tls
+OUT=${OUT:-$SRC_DIR/bench/results/grpc-proxy${NS:+-ns}$TLS_TAG-$(date -u +%Y-%m-%d-%H%M).md}
 RES="$WORK/results.jsonl"
 : >"$RES"
 
-read -r P_ETCD P_PEER P_EPX P_KPX P_KPXNC P_KGW P_KLOAD < <(free_ports 7)
+read -r P_ETCD P_PEER P_EPX P_KPX P_KPXNC P_KGW P_KLOAD P_ETCDS < <(free_ports 8)
 NS_FLAGS=()
 [[ -n "$NS" ]] && NS_FLAGS=(--namespace "$NS")
+# With --tls: the flags of every TLS listener, etcd's extra https URL, what
+# the load generator adds, and the scheme of the paths it talks to.
+SERVE_TLS=()
+ETCD_TLS=()
+BENCH_TLS=()
+SCHEME=
+P_DIRECT=$P_ETCD
+if ((TLS)); then
+  CA="$WORK/ca.pem"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /O=keel-bench \
+    -keyout "$WORK/ca.key" -out "$CA" 2>/dev/null &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /O=keel-bench \
+      -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null &&
+    openssl x509 -req -in "$WORK/server.csr" -CA "$CA" -CAkey "$WORK/ca.key" -CAcreateserial \
+      -days 1 -extfile <(printf 'subjectAltName=IP:127.0.0.1\n') -out "$WORK/server.pem" 2>/dev/null ||
+    { echo "grpc_proxy.sh: making certificates failed" >&2; exit 1; }
+  SERVE_TLS=(--cert-file "$WORK/server.pem" --key-file "$WORK/server.key")
+  ETCD_TLS=(--listen-client-urls "http://127.0.0.1:$P_ETCD,https://127.0.0.1:$P_ETCDS"
+            "${SERVE_TLS[@]}")
+  BENCH_TLS=(--cacert "$CA")
+  SCHEME=https://
+  P_DIRECT=$P_ETCDS
+fi
+# wait_tls ADDR: wait_etcd over TLS when --tls.
+wait_tls() {
+  if ((TLS)); then ETCDCTL_CACERT=$CA wait_etcd "https://$1"; else wait_etcd "$1"; fi
+}
 VALUE=$(printf 'v%.0s' $(seq 1 256))
 
 echo "== loading $KEYS keys, then restarting etcd (etcd 3.4 reads slow down after write bursts)"
@@ -90,27 +131,28 @@ if [[ -n "$NS" ]]; then
 fi
 stop etcd
 # Same data dir: etcd ignores the --initial-cluster flags of an existing member.
-start_etcd etcd "$P_ETCD" "$P_PEER" "" ""
-wait_etcd "127.0.0.1:$P_ETCD" || exit 1
+start_etcd etcd "$P_ETCD" "$P_PEER" "" "" "${ETCD_TLS[@]}"
+wait_etcd "http://127.0.0.1:$P_ETCD" || exit 1
+wait_tls "127.0.0.1:$P_DIRECT" || exit 1
 
 start epx etcd grpc-proxy start --listen-addr "127.0.0.1:$P_EPX" --endpoints "127.0.0.1:$P_ETCD" \
-  "${NS_FLAGS[@]}"
+  "${NS_FLAGS[@]}" "${SERVE_TLS[@]}"
 start kpx "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KPX" \
-  --endpoints "127.0.0.1:$P_ETCD" "${NS_FLAGS[@]}"
+  --endpoints "127.0.0.1:$P_ETCD" "${NS_FLAGS[@]}" "${SERVE_TLS[@]}"
 start kpxnc "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KPXNC" \
-  --endpoints "127.0.0.1:$P_ETCD" --range-cache-max-bytes=0 "${NS_FLAGS[@]}"
-start kgw "$KEEL" gateway start --listen-addr "127.0.0.1:$P_KGW" --endpoints "127.0.0.1:$P_ETCD"
+  --endpoints "127.0.0.1:$P_ETCD" --range-cache-max-bytes=0 "${NS_FLAGS[@]}" "${SERVE_TLS[@]}"
+start kgw "$KEEL" gateway start --listen-addr "127.0.0.1:$P_KGW" --endpoints "127.0.0.1:$P_DIRECT"
 wait_port "$P_KGW" || exit 1
 wait_port "$P_EPX" || exit 1
 wait_port "$P_KPX" || exit 1
 wait_port "$P_KPXNC" || exit 1
-wait_etcd "127.0.0.1:$P_EPX" || exit 1
-wait_etcd "127.0.0.1:$P_KPX" || exit 1
-wait_etcd "127.0.0.1:$P_KPXNC" || exit 1
+wait_tls "127.0.0.1:$P_EPX" || exit 1
+wait_tls "127.0.0.1:$P_KPX" || exit 1
+wait_tls "127.0.0.1:$P_KPXNC" || exit 1
 
 port_of() {
   case $1 in
-    direct) echo "$P_ETCD" ;; etcd-px) echo "$P_EPX" ;;
+    direct) echo "$P_DIRECT" ;; etcd-px) echo "$P_EPX" ;;
     keel-px) echo "$P_KPX" ;; keel-nc) echo "$P_KPXNC" ;; keel-gw) echo "$P_KGW" ;;
   esac
 }
@@ -142,7 +184,8 @@ measure() {
   esac
   [[ -n "$rpid" ]] && before=$(cpu_ticks "$rpid")
   s0=$(cpu_ticks "$(pid_of etcd)")
-  out=$(timeout $((T + 30)) "$BENCH" --endpoints "127.0.0.1:$port" --transport "$TRANSPORT" --conns 1 \
+  out=$(timeout $((T + 30)) "$BENCH" --endpoints "${SCHEME}127.0.0.1:$port" "${BENCH_TLS[@]}" \
+          --transport "$TRANSPORT" --conns 1 \
           --clients "$clients" --duration "${T}s" --json --no-progress "${args[@]}" 2>&1)
   s1=$(cpu_ticks "$(pid_of etcd)")
   [[ -n "$rpid" ]] && after=$(cpu_ticks "$rpid")
@@ -185,9 +228,9 @@ ELAPSED=$((SECONDS - START))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 "$PY" - "$RES" "$OUT" "$CLK_TCK" "$ROUNDS" "$T" "$ELAPSED" "$QUICK" "$KEEL" "$BENCH" \
-  "$LOAD_BEFORE" "$LOAD_AFTER" "$KEYS" "$TRANSPORT" "$NS" <<'PYEOF'
+  "$LOAD_BEFORE" "$LOAD_AFTER" "$KEYS" "$TRANSPORT" "$NS" "$TLS" <<'PYEOF'
 import json, statistics, sys, datetime, os
-res, out, clk, rounds, t, elapsed, quick, keel, bench, load0, load1, keys, transport, ns = sys.argv[1:]
+res, out, clk, rounds, t, elapsed, quick, keel, bench, load0, load1, keys, transport, ns, tls = sys.argv[1:]
 clk = float(clk)
 rows = [json.loads(l) for l in open(res) if l.strip()]
 def med(cell, path, key="value"):
@@ -214,8 +257,8 @@ def name(c):
             "range-lall": "linearizable range, random key of {:,}".format(int(keys)),
             "range-sall": "serializable range, random key of {:,}".format(int(keys))}[kind] + \
            ", {} client{}".format(n, "" if n == "1" else "s")
-L = ["# gRPC proxy benchmark: direct vs `etcd grpc-proxy` vs `keel grpc-proxy` (cache on / off){}".format(
-         ", both with `--namespace`" if ns else ""), ""]
+L = ["# gRPC proxy benchmark: direct vs `etcd grpc-proxy` vs `keel grpc-proxy` (cache on / off){}{}".format(
+         ", both with `--namespace`" if ns else "", ", clients over TLS" if tls == "1" else ""), ""]
 L.append("Run {} UTC on {} ({} cores); {} round(s), {} s per cell, 1 gRPC connection, medians; "
          "paths: direct etcd, `etcd grpc-proxy`, `keel grpc-proxy` with default flags (range cache on) "
          "and `keel grpc-proxy --range-cache-max-bytes=0` (no cache), and `keel gateway` (an L4 "
@@ -223,8 +266,11 @@ L.append("Run {} UTC on {} ({} cores); {} round(s), {} s per cell, 1 gRPC connec
          "path order rotated per round; load generator, proxies and etcd share the machine.{} "
          "Total {} s{}.".format(datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
          os.uname().nodename, os.cpu_count(), rounds, t,
-         " **Both proxies (etcd's and keel's, with and without the cache) run with `--namespace={}`**; "
-         "the keys read exist under that prefix too.".format(ns) if ns else "",
+         (" **Both proxies (etcd's and keel's, with and without the cache) run with `--namespace={}`**; "
+          "the keys read exist under that prefix too.".format(ns) if ns else "") +
+         (" **Clients speak TLS on every path**: etcd's https client URL (direct, and through the L4 "
+          "gateway), both proxies terminate TLS and talk plain HTTP/2 to etcd's http URL."
+          if tls == "1" else ""),
          elapsed, " (--quick)" if quick == "1" else ""))
 L.append("")
 L.append("Binaries: keel `{}`, keel-bench `{}` (--transport={}). Load average before / after: "

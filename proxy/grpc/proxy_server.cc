@@ -39,6 +39,7 @@
 #include "proxy/grpc/relay_streams.h"
 #include "proxy/grpc/remote_backend.h"
 #include "proxy/grpc/tls.h"
+#include "proxy/grpc/tls_terminator.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -109,19 +110,21 @@ absl::Status ProxyServer::Start() {
     server_tls.auto_tls = config_.auto_tls;
     server_tls.data_dir = config_.data_dir;
     server_tls.listen_host = config_.listen.host;
-    const bool server_tls_on = ServerTlsEnabled(server_tls);
-    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> server_creds =
-        MakeServerCredentials(server_tls);
-    if (!server_creds.ok()) return server_creds.status();
-
-    if (!server_tls_on) {
-      // Bound before the chain exists: a port in use fails at once, before
-      // any layer has started talking to etcd.
-      absl::StatusOr<int> fd = common::ListenTcp(config_.listen);
-      if (!fd.ok()) return fd.status();
-      listen_fd_ = *fd;
-      port_ = common::BoundPort(listen_fd_);
+    if (ServerTlsEnabled(server_tls)) {
+      absl::StatusOr<std::shared_ptr<SSL_CTX>> context = MakeServerSslContext(server_tls);
+      if (!context.ok()) return context.status();
+      TlsTerminatorOptions tls;
+      tls.context = *std::move(context);
+      tls.dispatch = [this](int fd, bool http2) { Dispatch(fd, http2); };
+      tls_ = std::make_unique<TlsTerminator>(std::move(tls));
     }
+
+    // Bound before the chain exists: a port in use fails at once, before
+    // any layer has started talking to etcd.
+    absl::StatusOr<int> fd = common::ListenTcp(config_.listen);
+    if (!fd.ok()) return fd.status();
+    listen_fd_ = *fd;
+    port_ = common::BoundPort(listen_fd_);
 
     common::AddProcessMetrics(metrics_);
     RemoteOptions remote;
@@ -133,9 +136,10 @@ absl::Status ProxyServer::Start() {
     relay_streams_ = std::make_unique<RelayStreamsBackend>(
         *remote_, static_cast<size_t>(config_.max_send_bytes));
     const bool cache_on = config_.range_cache_max_bytes > 0;
-    // The relay speaks plain HTTP/2 on both sides and does not decode
-    // responses, so TLS to etcd and a response size limit keep to gRPC.
-    if (!server_tls_on && !config_.endpoints_tls && config_.max_recv_bytes >= INT32_MAX &&
+    // The relay speaks plain HTTP/2 on both sides (TLS clients reach it
+    // decrypted, through the TlsTerminator) and does not decode responses,
+    // so TLS to etcd and a response size limit keep to gRPC.
+    if (!ClientTlsEnabled(client_tls) && config_.max_recv_bytes >= INT32_MAX &&
         FrameRelayWanted()) {
       relay_routes_ = std::make_unique<RelayRoutes>(
           RelayRouteOptions{cache_on, !config_.ns.empty()}, &metrics_);
@@ -228,17 +232,12 @@ absl::Status ProxyServer::Start() {
     builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
     builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-    int tls_port = 0;
-    if (server_tls_on) {
-      builder.AddListeningPort(config_.listen.ToString(), *server_creds, &tls_port);
-    }
+    // No listening port: every connection is handed over (Dispatch).
     grpc_server_ = builder.BuildAndStart();
-    if (grpc_server_ == nullptr || (server_tls_on && tls_port == 0)) {
-      grpc_server_.reset();
+    if (grpc_server_ == nullptr) {
       return absl::UnavailableError(
           absl::StrCat("listen tcp ", config_.listen.ToString(), ": gRPC server did not start"));
     }
-    if (server_tls_on) port_ = tls_port;
 
     if (relay_ != nullptr) {
       relay_->SetChain(cluster_view_.get());
@@ -260,16 +259,17 @@ absl::Status ProxyServer::Start() {
     if (config_.metrics_addr.has_value()) {
       if (absl::Status s = http_.Start(*config_.metrics_addr); !s.ok()) return s;
       http_running_ = true;
-    } else if (!server_tls_on) {
+    } else {
       if (absl::Status s = http_.Start(); !s.ok()) return s;
       http_running_ = true;
     }
-    if (!server_tls_on) {
-      if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
-        return absl::UnavailableError(absl::StrCat("grpc-proxy: pipe: ", common::ErrnoText(errno)));
-      }
-      accept_thread_ = std::thread(&ProxyServer::AcceptLoop, this);
+    if (tls_ != nullptr) {
+      if (absl::Status s = tls_->Start(); !s.ok()) return s;
     }
+    if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
+      return absl::UnavailableError(absl::StrCat("grpc-proxy: pipe: ", common::ErrnoText(errno)));
+    }
+    accept_thread_ = std::thread(&ProxyServer::AcceptLoop, this);
     KEEL_LOG_EVENT(Log(), spdlog::level::info, "listening for gRPC proxy client requests",
                    {{"address", config_.listen_addr}});
     if (!config_.resolver_prefix.empty()) {
@@ -305,6 +305,9 @@ void ProxyServer::Stop(absl::Duration grace) {
   // chain's streams to etcd on the relay go on until the layers are gone
   // (they close them); new ones go to the gRPC client.
   if (relay_streams_ != nullptr) relay_streams_->Detach();
+  // TLS connections go on being carried while the servers drain them, but
+  // one whose handshake ends now is closed.
+  draining_.store(true);
   const bool chain_idle = relay_ == nullptr || relay_->Stop(grace);
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
@@ -312,6 +315,7 @@ void ProxyServer::Stop(absl::Duration grace) {
     grpc_server_->Wait();
   }
   if (http_running_) http_.Stop();
+  if (tls_ != nullptr) tls_->Stop();
   if (!chain_idle) {
     // A call the relay served against the chain is still running in it (a
     // hung member): destroying the layers would free what it uses. The
@@ -331,6 +335,7 @@ void ProxyServer::Stop(absl::Duration grace) {
   // inner Backend must outlive it. The relay goes after the coalescers, whose
   // upstream streams it carries.
   registration_.reset();
+  tls_.reset();
   grpc_server_.reset();
   health_.reset();
   front_.reset();
@@ -399,6 +404,10 @@ void ProxyServer::AcceptLoop() {
         }
         const int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (tls_ != nullptr) {
+          tls_->Serve(fd);  // it sniffs the decrypted bytes itself
+          continue;
+        }
         pending.push_back({fd, Clock::now() + kSniffTimeout, Clock::time_point::min()});
       }
     }
@@ -433,19 +442,25 @@ void ProxyServer::AcceptLoop() {
         still.push_back(p);
         continue;
       }
-      if (preface_so_far && relay_ != nullptr) {
-        relay_->Serve(p.fd);
-      } else if (preface_so_far) {
-        grpc::AddInsecureChannelFromFd(grpc_server_.get(), p.fd);
-      } else if (http_running_) {
-        http_.ServeConnection(p.fd);
-      } else {
-        close(p.fd);
-      }
+      Dispatch(p.fd, preface_so_far);
     }
     pending = std::move(still);
   }
   for (const Pending& p : pending) close(p.fd);
+}
+
+void ProxyServer::Dispatch(int fd, bool http2) {
+  if (draining_.load()) {
+    close(fd);
+  } else if (http2 && relay_ != nullptr) {
+    relay_->Serve(fd);
+  } else if (http2) {
+    grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd);
+  } else if (http_running_) {
+    http_.ServeConnection(fd);
+  } else {
+    close(fd);
+  }
 }
 
 common::HttpResponse ProxyServer::FetchFromBackend(const common::HttpRequest& request,

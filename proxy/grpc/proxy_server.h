@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -30,6 +31,7 @@ class ClusterViewBackend;
 class FrameRelay;
 class RelayRoutes;
 class HealthChecker;
+class TlsTerminator;
 class Registration;
 
 // The running grpc-proxy: the Backend chain
@@ -42,17 +44,18 @@ class Registration;
 // behind a grpc::Server on --listen-addr, resolver registration and
 // /health, /metrics, /backend/metrics, /version over HTTP/1.1.
 //
-// Listener. Without server TLS the proxy owns the listening socket and, as
-// etcd's cmux does, shares it between gRPC and HTTP/1.1: an accept thread
-// peeks at each connection's first bytes; the HTTP/2 preface ("PRI * ...")
-// goes to the frame relay (FrameRelay: methods no layer changes are relayed
-// straight to etcd, the rest reach the gRPC server of the chain over a
-// socketpair), anything else to the HTTP server. Without the relay (TLS to
-// etcd, a --max-recv-bytes below its default, or KEEL_FRAME_RELAY=off in
-// the environment) HTTP/2 connections go to the gRPC server directly
-// (grpc::AddInsecureChannelFromFd). With server TLS on, gRPC owns the port (TLS is terminated
-// by gRPC, so the bytes cannot be peeked) and HTTP is served only on
-// --metrics-addr; etcd documents HTTP on its TLS port as a known issue.
+// Listener. The proxy owns the listening socket and, as etcd's cmux does,
+// shares it between gRPC and HTTP/1.1: an accept thread peeks at each
+// connection's first bytes; the HTTP/2 preface ("PRI * ...") goes to the
+// frame relay (FrameRelay: methods no layer changes are relayed straight to
+// etcd, the rest reach the gRPC server of the chain over a socketpair),
+// anything else to the HTTP server. Without the relay (TLS to etcd, a
+// --max-recv-bytes below its default, or KEEL_FRAME_RELAY=off in the
+// environment) HTTP/2 connections go to the gRPC server directly
+// (grpc::AddInsecureChannelFromFd). With server TLS on, the TlsTerminator
+// does the handshake and peeks at the decrypted bytes instead, then carries
+// the connection to the same places, so HTTP/1.1 (/health, /metrics) works
+// on the TLS port too (etcd documents that as a known issue of its proxy).
 // --metrics-addr always serves the same HTTP paths as the main port.
 //
 // The backend need not be reachable for Start() to succeed (etcd's proxy
@@ -85,8 +88,12 @@ class ProxyServer {
   int port() const { return port_; }
 
  private:
-  // The accept loop of the shared plaintext port (see the class comment).
+  // The accept loop of the shared port (see the class comment).
   void AcceptLoop();
+  // Hands a client connection (plain, or decrypted by tls_) whose first
+  // bytes were peeked to the relay or the gRPC server (`http2`) or to the
+  // HTTP server; closes it once Stop() began.
+  void Dispatch(int fd, bool http2);
   // GET of `path` (plain HTTP) on the remote backend's current endpoint, as
   // the answer to `request`: the backend's answer whatever its status, 500
   // with the error if it could not be fetched (3 s limit), 405 unless the
@@ -111,9 +118,11 @@ class ProxyServer {
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<RelayRoutes> relay_routes_;
   std::unique_ptr<FrameRelay> relay_;  // null when not used (see the class comment)
+  std::unique_ptr<TlsTerminator> tls_;  // null without server TLS
+  std::atomic<bool> draining_{false};
   common::HttpServer http_;
   bool http_running_ = false;
-  int listen_fd_ = -1;  // plaintext only: the shared listener
+  int listen_fd_ = -1;  // the shared listener
   int wake_pipe_[2] = {-1, -1};
   std::thread accept_thread_;
   int port_ = 0;

@@ -10,6 +10,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
@@ -133,7 +134,8 @@ absl::StatusOr<PkeyPtr> ParsePrivateKey(const Source& src, const std::string& pe
 struct KeyPair {
   std::string cert_pem;
   std::string key_pem;
-  X509Ptr leaf;
+  std::vector<X509Ptr> chain;  // the leaf first
+  PkeyPtr key;
 };
 
 // etcd's transport.TLSInfo message when only one of the pair is given.
@@ -160,7 +162,8 @@ absl::StatusOr<KeyPair> LoadKeyPair(const Source& cert_src, const Source& key_sr
   }
   pair.cert_pem = *std::move(cert_pem);
   pair.key_pem = *std::move(key_pem);
-  pair.leaf = std::move(certs->front());
+  pair.chain = *std::move(certs);
+  pair.key = *std::move(key);
   return pair;
 }
 
@@ -331,9 +334,59 @@ bool ServerTlsEnabled(const ServerTlsOptions& options) {
          !options.trusted_ca_file.empty() || options.auto_tls;
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
-    const ServerTlsOptions& options) {
-  if (!ServerTlsEnabled(options)) return grpc::InsecureServerCredentials();
+namespace {
+
+struct SslCtxFree {
+  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
+};
+
+constexpr unsigned char kAlpnHttp11[] = {'h', 't', 't', 'p', '/', '1', '.', '1'};
+constexpr unsigned char kAlpnH2[] = {'h', '2'};
+
+// True if the client's ALPN list (length-prefixed names) offers `name`.
+bool Offers(const unsigned char* in, unsigned int in_len, const unsigned char* name,
+            unsigned int name_len) {
+  for (unsigned int i = 0; i < in_len;) {
+    const unsigned int len = in[i];
+    if (i + 1 + len > in_len) return false;
+    if (len == name_len && std::memcmp(in + i + 1, name, len) == 0) return true;
+    i += 1 + len;
+  }
+  return false;
+}
+
+// gRPC clients offer only h2 (grpc-go, grpc-java) or grpc-exp and h2 (gRPC
+// core); HTTP clients (curl, Go's net/http, Prometheus) offer http/1.1 as
+// well and get it, so /health and /metrics work on the TLS port without
+// `curl --http1.1` (etcd's proxy routes every h2 connection to gRPC).
+int SelectAlpn(SSL*, const unsigned char** out, unsigned char* out_len, const unsigned char* in,
+               unsigned int in_len, void*) {
+  if (Offers(in, in_len, kAlpnHttp11, sizeof(kAlpnHttp11))) {
+    *out = kAlpnHttp11;
+    *out_len = sizeof(kAlpnHttp11);
+    return SSL_TLSEXT_ERR_OK;
+  }
+  if (Offers(in, in_len, kAlpnH2, sizeof(kAlpnH2))) {
+    *out = kAlpnH2;
+    *out_len = sizeof(kAlpnH2);
+    return SSL_TLSEXT_ERR_OK;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+absl::Status SslContextError(absl::string_view what) {
+  return absl::InternalError(
+      absl::StrCat("TLS listener: ", what, ": ", TakeOpenSslError("OpenSSL error")));
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOptions& options) {
+  if (!ServerTlsEnabled(options)) {
+    return absl::InvalidArgumentError(
+        "TLS listener: no --cert-file, --key-file, "
+        "--trusted-ca-file or --auto-tls");
+  }
   const bool files_given =
       !options.cert_file.empty() || !options.key_file.empty() || !options.trusted_ca_file.empty();
   absl::StatusOr<KeyPair> pair;
@@ -353,12 +406,47 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     }
   }
   if (!pair.ok()) return pair.status();
-  grpc::SslServerCredentialsOptions ssl(
-      ca_pem.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                     : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  ssl.pem_root_certs = ca_pem;
-  ssl.pem_key_cert_pairs.push_back({pair->key_pem, pair->cert_pem});
-  return grpc::SslServerCredentials(ssl);
+
+  std::unique_ptr<SSL_CTX, SslCtxFree> ctx(SSL_CTX_new(TLS_server_method()));
+  if (ctx == nullptr) return SslContextError("SSL_CTX_new");
+  // etcd's default minimum; renegotiation only serves attacks here.
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  // A client closing without close_notify (Go's often do) has ended, not
+  // failed: what it sent is still delivered.
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                                     SSL_OP_IGNORE_UNEXPECTED_EOF);
+  // Idle connections keep no read/write buffers; the TlsTerminator writes
+  // what it has (partial writes), from a buffer that may grow between tries.
+  SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+
+  const std::vector<X509Ptr>& chain = pair->chain;
+  if (SSL_CTX_use_certificate(ctx.get(), chain.front().get()) != 1) {
+    return SslContextError("certificate");
+  }
+  for (size_t i = 1; i < chain.size(); ++i) {
+    if (SSL_CTX_add1_chain_cert(ctx.get(), chain[i].get()) != 1) {
+      return SslContextError("certificate chain");
+    }
+  }
+  if (SSL_CTX_use_PrivateKey(ctx.get(), pair->key.get()) != 1) {
+    return SslContextError("private key");
+  }
+
+  if (!ca_pem.empty()) {
+    absl::StatusOr<std::vector<X509Ptr>> cas =
+        ParseCertificates({"--trusted-ca-file", options.trusted_ca_file}, ca_pem);
+    if (!cas.ok()) return cas.status();
+    X509_STORE* store = SSL_CTX_get_cert_store(ctx.get());
+    for (const X509Ptr& ca : *cas) {
+      if (X509_STORE_add_cert(store, ca.get()) != 1) return SslContextError("trusted CA");
+      // Named in the handshake's CertificateRequest, as Go's server does.
+      if (SSL_CTX_add_client_CA(ctx.get(), ca.get()) != 1) return SslContextError("trusted CA");
+    }
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  SSL_CTX_set_alpn_select_cb(ctx.get(), SelectAlpn, nullptr);
+  return std::shared_ptr<SSL_CTX>(ctx.release(), SslCtxFree());
 }
 
 bool ClientTlsEnabled(const ClientTlsOptions& options) {
@@ -379,7 +467,7 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
     pair = *std::move(loaded);
     // etcd 3.4 transport (TLSInfo.EmptyCN): with --client-cert-auth etcd would
     // take this CN as the user of every client behind the proxy (#9521).
-    if (std::string cn = CommonName(pair.leaf.get()); !cn.empty()) {
+    if (std::string cn = CommonName(pair.chain.front().get()); !cn.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("cert has non empty Common Name (", cn, ")"));
     }
   }

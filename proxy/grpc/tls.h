@@ -1,7 +1,7 @@
 #pragma once
 
 #include <grpcpp/security/credentials.h>
-#include <grpcpp/security/server_credentials.h>
+#include <openssl/ssl.h>
 
 #include <memory>
 #include <string>
@@ -26,17 +26,19 @@ struct ServerTlsOptions {
 // True if the listener serves TLS: any of cert/key/CA set, or --auto-tls.
 bool ServerTlsEnabled(const ServerTlsOptions& options);
 
-// Credentials for the listener. Insecure credentials when TLS is not enabled.
-// With a CA file, clients must present a certificate signed by it (mTLS).
+// The listener's OpenSSL context (TlsTerminator serves with it). With a CA
+// file, clients must present a certificate signed by it (mTLS). TLS 1.2 at
+// least. ALPN: a client offering http/1.1 gets it (curl, Go's net/http), one
+// offering only h2 (every gRPC client) gets h2.
 // With only --auto-tls, uses <data_dir>/fixtures/proxy/{cert,key}.pem, creating
 // them (EC P-256, self-signed, one year, SAN = listen_host, mode 0600) when they
 // do not exist yet, like etcd; existing ones are reused across restarts.
 // Errors: InvalidArgument with a message naming the flag and file when a file is
 // missing, unreadable or not PEM, when the key does not match the certificate, or
-// when only one of cert/key is given (or a CA without them); Internal or
-// InvalidArgument when auto-TLS cannot create its files. Thread-safe.
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
-    const ServerTlsOptions& options);
+// when only one of cert/key is given (or a CA without them), or when TLS is not
+// enabled; Internal or InvalidArgument when auto-TLS cannot create its files.
+// Thread-safe.
+absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOptions& options);
 
 // TLS of the proxy's connections to etcd, from --cert, --key, --cacert and
 // --insecure-skip-tls-verify.
@@ -55,7 +57,7 @@ bool ClientTlsEnabled(const ClientTlsOptions& options);
 // Channel credentials for the upstream etcd endpoints. Insecure credentials when
 // TLS is not enabled. Without --cacert the system roots verify etcd; with
 // --insecure-skip-tls-verify the server certificate is not checked at all.
-// Errors: InvalidArgument as for MakeServerCredentials; with --cert, a certificate
+// Errors: InvalidArgument as for MakeServerSslContext; with --cert, a certificate
 // whose subject has a Common Name is refused with etcd 3.4's message
 // "cert has non empty Common Name (<cn>)", because etcd with --client-cert-auth
 // would take that CN as the user of every proxied client (etcd #9521).

@@ -437,8 +437,8 @@ std::optional<std::map<uint16_t, uint32_t>> ServerSettings(int port) {
 // --max-concurrent-streams is what the proxy's plain listener advertises to
 // its clients; by default no limit (etcd's default is 2^32 - 1; left out, the
 // setting is unlimited in HTTP/2). etcd's own proxy applies the flag only to
-// its HTTP/1.1 side (spec 2.1). (A TLS listener is gRPC's server, which caps
-// the value at 2^31 - 1.)
+// its HTTP/1.1 side (spec 2.1). (Without the frame relay, with TLS to etcd,
+// gRPC's server advertises it, capped at 2^31 - 1.)
 TEST_F(GrpcProxyEtcdTest, MaxConcurrentStreamsIsAdvertisedToClients) {
   GrpcProxyProcess by_default(dir_, {"--endpoints=" + etcd_.ClientAddr(0)});
   GrpcProxyProcess limited(dir_,
@@ -467,9 +467,11 @@ TEST_F(GrpcProxyEtcdTest, NamespacePrefixesKeys) {
   EXPECT_EQ(EtcdCluster::Etcdctl(proxy.addr(), {"get", "k"}).out, "k\nv\n");
 }
 
-// With server TLS on, gRPC owns the listen port and HTTP is served on
-// --metrics-addr only.
-TEST_F(GrpcProxyEtcdTest, AutoTlsListener) {
+// With server TLS on, keel terminates TLS itself and serves both gRPC (over
+// the frame relay, etcd being plain here) and HTTP/1.1 on the one port, as on
+// a plaintext port; --metrics-addr serves HTTP as well. etcd's proxy sends
+// every h2 connection to gRPC, so there curl needs --http1.1.
+TEST_F(GrpcProxyEtcdTest, AutoTlsListenerServesGrpcAndHttp) {
   const int metrics_port = FreePort();
   GrpcProxyProcess proxy(dir_, {"--endpoints=" + etcd_.ClientAddr(0), "--auto-tls",
                                 "--metrics-addr=http://127.0.0.1:" + std::to_string(metrics_port)});
@@ -485,9 +487,42 @@ TEST_F(GrpcProxyEtcdTest, AutoTlsListener) {
   // Plaintext gRPC is refused on the TLS port.
   EXPECT_NE(EtcdCluster::Etcdctl(proxy.addr(), {"get", "tls"}, seconds(20)).exit_code, 0);
 
-  std::optional<HttpResult> health = HttpCall(metrics_port, "GET", "/health");
-  ASSERT_TRUE(health.has_value());
-  EXPECT_EQ(health->status, 200) << health->body;
+  // A value larger than what the TLS side buffers (1 MiB) before it waits
+  // for the reader, both ways.
+  const std::string big(1200 * 1000, 'b');
+  const std::string value_file = dir_.File("big.value");
+  std::ofstream(value_file) << big;
+  const std::string etcdctl = "ETCDCTL_API=3 etcdctl --endpoints=" + proxy.addr() +
+                              " --insecure-transport=false --insecure-skip-tls-verify ";
+  CommandResult big_put =
+      RunCommand({"sh", "-c", etcdctl + "put big < " + value_file}, {}, seconds(30));
+  EXPECT_EQ(big_put.exit_code, 0) << big_put.err << proxy.Log();
+  CommandResult big_get =
+      RunCommand({"sh", "-c", etcdctl + "get big --print-value-only"}, {}, seconds(30));
+  EXPECT_EQ(big_get.exit_code, 0) << big_get.err;
+  EXPECT_TRUE(big_get.out == big + "\n") << "got " << big_get.out.size() << " bytes";
+
+  // HTTP on the TLS port: curl offers h2 and http/1.1 and gets HTTP/1.1.
+  const std::string https = "https://" + proxy.addr();
+  CommandResult health =
+      RunCommand({"curl", "-sk", "-w", " %{http_code} %{http_version}", https + "/health"});
+  EXPECT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_EQ(health.out, "{\"health\":\"true\",\"reason\":\"\"} 200 1.1");
+  CommandResult metrics = RunCommand({"curl", "-sk", "--fail", https + "/metrics"});
+  EXPECT_EQ(metrics.exit_code, 0) << metrics.err;
+  EXPECT_NE(metrics.out.find("grpc_server_handled_total{"), std::string::npos) << metrics.out;
+  CommandResult version = RunCommand({"curl", "-sk", "--fail", https + "/version"});
+  EXPECT_EQ(version.exit_code, 0) << version.err;
+  EXPECT_NE(version.out.find("etcdserver"), std::string::npos) << version.out;
+  // Plain HTTP on the TLS port gets no answer.
+  CommandResult plain =
+      RunCommand({"curl", "-s", "--max-time", "10", "http://" + proxy.addr() + "/health"});
+  EXPECT_NE(plain.exit_code, 0) << plain.out;
+  EXPECT_EQ(plain.out.find("health"), std::string::npos) << plain.out;
+
+  std::optional<HttpResult> metrics_health = HttpCall(metrics_port, "GET", "/health");
+  ASSERT_TRUE(metrics_health.has_value());
+  EXPECT_EQ(metrics_health->status, 200) << metrics_health->body;
 }
 
 // SIGTERM ends open streams and the process exits 0.

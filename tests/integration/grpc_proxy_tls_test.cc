@@ -162,6 +162,17 @@ TEST_F(GrpcProxyTlsTest, PlainClientsThroughTlsUpstream) {
   ExpectPutGet(proxy.addr(), {}, "plain", proxy);
 }
 
+// --cacert alone makes the proxy dial etcd over TLS, also for an endpoint
+// without https:// (as etcd's proxy does). The frame relay speaks plain
+// HTTP/2 to etcd, so it must stay out of the way; it once did not.
+TEST_F(GrpcProxyTlsTest, EndpointWithoutSchemeIsDialedWithTls) {
+  std::vector<std::string> flags = UpstreamFlags();
+  flags[0] = "--endpoints=" + cluster_->ClientAddr(0);
+  ProxyProcess proxy(dir_, "schemeless", flags);
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  ExpectPutGet(proxy.addr(), {}, "schemeless", proxy);
+}
+
 TEST_F(GrpcProxyTlsTest, TlsClients) {
   ProxyProcess proxy(dir_, "tls",
                      Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert,
@@ -198,6 +209,20 @@ TEST_F(GrpcProxyTlsTest, MutualTlsClients) {
       EtcdCluster::Etcdctl(Https(proxy), {"--cacert=" + pki_->ca_file(), "get", "mtls"});
   EXPECT_NE(no_cert.exit_code, 0) << no_cert.out;
   EXPECT_EQ(no_cert.out.find("v-mtls"), std::string::npos) << no_cert.out;
+
+  // /metrics and /health over HTTP/1.1 on the same mTLS port, for a client
+  // with a certificate only.
+  const std::vector<std::string> curl = {"curl", "-s", "--cacert", pki_->ca_file(), "--fail"};
+  CommandResult metrics = RunCommand(Plus(
+      curl, {"--cert", user_client_.cert, "--key", user_client_.key, Https(proxy) + "/metrics"}));
+  EXPECT_EQ(metrics.exit_code, 0) << metrics.err << proxy.Log();
+  EXPECT_NE(metrics.out.find("grpc_server_handled_total{"), std::string::npos) << metrics.out;
+  CommandResult health = RunCommand(Plus(
+      curl, {"--cert", user_client_.cert, "--key", user_client_.key, Https(proxy) + "/health"}));
+  EXPECT_EQ(health.out, "{\"health\":\"true\",\"reason\":\"\"}") << health.err;
+  CommandResult refused = RunCommand(Plus(curl, {Https(proxy) + "/metrics"}));
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_EQ(refused.out, "");
 }
 
 TEST_F(GrpcProxyTlsTest, AutoTls) {
@@ -225,7 +250,8 @@ TEST_F(GrpcProxyTlsTest, UpstreamCertWithCommonNameRefusesToStart) {
 }
 
 // etcd's clients ping on their own schedule, also while idle (etcdctl asks
-// for every 2 s). With TLS the listener is keel's gRPC server, which must take
+// for every 2 s). With TLS to etcd the listener's h2 connections reach keel's
+// gRPC server (decrypted by keel's TLS terminator), which must take
 // that as etcd does: a default gRPC server counts every ping within 5 minutes
 // of the last as a strike and closes the connection (GOAWAY too_many_pings)
 // at the third. Five pings in a row over TLS (h2 by ALPN), each once the last

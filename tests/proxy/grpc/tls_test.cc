@@ -1,17 +1,30 @@
 #include "proxy/grpc/tls.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "api/etcdserverpb/rpc.grpc.pb.h"
+#include "common/tcp_listen.h"
+#include "grpcpp/server_posix.h"
 #include "gtest/gtest.h"
+#include "proxy/grpc/tls_terminator.h"
 #include "tests/testutil/certs.h"
 #include "tests/testutil/process.h"
 
@@ -95,26 +108,81 @@ class FixedKv final : public etcdserverpb::KV::CallbackService {
   }
 };
 
-// An in-process gRPC server on a free 127.0.0.1 port with `creds`.
-class TestServer {
+// A listener on a free 127.0.0.1 port served as the grpc-proxy serves its
+// TLS port: a TlsTerminator with `context` hands each connection, decrypted,
+// to `dispatch`. Without a context, accepted connections go to `dispatch`
+// as they are (as HTTP/2).
+class TerminatedListener {
  public:
-  explicit TestServer(std::shared_ptr<grpc::ServerCredentials> creds)
-      : port_(testutil::FreePort()) {
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort(Address(), std::move(creds));
-    builder.RegisterService(&kv_);
-    server_ = builder.BuildAndStart();
+  TerminatedListener(std::shared_ptr<SSL_CTX> context, std::function<void(int, bool)> dispatch) {
+    absl::StatusOr<int> fd = common::ListenTcp({"127.0.0.1", 0});
+    if (!fd.ok()) return;
+    listen_fd_ = *fd;
+    port_ = common::BoundPort(listen_fd_);
+    fcntl(listen_fd_, F_SETFL, 0);  // blocking accept4 in the thread below
+    if (context != nullptr) {
+      TlsTerminatorOptions options;
+      options.context = std::move(context);
+      options.dispatch = dispatch;
+      tls_ = std::make_unique<TlsTerminator>(std::move(options));
+      if (!tls_->Start().ok()) return;
+    }
+    accept_thread_ = std::thread([this, dispatch] {
+      while (true) {
+        const int client = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (client < 0) return;  // shut down
+        if (tls_ != nullptr) {
+          tls_->Serve(client);
+        } else {
+          dispatch(client, true);
+        }
+      }
+    });
   }
-  ~TestServer() {
-    if (server_) server_->Shutdown(std::chrono::system_clock::now());
+  ~TerminatedListener() {
+    if (listen_fd_ >= 0) shutdown(listen_fd_, SHUT_RDWR);  // ends accept4
+    if (accept_thread_.joinable()) accept_thread_.join();
+    if (listen_fd_ >= 0) close(listen_fd_);
+    if (tls_ != nullptr) tls_->Stop();
   }
-  bool started() const { return server_ != nullptr; }
-  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
+  bool started() const { return accept_thread_.joinable(); }
+  int port() const { return port_; }
 
  private:
-  int port_;
+  int port_ = 0;
+  int listen_fd_ = -1;
+  std::unique_ptr<TlsTerminator> tls_;
+  std::thread accept_thread_;
+};
+
+// An in-process gRPC server (FixedKv) behind a TerminatedListener.
+class TestServer {
+ public:
+  explicit TestServer(std::shared_ptr<SSL_CTX> context) {
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&kv_);
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr) return;
+    listener_ =
+        std::make_unique<TerminatedListener>(std::move(context), [this](int fd, bool http2) {
+          if (http2) {
+            grpc::AddInsecureChannelFromFd(server_.get(), fd);
+          } else {
+            close(fd);
+          }
+        });
+  }
+  ~TestServer() {
+    listener_.reset();
+    if (server_) server_->Shutdown(std::chrono::system_clock::now());
+  }
+  bool started() const { return listener_ != nullptr && listener_->started(); }
+  std::string Address() const { return "127.0.0.1:" + std::to_string(listener_->port()); }
+
+ private:
   FixedKv kv_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<TerminatedListener> listener_;
 };
 
 std::chrono::system_clock::time_point Deadline(int seconds) {
@@ -169,19 +237,20 @@ TEST(TlsEnabledTest, FollowsTheFlags) {
 }
 
 TEST_F(TlsTest, PlaintextWithoutTlsFlags) {
-  auto server_creds = MakeServerCredentials(ServerTlsOptions());
-  ASSERT_TRUE(server_creds.ok()) << server_creds.status();
+  // No TLS flag: no TLS context either.
+  EXPECT_EQ(MakeServerSslContext(ServerTlsOptions()).status().code(),
+            absl::StatusCode::kInvalidArgument);
   auto channel_creds = MakeChannelCredentials(ClientTlsOptions());
   ASSERT_TRUE(channel_creds.ok()) << channel_creds.status();
-  TestServer server(*server_creds);
+  TestServer server(nullptr);
   ASSERT_TRUE(server.started());
   EXPECT_TRUE(CallRange(server.Address(), *channel_creds).ok());
 }
 
 TEST_F(TlsTest, ServerTlsWithValidFiles) {
-  auto server_creds = MakeServerCredentials(Listener(server_.cert, server_.key));
-  ASSERT_TRUE(server_creds.ok()) << server_creds.status();
-  TestServer server(*server_creds);
+  auto server_context = MakeServerSslContext(Listener(server_.cert, server_.key));
+  ASSERT_TRUE(server_context.ok()) << server_context.status();
+  TestServer server(*server_context);
   ASSERT_TRUE(server.started());
 
   auto tls = MakeChannelCredentials(TrustCa(pki_.ca_file()));
@@ -198,9 +267,9 @@ TEST_F(TlsTest, ServerTlsWithValidFiles) {
 TEST_F(TlsTest, ClientRejectsServerFromAnotherCa) {
   CertKeyFiles rogue = pki_.IssueSelfSigned("rogue");
   ASSERT_TRUE(pki_.ok()) << pki_.error();
-  auto server_creds = MakeServerCredentials(Listener(rogue.cert, rogue.key));
-  ASSERT_TRUE(server_creds.ok()) << server_creds.status();
-  TestServer server(*server_creds);
+  auto server_context = MakeServerSslContext(Listener(rogue.cert, rogue.key));
+  ASSERT_TRUE(server_context.ok()) << server_context.status();
+  TestServer server(*server_context);
   ASSERT_TRUE(server.started());
 
   auto verifying = MakeChannelCredentials(TrustCa(pki_.ca_file()));
@@ -219,9 +288,9 @@ TEST_F(TlsTest, ClientRejectsServerFromAnotherCa) {
 }
 
 TEST_F(TlsTest, MutualTlsRequiresAClientCertificate) {
-  auto server_creds = MakeServerCredentials(Listener(server_.cert, server_.key, pki_.ca_file()));
-  ASSERT_TRUE(server_creds.ok()) << server_creds.status();
-  TestServer server(*server_creds);
+  auto server_context = MakeServerSslContext(Listener(server_.cert, server_.key, pki_.ca_file()));
+  ASSERT_TRUE(server_context.ok()) << server_context.status();
+  TestServer server(*server_context);
   ASSERT_TRUE(server.started());
 
   auto no_cert = MakeChannelCredentials(TrustCa(pki_.ca_file()));
@@ -245,11 +314,11 @@ TEST_F(TlsTest, MutualTlsRequiresAClientCertificate) {
 
 TEST_F(TlsTest, MissingFilesAreNamed) {
   const std::string missing = pki_.dir().File("nope.pem");
-  ExpectInvalid(MakeServerCredentials(Listener(missing, server_.key)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(missing, server_.key)).status(),
                 {"--cert-file", missing, "No such file"});
-  ExpectInvalid(MakeServerCredentials(Listener(server_.cert, missing)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(server_.cert, missing)).status(),
                 {"--key-file", missing});
-  ExpectInvalid(MakeServerCredentials(Listener(server_.cert, server_.key, missing)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(server_.cert, server_.key, missing)).status(),
                 {"--trusted-ca-file", missing});
   ExpectInvalid(MakeChannelCredentials(Upstream(missing, client_.key)).status(),
                 {"--cert", missing});
@@ -261,20 +330,20 @@ TEST_F(TlsTest, GarbagePemIsRefused) {
   WriteAll(garbage, "this is not a certificate\n");
   const std::string broken = pki_.dir().File("broken.pem");
   WriteAll(broken, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n");
-  ExpectInvalid(MakeServerCredentials(Listener(garbage, server_.key)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(garbage, server_.key)).status(),
                 {"--cert-file", garbage, "no PEM certificate"});
-  ExpectInvalid(MakeServerCredentials(Listener(broken, server_.key)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(broken, server_.key)).status(),
                 {"--cert-file", broken});
-  ExpectInvalid(MakeServerCredentials(Listener(server_.cert, garbage)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(server_.cert, garbage)).status(),
                 {"--key-file", garbage, "no PEM private key"});
-  ExpectInvalid(MakeServerCredentials(Listener(server_.cert, server_.key, garbage)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(server_.cert, server_.key, garbage)).status(),
                 {"--trusted-ca-file", garbage});
   // An encrypted key is refused instead of prompting for a passphrase.
   const std::string encrypted = pki_.dir().File("encrypted-key.pem");
   testutil::CommandResult enc = testutil::RunCommand(
       {"openssl", "pkey", "-in", server_.key, "-aes256", "-passout", "pass:x", "-out", encrypted});
   ASSERT_EQ(enc.exit_code, 0) << enc.err;
-  ExpectInvalid(MakeServerCredentials(Listener(server_.cert, encrypted)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(server_.cert, encrypted)).status(),
                 {"--key-file", encrypted, "no PEM private key"});
   // A key file is not a certificate.
   ExpectInvalid(MakeChannelCredentials(TrustCa(server_.key)).status(),
@@ -282,16 +351,16 @@ TEST_F(TlsTest, GarbagePemIsRefused) {
 }
 
 TEST_F(TlsTest, KeyThatDoesNotMatchTheCertIsRefused) {
-  ExpectInvalid(MakeServerCredentials(Listener(server_.cert, client_.key)).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(server_.cert, client_.key)).status(),
                 {"does not match", server_.cert, client_.key});
   ExpectInvalid(MakeChannelCredentials(Upstream(client_.cert, server_.key)).status(),
                 {"does not match", client_.cert, server_.key});
 }
 
 TEST_F(TlsTest, HalfAPairIsRefused) {
-  ExpectInvalid(MakeServerCredentials(Listener(server_.cert, "")).status(),
+  ExpectInvalid(MakeServerSslContext(Listener(server_.cert, "")).status(),
                 {"KeyFile and CertFile must both be present"});
-  ExpectInvalid(MakeServerCredentials(Listener("", "", pki_.ca_file())).status(),
+  ExpectInvalid(MakeServerSslContext(Listener("", "", pki_.ca_file())).status(),
                 {"KeyFile and CertFile must both be present"});
   ExpectInvalid(MakeChannelCredentials(Upstream("", client_.key)).status(),
                 {"KeyFile and CertFile must both be present"});
@@ -308,14 +377,14 @@ TEST_F(TlsTest, UpstreamCertWithCommonNameIsRefused) {
             "cert has non empty Common Name (root)");
   EXPECT_TRUE(MakeChannelCredentials(Upstream(client_.cert, client_.key)).ok());
   // The listener certificate may have a CN (etcd 3.4 wrongly refused it, #11970).
-  EXPECT_TRUE(MakeServerCredentials(Listener(server_.cert, server_.key)).ok());
+  EXPECT_TRUE(MakeServerSslContext(Listener(server_.cert, server_.key)).ok());
 }
 
 TEST(AutoTlsTest, WritesFilesOnceAndReusesThem) {
   testutil::TempDir dir;
   const std::string data_dir = dir.File("default.proxy");
   ServerTlsOptions options = AutoTls(data_dir, "127.0.0.1");
-  auto creds = MakeServerCredentials(options);
+  auto creds = MakeServerSslContext(options);
   ASSERT_TRUE(creds.ok()) << creds.status();
 
   const std::string cert = data_dir + "/fixtures/proxy/cert.pem";
@@ -336,7 +405,7 @@ TEST(AutoTlsTest, WritesFilesOnceAndReusesThem) {
   // A restart reuses the same files.
   const std::string cert_pem = ReadAll(cert);
   const std::string key_pem = ReadAll(key);
-  ASSERT_TRUE(MakeServerCredentials(options).ok());
+  ASSERT_TRUE(MakeServerSslContext(options).ok());
   EXPECT_EQ(ReadAll(cert), cert_pem);
   EXPECT_EQ(ReadAll(key), key_pem);
 
@@ -362,7 +431,7 @@ TEST(AutoTlsTest, WritesFilesOnceAndReusesThem) {
 TEST(AutoTlsTest, DnsHostNameAndCorruptedFiles) {
   testutil::TempDir dir;
   ServerTlsOptions options = AutoTls(dir.path(), "localhost");
-  ASSERT_TRUE(MakeServerCredentials(options).ok());
+  ASSERT_TRUE(MakeServerSslContext(options).ok());
   const std::string cert = dir.File("fixtures/proxy/cert.pem");
   testutil::CommandResult text =
       testutil::RunCommand({"openssl", "x509", "-in", cert, "-noout", "-ext", "subjectAltName"});
@@ -371,11 +440,11 @@ TEST(AutoTlsTest, DnsHostNameAndCorruptedFiles) {
 
   // Damaged files are reported, not silently replaced.
   WriteAll(cert, "garbage");
-  ExpectInvalid(MakeServerCredentials(options).status(), {cert});
+  ExpectInvalid(MakeServerSslContext(options).status(), {cert});
 }
 
 TEST(AutoTlsTest, NeedsADataDir) {
-  ExpectInvalid(MakeServerCredentials(AutoTls("", "127.0.0.1")).status(), {"--data-dir"});
+  ExpectInvalid(MakeServerSslContext(AutoTls("", "127.0.0.1")).status(), {"--data-dir"});
 }
 
 TEST(AutoTlsTest, ExplicitFilesWin) {
@@ -387,9 +456,157 @@ TEST(AutoTlsTest, ExplicitFilesWin) {
   ServerTlsOptions options = AutoTls(dir.path(), "127.0.0.1");
   options.cert_file = server.cert;
   options.key_file = server.key;
-  auto creds = MakeServerCredentials(options);
+  auto creds = MakeServerSslContext(options);
   ASSERT_TRUE(creds.ok()) << creds.status();
   EXPECT_FALSE(std::filesystem::exists(dir.File("fixtures")));
+}
+
+// What a client of the TLS port sees, from Python's ssl module: the ALPN
+// protocol chosen for `offer` (comma-separated, or "" for none), then the
+// bytes the server sent after `request`, until it closed.
+struct TlsClientResult {
+  std::string alpn;
+  size_t received = 0;
+  std::string head;  // the first 15 bytes received
+};
+std::optional<TlsClientResult> TlsClient(int port, const std::string& ca_file,
+                                         const std::string& offer, const std::string& request) {
+  const std::string script = R"(
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+if sys.argv[3]:
+    ctx.set_alpn_protocols(sys.argv[3].split(","))
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20),
+                    server_hostname="127.0.0.1")
+s.sendall(sys.argv[4].encode())
+got = b""
+while True:
+    data = s.recv(1 << 16)
+    if not data:
+        break
+    got += data
+print(s.selected_alpn_protocol() or "none", len(got), got[:15].decode())
+)";
+  testutil::CommandResult r = testutil::RunCommand(
+      {"/usr/bin/python3", "-c", script, std::to_string(port), ca_file, offer, request});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream out(r.out);
+  TlsClientResult result;
+  if (!(out >> result.alpn >> result.received)) return std::nullopt;
+  out.get();
+  std::getline(out, result.head);
+  return result;
+}
+
+// A TerminatedListener that keeps each dispatched connection (with its kind)
+// for the test to serve.
+class TerminatorServer {
+ public:
+  explicit TerminatorServer(std::shared_ptr<SSL_CTX> context)
+      : listener_(std::move(context), [this](int plain, bool http2) {
+          std::lock_guard<std::mutex> lock(mu_);
+          dispatched_.push_back({plain, http2});
+          cv_.notify_all();
+        }) {}
+  ~TerminatorServer() {
+    for (auto& [fd, http2] : dispatched_) close(fd);
+  }
+  int port() const { return listener_.port(); }
+
+  // The next dispatched connection (made blocking), or -1 after 20 s.
+  int Next(bool* http2) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(20),
+                      [&] { return taken_ < dispatched_.size(); })) {
+      return -1;
+    }
+    auto [fd, kind] = dispatched_[taken_++];
+    *http2 = kind;
+    fcntl(fd, F_SETFL, 0);
+    return fd;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::pair<int, bool>> dispatched_;  // guarded by mu_
+  size_t taken_ = 0;                              // guarded by mu_
+  TerminatedListener listener_;                   // last: its threads stop before the rest goes
+};
+
+// Answers one dispatched connection: reads `request_bytes`, sends `reply`
+// and closes (a shutdown, as the fd stays owned by the server).
+std::thread AnswerNext(TerminatorServer& server, bool* http2, std::string* request,
+                       size_t request_bytes, std::string reply) {
+  return std::thread([&server, http2, request, request_bytes, reply = std::move(reply)] {
+    const int fd = server.Next(http2);
+    if (fd < 0) return;
+    char buf[4096];
+    while (request->size() < request_bytes) {
+      const ssize_t n = read(fd, buf, sizeof(buf));
+      if (n <= 0) break;
+      request->append(buf, static_cast<size_t>(n));
+    }
+    for (size_t off = 0; off < reply.size();) {
+      const ssize_t n = write(fd, reply.data() + off, reply.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    shutdown(fd, SHUT_RDWR);
+  });
+}
+
+TEST_F(TlsTest, TerminatorDispatchesByTheDecryptedBytesAndDeliversAllBeforeClosing) {
+  auto context = MakeServerSslContext(Listener(server_.cert, server_.key));
+  ASSERT_TRUE(context.ok()) << context.status();
+  TerminatorServer server(*context);
+  ASSERT_NE(server.port(), 0);
+
+  // An HTTP/1.1 client (curl's offer gets http/1.1); a 3 MB answer, more than
+  // the terminator buffers, arrives whole even though the server closes
+  // right after writing it.
+  const std::string get = "GET /metrics HTTP/1.1\r\n\r\n";
+  const std::string big = "HTTP/1.1 200 OK\r\n" + std::string(3'000'000, 'm');
+  bool http2 = true;
+  std::string request;
+  std::thread answer = AnswerNext(server, &http2, &request, get.size(), big);
+  std::optional<TlsClientResult> http =
+      TlsClient(server.port(), pki_.ca_file(), "h2,http/1.1", get);
+  answer.join();
+  ASSERT_TRUE(http.has_value());
+  EXPECT_EQ(http->alpn, "http/1.1");
+  EXPECT_EQ(http->received, big.size());
+  EXPECT_EQ(http->head, "HTTP/1.1 200 OK");
+  EXPECT_FALSE(http2);
+  EXPECT_EQ(request, get);
+
+  // A gRPC client offers only h2 and gets it; the preface marks it HTTP/2.
+  const std::string preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  request.clear();
+  answer = AnswerNext(server, &http2, &request, preface.size(), "h2 reply");
+  std::optional<TlsClientResult> grpc = TlsClient(server.port(), pki_.ca_file(), "h2", preface);
+  answer.join();
+  ASSERT_TRUE(grpc.has_value());
+  EXPECT_EQ(grpc->alpn, "h2");
+  EXPECT_EQ(grpc->head, "h2 reply");
+  EXPECT_TRUE(http2);
+  EXPECT_EQ(request, preface);
+
+  // gRPC core's offer; and no ALPN at all.
+  request.clear();
+  answer = AnswerNext(server, &http2, &request, preface.size(), "core");
+  grpc = TlsClient(server.port(), pki_.ca_file(), "grpc-exp,h2", preface);
+  answer.join();
+  ASSERT_TRUE(grpc.has_value());
+  EXPECT_EQ(grpc->alpn, "h2");
+  request.clear();
+  answer = AnswerNext(server, &http2, &request, get.size(), "none");
+  http = TlsClient(server.port(), pki_.ca_file(), "", get);
+  answer.join();
+  ASSERT_TRUE(http.has_value());
+  EXPECT_EQ(http->alpn, "none");
+  EXPECT_EQ(http->head, "none");
+  EXPECT_FALSE(http2);
 }
 
 }  // namespace
