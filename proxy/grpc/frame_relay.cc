@@ -6,6 +6,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -434,6 +438,9 @@ struct Conn {
   absl::flat_hash_set<Stream*> streams;
   Conn* internal = nullptr;  // client: its connection to the chain
   Conn* owner = nullptr;     // internal: its client
+  // A TLS client (ServeTls): its bytes go through OpenSSL on this fd.
+  SSL* ssl = nullptr;
+  bool ssl_read_wants_write = false;  // SSL_read needs the socket writable
 };
 
 }  // namespace frame_relay_detail
@@ -480,7 +487,13 @@ struct FrameRelay::Loop {
   int wakefd = -1;
   std::thread thread;
   std::mutex mu;
-  std::vector<int> incoming;     // guarded by mu
+  // Client connections handed over, not yet taken by the loop.
+  struct Incoming {
+    int fd;
+    SSL* ssl;           // null for plain text
+    std::string first;  // TLS: the bytes already decrypted
+  };
+  std::vector<Incoming> incoming;  // guarded by mu
   bool stop_requested = false;   // guarded by mu
   Clock::time_point stop_deadline;  // guarded by mu
   // Stop() waits for the clients to be closed (and learns whether the local
@@ -502,6 +515,8 @@ struct FrameRelay::Loop {
   // Destroyed connections, freed once Settle() is done (the dirty list and
   // this round's events may still name them).
   std::vector<Conn*> graveyard;
+  // TLS clients with records OpenSSL read ahead but ReadTls left for later.
+  std::vector<Conn*> ssl_reads_left;
   Conn* upstream = nullptr;
   // Until when etcd could not be reached: pass-through calls run through the
   // chain and the chain's new streams go to its gRPC client meanwhile (which
@@ -541,7 +556,7 @@ struct FrameRelay::Loop {
   void Join();
   void CloseClients();
   void Run();
-  void AddClient(int fd);
+  void AddClient(Incoming incoming);
   Conn* NewConn(ConnKind kind, int fd, bool server);
   void MarkDirty(Conn* c) {
     if (!c->dirty && !c->dead) {
@@ -559,6 +574,12 @@ struct FrameRelay::Loop {
   // readable.
   void OnEvent(const epoll_event& event);
   void OnReadable(Conn* c);
+  // TLS clients: OnReadable's reads, which may leave records OpenSSL has
+  // read ahead (see ssl_reads_left).
+  void ReadTls(Conn* c);
+  // Writes from `out` to the connection's socket (through OpenSSL for a TLS
+  // client): the count written, or -1 with errno (EAGAIN: try when writable).
+  ssize_t WriteOut(Conn* c, const char* data, size_t size);
   void Flush(Conn* c);
   void UpdatePoll(Conn* c, bool want_out);
   void Settle();
@@ -690,16 +711,19 @@ absl::Status FrameRelay::Loop::Start() {
   return absl::OkStatus();
 }
 
-void FrameRelay::Serve(int fd) {
+void FrameRelay::Serve(int fd) { ServeTls(fd, nullptr, {}); }
+
+void FrameRelay::ServeTls(int fd, SSL* ssl, std::string first_bytes) {
   // Round robin: a connection stays on its loop for life.
   Loop& l = *loops_[next_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()];
   {
     std::lock_guard<std::mutex> lock(l.mu);
     if (!l.started || l.stop_requested) {
+      if (ssl != nullptr) SSL_free(ssl);
       close(fd);
       return;
     }
-    l.incoming.push_back(fd);
+    l.incoming.push_back({fd, ssl, std::move(first_bytes)});
   }
   Wake(l.wakefd);
 }
@@ -753,7 +777,10 @@ void FrameRelay::Loop::Join() {
   // number the process may have reused.
   mailbox->Close();
   etcd_commands->Close();
-  for (int fd : incoming) close(fd);
+  for (Incoming& in : incoming) {
+    if (in.ssl != nullptr) SSL_free(in.ssl);
+    close(in.fd);
+  }
   incoming.clear();
   if (callbacks != nullptr) nghttp2_session_callbacks_del(callbacks);
   callbacks = nullptr;
@@ -765,6 +792,12 @@ void FrameRelay::Loop::Join() {
 }
 
 void FrameRelay::Loop::Run() {
+  // OpenSSL writes to TLS clients with write(2): one that went away must not
+  // kill the process with a (thread-directed) SIGPIPE.
+  sigset_t pipe_signal;
+  sigemptyset(&pipe_signal);
+  sigaddset(&pipe_signal, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
   current_loop = this;
   mailbox->SetReaderThread();
   etcd_commands->SetReaderThread();
@@ -775,14 +808,19 @@ void FrameRelay::Loop::Run() {
     bool stopping = false;
     bool closing = false;
     Clock::time_point deadline;
+    std::vector<Incoming> arrived;
     {
       std::lock_guard<std::mutex> lock(mu);
       stopping = stop_requested;
       closing = close_requested;
       deadline = stop_deadline;
-      for (int fd : incoming) AddClient(fd);
-      incoming.clear();
+      arrived.swap(incoming);
     }
+    // Outside the lock: a TLS client's first bytes may hold requests, which
+    // are routed at once, and sent before waiting (no socket may wake the
+    // loop for them).
+    for (Incoming& in : arrived) AddClient(std::move(in));
+    if (!arrived.empty()) Settle();
     if (stopping && !shutting_down) {
       if (!goaway_sent) {
         goaway_sent = true;
@@ -817,6 +855,7 @@ void FrameRelay::Loop::Run() {
       const int until_deadline = static_cast<int>(std::clamp<int64_t>(wait.count(), 0, 60000));
       timeout_ms = timeout_ms < 0 ? until_deadline : std::min(timeout_ms, until_deadline);
     }
+    if (!ssl_reads_left.empty()) timeout_ms = 0;
     const int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()), timeout_ms);
     if (n < 0 && errno != EINTR) {
       KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: epoll_wait failed",
@@ -825,6 +864,11 @@ void FrameRelay::Loop::Run() {
       continue;
     }
     for (int i = 0; i < n; ++i) OnEvent(events[i]);
+    std::vector<Conn*> read_again;
+    read_again.swap(ssl_reads_left);
+    for (Conn* c : read_again) {
+      if (!c->dead) ReadTls(c);
+    }
     ExpireDeadlines();
     watch_upstream = CheckUpstreamLiveness();
     // Take the local streams' responses until none is left (each stream
@@ -928,10 +972,21 @@ Conn* FrameRelay::Loop::NewConn(ConnKind kind, int fd, bool server) {
   return c;
 }
 
-void FrameRelay::Loop::AddClient(int fd) {
+void FrameRelay::Loop::AddClient(Incoming in) {
   const int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  NewConn(ConnKind::kClient, fd, /*server=*/true);
+  setsockopt(in.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  Conn* c = NewConn(ConnKind::kClient, in.fd, /*server=*/true);
+  c->ssl = in.ssl;
+  if (!in.first.empty()) {
+    const ssize_t rv = nghttp2_session_mem_recv(
+        c->session, reinterpret_cast<const uint8_t*>(in.first.data()), in.first.size());
+    if (rv < 0) {
+      Kill(c);
+      return;
+    }
+  }
+  // OpenSSL may hold records it read ahead: no epoll event would tell.
+  if (c->ssl != nullptr) ReadTls(c);
 }
 
 void FrameRelay::Loop::UpdatePoll(Conn* c, bool want_out) {
@@ -951,6 +1006,11 @@ void FrameRelay::Loop::OnEvent(const epoll_event& event) {
     return;
   }
   if (c->dead) return;
+  if ((event.events & EPOLLOUT) != 0 && c->ssl_read_wants_write) {
+    c->ssl_read_wants_write = false;
+    ReadTls(c);
+    if (c->dead) return;
+  }
   if ((event.events & EPOLLOUT) != 0) {
     if (!c->connected) {
       int err = 0;
@@ -970,6 +1030,10 @@ void FrameRelay::Loop::OnEvent(const epoll_event& event) {
 }
 
 void FrameRelay::Loop::OnReadable(Conn* c) {
+  if (c->ssl != nullptr) {
+    ReadTls(c);
+    return;
+  }
   uint8_t buf[kReadChunk];
   for (int round = 0; round < 16 && !c->dead; ++round) {
     const ssize_t n = read(c->fd, buf, sizeof(buf));
@@ -993,6 +1057,50 @@ void FrameRelay::Loop::OnReadable(Conn* c) {
   }
 }
 
+void FrameRelay::Loop::ReadTls(Conn* c) {
+  uint8_t buf[kReadChunk];
+  for (int round = 0; !c->dead; ++round) {
+    if (round == 16) {
+      // Fair to the other connections: the rest after the next epoll_wait
+      // (which does not wait while some is left).
+      if (SSL_has_pending(c->ssl) == 1) ssl_reads_left.push_back(c);
+      break;
+    }
+    ERR_clear_error();
+    const int n = SSL_read(c->ssl, buf, static_cast<int>(sizeof(buf)));
+    if (n <= 0) {
+      const int err = SSL_get_error(c->ssl, n);
+      if (err == SSL_ERROR_WANT_WRITE) {
+        c->ssl_read_wants_write = true;
+        UpdatePoll(c, true);
+      } else if (err != SSL_ERROR_WANT_READ) {
+        Kill(c);  // closed (close_notify or EOF) or broken
+      }
+      ERR_clear_error();
+      break;
+    }
+    const ssize_t rv = nghttp2_session_mem_recv(c->session, buf, static_cast<size_t>(n));
+    if (rv < 0) {
+      Kill(c);
+      break;
+    }
+    MarkDirty(c);
+  }
+}
+
+ssize_t FrameRelay::Loop::WriteOut(Conn* c, const char* data, size_t size) {
+  if (c->ssl == nullptr) return send(c->fd, data, size, MSG_NOSIGNAL);
+  // Partial writes, from a buffer that may have moved and grown since a
+  // retry (SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER).
+  ERR_clear_error();
+  const int n = SSL_write(c->ssl, data, static_cast<int>(std::min<size_t>(size, INT32_MAX)));
+  if (n > 0) return n;
+  const int err = SSL_get_error(c->ssl, n);
+  ERR_clear_error();
+  errno = err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
+  return -1;
+}
+
 void FrameRelay::Loop::Flush(Conn* c) {
   if (!c->connected) {
     UpdatePoll(c, true);
@@ -1010,8 +1118,7 @@ void FrameRelay::Loop::Flush(Conn* c) {
       c->out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
     }
     if (c->out.size() == c->out_off) break;
-    const ssize_t w =
-        send(c->fd, c->out.data() + c->out_off, c->out.size() - c->out_off, MSG_NOSIGNAL);
+    const ssize_t w = WriteOut(c, c->out.data() + c->out_off, c->out.size() - c->out_off);
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
@@ -1081,6 +1188,9 @@ void FrameRelay::Loop::Destroy(Conn* c) {
     }
   }
   epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, nullptr);
+  if (c->ssl != nullptr) SSL_free(c->ssl);
+  c->ssl = nullptr;
+  std::erase(ssl_reads_left, c);
   close(c->fd);
   nghttp2_session_del(c->session);
   c->session = nullptr;

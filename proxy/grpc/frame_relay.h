@@ -1,5 +1,7 @@
 #pragma once
 
+#include <openssl/ssl.h>
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -163,6 +165,12 @@ class FrameRelay {
   // Takes ownership of a connected client socket whose first bytes are the
   // HTTP/2 preface (still unread). Closes it once the relay is stopping.
   void Serve(int fd);
+
+  // The same for a TLS client whose handshake is done (TlsTerminator): takes
+  // ownership of `fd` and `ssl` (on it); `first_bytes`, the HTTP/2 preface
+  // on, were already decrypted. Its bytes then go through OpenSSL on the
+  // relay's own loop: no other thread, no copy through a socketpair.
+  void ServeTls(int fd, SSL* ssl, std::string first_bytes);
 
   // Opens a stream to etcd for the chain (a coalescer's upstream Watch or
   // LeaseKeepAlive, the cache's watch, a KV call as a one-message stream) on

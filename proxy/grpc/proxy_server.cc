@@ -14,6 +14,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -110,13 +111,14 @@ absl::Status ProxyServer::Start() {
     server_tls.auto_tls = config_.auto_tls;
     server_tls.data_dir = config_.data_dir;
     server_tls.listen_host = config_.listen.host;
+    std::optional<TlsTerminatorOptions> tls_options;
     if (ServerTlsEnabled(server_tls)) {
       absl::StatusOr<std::shared_ptr<SSL_CTX>> context = MakeServerSslContext(server_tls);
       if (!context.ok()) return context.status();
       TlsTerminatorOptions tls;
       tls.context = *std::move(context);
       tls.dispatch = [this](int fd, bool http2) { Dispatch(fd, http2); };
-      tls_ = std::make_unique<TlsTerminator>(std::move(tls));
+      tls_options = std::move(tls);
     }
 
     // Bound before the chain exists: a port in use fails at once, before
@@ -263,7 +265,14 @@ absl::Status ProxyServer::Start() {
       if (absl::Status s = http_.Start(); !s.ok()) return s;
       http_running_ = true;
     }
-    if (tls_ != nullptr) {
+    if (tls_options.has_value()) {
+      if (relay_ != nullptr) {
+        // The relay speaks TLS to its clients itself (no thread hop).
+        tls_options->adopt_http2 = [this](int fd, SSL* ssl, std::string first_bytes) {
+          relay_->ServeTls(fd, ssl, std::move(first_bytes));
+        };
+      }
+      tls_ = std::make_unique<TlsTerminator>(*std::move(tls_options));
       if (absl::Status s = tls_->Start(); !s.ok()) return s;
     }
     if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {

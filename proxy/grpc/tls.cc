@@ -419,6 +419,10 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
   // what it has (partial writes), from a buffer that may grow between tries.
   SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Read what the socket has in one read(2), not a record header and then
+  // its body: a busy connection's records arrive many at once.
+  SSL_CTX_set_read_ahead(ctx.get(), 1);
+  SSL_CTX_set_default_read_buffer_len(ctx.get(), 64 * 1024);
 
   const std::vector<X509Ptr>& chain = pair->chain;
   if (SSL_CTX_use_certificate(ctx.get(), chain.front().get()) != 1) {

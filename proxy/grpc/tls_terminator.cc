@@ -199,6 +199,9 @@ bool TlsTerminator::Loop::ReadPlain(TlsConnection* c) {
     if (n > 0) {
       c->to_client.bytes.append(buf, static_cast<size_t>(n));
       moved = true;
+      // A short read emptied the socket; bytes that come later bring a new
+      // edge, so the read that would say EAGAIN is saved.
+      if (static_cast<size_t>(n) < sizeof(buf)) break;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -233,6 +236,18 @@ bool TlsTerminator::Loop::Dispatch(TlsConnection* c) {
   const size_t got = std::min(c->to_plain.size(), kSniffBytes);
   const bool preface_so_far = kHttp2Preface.compare(0, got, c->to_plain.data(), got) == 0;
   if (got == 0 || (preface_so_far && got < kSniffBytes && !c->client_ended)) return false;
+  const bool http2 = preface_so_far && got == kSniffBytes;
+  if (http2 && !c->client_ended && options.adopt_http2) {
+    const int fd = c->client_fd;
+    SSL* ssl = c->ssl;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
+    std::string first = std::move(c->to_plain.bytes);
+    c->client_fd = -1;
+    c->ssl = nullptr;
+    Close(c, false);
+    options.adopt_http2(fd, ssl, std::move(first));
+    return false;
+  }
   int pair[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0) {
     KEEL_LOG_EVENT(Log(), spdlog::level::warn, "TLS connection closed: socketpair failed",
@@ -250,7 +265,7 @@ bool TlsTerminator::Loop::Dispatch(TlsConnection* c) {
     return false;
   }
   sniffing.erase(c);
-  options.dispatch(pair[1], preface_so_far && got == kSniffBytes);
+  options.dispatch(pair[1], http2);
   return true;
 }
 

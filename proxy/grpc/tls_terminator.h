@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -19,6 +20,12 @@ struct TlsTerminatorOptions {
   // thread once the handshake is done and the first bytes arrived; must not
   // block.
   std::function<void(int fd, bool http2)> dispatch;
+  // When set, HTTP/2 connections go here instead, still encrypted: takes
+  // ownership of the client socket and its SSL (handshake done), with the
+  // bytes already decrypted (the preface on). The frame relay speaks TLS
+  // itself this way, without this thread or a socketpair in between. Called
+  // on the terminator's thread; must not block.
+  std::function<void(int fd, SSL* ssl, std::string first_bytes)> adopt_http2;
   // A client that has not finished its handshake and sent its first bytes
   // within this is closed.
   absl::Duration first_bytes_timeout = absl::Seconds(10);
@@ -30,8 +37,8 @@ struct TlsTerminatorOptions {
 // decrypted bytes are peeked like the plaintext listener's, and the
 // connection is then carried, decrypted, over a socketpair to whichever
 // server dispatch() hands the other end to (the frame relay, the gRPC
-// server, the HTTP server). A failed handshake just closes the connection
-// (gRPC clients report UNAVAILABLE).
+// server, the HTTP server), unless adopt_http2 takes it whole. A failed
+// handshake just closes the connection (gRPC clients report UNAVAILABLE).
 //
 // Each direction is copied with back-pressure: at most 1 MiB waits for a
 // slow reader before the other side is no longer read. When one side
