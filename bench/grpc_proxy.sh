@@ -99,6 +99,7 @@ if ((TLS)); then
       -days 1 -extfile <(printf 'subjectAltName=IP:127.0.0.1\n') -out "$WORK/server.pem" 2>/dev/null ||
     { echo "grpc_proxy.sh: making certificates failed" >&2; exit 1; }
   SERVE_TLS=(--cert-file "$WORK/server.pem" --key-file "$WORK/server.key")
+  # (start_etcd sets --listen-client-urls too: etcd takes the last one.)
   ETCD_TLS=(--listen-client-urls "http://127.0.0.1:$P_ETCD,https://127.0.0.1:$P_ETCDS"
             "${SERVE_TLS[@]}")
   BENCH_TLS=(--cacert "$CA")

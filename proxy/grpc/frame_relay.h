@@ -116,8 +116,9 @@ struct FrameRelayOptions {
   int loops = 0;
 };
 
-// The grpc-proxy's HTTP/2 front for plaintext clients: it serves each client
-// connection with nghttp2 and relays every stream, frame by frame, either
+// The grpc-proxy's HTTP/2 front (plain text, or TLS through ServeTls): it
+// serves each client connection with nghttp2 and relays every stream, frame
+// by frame, either
 // straight to etcd over a shared HTTP/2 connection (methods no layer of the
 // chain changes; see RelayRoutes) or to the chain's gRPC server over a
 // socketpair, one per client connection. Messages are never decoded on the

@@ -154,8 +154,7 @@ absl::Status Unsupported(const std::string& flag) {
 void AddGrpcProxyStartFlags(CLI::App& cmd, ProxyFlags* flags) {
   cmd.allow_extras();
   AddString(cmd, "--listen-addr", &flags->listen_addr,
-            "listen address (keel: gRPC and HTTP/1.1 share it when it is plaintext; with TLS "
-            "on, HTTP is served only on --metrics-addr)");
+            "listen address (keel: gRPC and HTTP/1.1 share it, also with TLS on)");
   AddString(cmd, "--discovery-srv", &flags->discovery_srv,
             "domain name to query for SRV records describing cluster endpoints");
   AddString(cmd, "--discovery-srv-name", &flags->discovery_srv_name,

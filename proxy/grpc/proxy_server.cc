@@ -58,6 +58,9 @@ constexpr auto kSniffRetry = std::chrono::milliseconds(10);
 // At most this many accepted connections wait to be classified; beyond it
 // the listener is not polled (the kernel's backlog holds the rest).
 constexpr size_t kMaxPending = 1024;
+// How long TLS clients get, at shutdown, to receive what the servers sent
+// last (they have closed their ends by then).
+constexpr absl::Duration kTlsDrain = absl::Seconds(1);
 // How long the listener is left alone after accept(2) ran out of descriptors.
 constexpr auto kAcceptPause = std::chrono::milliseconds(100);
 // etcd's server accepts requests up to its limit plus this much gRPC overhead.
@@ -314,8 +317,9 @@ void ProxyServer::Stop(absl::Duration grace) {
   // chain's streams to etcd on the relay go on until the layers are gone
   // (they close them); new ones go to the gRPC client.
   if (relay_streams_ != nullptr) relay_streams_->Detach();
-  // TLS connections go on being carried while the servers drain them, but
-  // one whose handshake ends now is closed.
+  // TLS connections go on being carried while the servers drain them; one
+  // whose handshake ends from now on is closed here or refused by the
+  // server it would go to (each refuses once stopping).
   draining_.store(true);
   const bool chain_idle = relay_ == nullptr || relay_->Stop(grace);
   if (grpc_server_ != nullptr) {
@@ -324,7 +328,9 @@ void ProxyServer::Stop(absl::Duration grace) {
     grpc_server_->Wait();
   }
   if (http_running_) http_.Stop();
-  if (tls_ != nullptr) tls_->Stop();
+  // The servers have closed their ends: what they wrote last still reaches
+  // the TLS clients.
+  if (tls_ != nullptr) tls_->Stop(kTlsDrain);
   if (!chain_idle) {
     // A call the relay served against the chain is still running in it (a
     // hung member): destroying the layers would free what it uses. The
@@ -415,6 +421,12 @@ void ProxyServer::AcceptLoop() {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (tls_ != nullptr) {
           tls_->Serve(fd);  // it sniffs the decrypted bytes itself
+          // Handshakes not done yet are bounded like unclassified
+          // plaintext connections.
+          if (tls_->Waiting() >= kMaxPending) {
+            accept_paused_until = Clock::now() + kAcceptPause;
+            break;
+          }
           continue;
         }
         pending.push_back({fd, Clock::now() + kSniffTimeout, Clock::time_point::min()});

@@ -59,17 +59,6 @@ struct Source {
 
 std::string Describe(const Source& src) { return absl::StrCat(src.flag, " \"", src.path, "\""); }
 
-// The first queued OpenSSL error as text (or `fallback`); clears the queue so a
-// failure here never leaks into another caller's ERR_get_error on this thread.
-std::string TakeOpenSslError(absl::string_view fallback) {
-  unsigned long code = ERR_get_error();
-  ERR_clear_error();
-  if (code == 0) return std::string(fallback);
-  char buf[256];
-  ERR_error_string_n(code, buf, sizeof(buf));
-  return buf;
-}
-
 absl::StatusOr<std::string> ReadFile(const Source& src) {
   std::FILE* f = std::fopen(src.path.c_str(), "rb");
   if (f == nullptr) {
@@ -329,6 +318,15 @@ absl::StatusOr<KeyPair> LoadOrCreateAutoTls(const ServerTlsOptions& options) {
 
 }  // namespace
 
+std::string TakeOpenSslError(std::string_view fallback) {
+  unsigned long code = ERR_get_error();
+  ERR_clear_error();
+  if (code == 0) return std::string(fallback);
+  char buf[256];
+  ERR_error_string_n(code, buf, sizeof(buf));
+  return buf;
+}
+
 bool ServerTlsEnabled(const ServerTlsOptions& options) {
   return !options.cert_file.empty() || !options.key_file.empty() ||
          !options.trusted_ca_file.empty() || options.auto_tls;
@@ -449,6 +447,10 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
     }
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   }
+  // Without one, OpenSSL fails the handshake of a client that resumes a
+  // session (a TLS 1.3 ticket) while client certificates are verified.
+  static constexpr unsigned char kSessionContext[] = "keel-grpc-proxy";
+  SSL_CTX_set_session_id_context(ctx.get(), kSessionContext, sizeof(kSessionContext) - 1);
   SSL_CTX_set_alpn_select_cb(ctx.get(), SelectAlpn, nullptr);
   return std::shared_ptr<SSL_CTX>(ctx.release(), SslCtxFree());
 }

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 
@@ -29,7 +30,11 @@ bool ServerTlsEnabled(const ServerTlsOptions& options);
 // The listener's OpenSSL context (TlsTerminator serves with it). With a CA
 // file, clients must present a certificate signed by it (mTLS). TLS 1.2 at
 // least. ALPN: a client offering http/1.1 gets it (curl, Go's net/http), one
-// offering only h2 (every gRPC client) gets h2.
+// offering only h2 (grpc-go, grpc-java, gRPC core, so etcdctl and
+// python3-etcd3) gets h2. Unlike etcd (Go's server prefers h2), a gRPC
+// client that offers http/1.1 as well (Envoy's auto_config, .NET's
+// RequestVersionOrHigher) is taken for an HTTP client: the price of curl
+// reaching /metrics on the TLS port without --http1.1.
 // With only --auto-tls, uses <data_dir>/fixtures/proxy/{cert,key}.pem, creating
 // them (EC P-256, self-signed, one year, SAN = listen_host, mode 0600) when they
 // do not exist yet, like etcd; existing ones are reused across restarts.
@@ -39,6 +44,10 @@ bool ServerTlsEnabled(const ServerTlsOptions& options);
 // enabled; Internal or InvalidArgument when auto-TLS cannot create its files.
 // Thread-safe.
 absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOptions& options);
+
+// The first queued OpenSSL error as text (or `fallback`); clears the queue so
+// a failure never leaks into another caller's ERR_get_error on this thread.
+std::string TakeOpenSslError(std::string_view fallback);
 
 // TLS of the proxy's connections to etcd, from --cert, --key, --cacert and
 // --insecure-skip-tls-verify.

@@ -9,20 +9,23 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
-#include <unordered_set>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/tcp_listen.h"
+#include "proxy/grpc/tls.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -37,19 +40,21 @@ constexpr size_t kSniffBytes = 4;
 constexpr size_t kMaxBuffered = 1 << 20;
 // One read's worth (a TLS record carries at most 16 KiB).
 constexpr size_t kChunk = 64 * 1024;
+// Once one side has ended, how long the other may take to finish (the
+// server to answer a half-closed client, a client to read the last reply).
+constexpr auto kLinger = std::chrono::seconds(10);
 
 spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
 
-std::string TakeSslError() {
-  const unsigned long code = ERR_get_error();
-  ERR_clear_error();
-  if (code == 0) return "connection closed";
-  char text[256];
-  ERR_error_string_n(code, text, sizeof(text));
-  return text;
-}
+struct SslFree {
+  void operator()(SSL* ssl) const { SSL_free(ssl); }
+};
+using SslPtr = std::unique_ptr<SSL, SslFree>;
 
-// Bytes waiting for one side, written from `offset` on.
+// Bytes waiting for one side, written from `offset` on. The written prefix
+// is dropped once it is large, so a reader that always lags a little does
+// not make the buffer grow (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER lets the
+// bytes move between SSL_write tries).
 struct Pending {
   std::string bytes;
   size_t offset = 0;
@@ -60,7 +65,14 @@ struct Pending {
     if (offset == bytes.size()) {
       bytes.clear();
       offset = 0;
+    } else if (offset >= kChunk) {
+      bytes.erase(0, offset);
+      offset = 0;
     }
+  }
+  void Drop() {
+    bytes.clear();
+    offset = 0;
   }
 };
 
@@ -72,15 +84,20 @@ struct Pending {
 // edge will come) or on a full buffer (freed by a step of the same loop).
 struct TlsConnection {
   int client_fd = -1;
-  SSL* ssl = nullptr;
-  int plain_fd = -1;  // our end of the socketpair, once dispatched
-  Clock::time_point deadline;
+  SslPtr ssl;
+  int plain_fd = -1;        // our end of the socketpair, once dispatched
+  bool dispatched = false;  // handed to dispatch() or adopt_http2
   bool handshake_done = false;
   Pending to_plain;           // decrypted, for the server side
   Pending to_client;          // the server's, to encrypt
   bool client_ended = false;  // the client closed (close_notify or EOF)
+  bool plain_shut = false;    // ... and the server side was told (SHUT_WR)
+  bool plain_gone = false;    // the server side takes no more bytes
   bool plain_ended = false;   // the server side closed
   bool dead = false;          // closed; freed after the current batch
+  // The first-bytes deadline, then the linger deadline once a side ended.
+  std::multimap<Clock::time_point, TlsConnection*>::iterator timer;
+  bool timed = false;
 };
 
 struct TlsTerminator::Loop {
@@ -90,18 +107,24 @@ struct TlsTerminator::Loop {
   int epfd = -1;
   int wake_fd = -1;
   std::thread thread;
+  // Connections taken by Serve() and not dispatched yet.
+  std::atomic<size_t> waiting{0};
 
   std::mutex mu;
   std::vector<int> incoming;  // guarded by mu
   bool running = false;       // guarded by mu
   bool stopped = false;       // guarded by mu
+  absl::Duration drain;       // guarded by mu: Stop()'s
 
   // Loop thread only (and Stop() once the thread is gone).
-  std::unordered_set<TlsConnection*> connections;
-  std::unordered_set<TlsConnection*> sniffing;  // not dispatched yet: deadline applies
+  std::unordered_map<TlsConnection*, std::unique_ptr<TlsConnection>> connections;
+  std::multimap<Clock::time_point, TlsConnection*> timers;
   std::vector<TlsConnection*> graveyard;
 
   void Run();
+  // Takes what Serve() queued; false once Stop() asked the loop to end
+  // (then `drain_until` is set).
+  bool OnWake(Clock::time_point* drain_until);
   void Accept(int fd);
   void Progress(TlsConnection* c);
   // One step each; true if it moved anything.
@@ -110,26 +133,47 @@ struct TlsTerminator::Loop {
   bool ReadPlain(TlsConnection* c);
   bool WriteClient(TlsConnection* c);
   bool Dispatch(TlsConnection* c);
+  void SetTimer(TlsConnection* c, Clock::time_point when);
+  void ClearTimer(TlsConnection* c);
+  void Undispatched(TlsConnection* c);  // it leaves the `waiting` count
   void Close(TlsConnection* c, bool say_close_notify);
-  void Free(TlsConnection* c);
+  void FreeDead();
 };
 
+void TlsTerminator::Loop::SetTimer(TlsConnection* c, Clock::time_point when) {
+  ClearTimer(c);
+  c->timer = timers.emplace(when, c);
+  c->timed = true;
+}
+
+void TlsTerminator::Loop::ClearTimer(TlsConnection* c) {
+  if (!c->timed) return;
+  timers.erase(c->timer);
+  c->timed = false;
+}
+
+void TlsTerminator::Loop::Undispatched(TlsConnection* c) {
+  if (c->dispatched) return;
+  c->dispatched = true;
+  waiting.fetch_sub(1, std::memory_order_relaxed);
+}
+
 void TlsTerminator::Loop::Accept(int fd) {
-  auto* c = new TlsConnection;
+  auto owned = std::make_unique<TlsConnection>();
+  TlsConnection* c = owned.get();
+  connections.emplace(c, std::move(owned));
   c->client_fd = fd;
-  c->ssl = SSL_new(options.context.get());
-  c->deadline = Clock::now() + absl::ToChronoNanoseconds(options.first_bytes_timeout);
-  connections.insert(c);
-  sniffing.insert(c);
+  c->ssl.reset(SSL_new(options.context.get()));
+  SetTimer(c, Clock::now() + absl::ToChronoNanoseconds(options.first_bytes_timeout));
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   ev.data.ptr = c;
-  if (c->ssl == nullptr || SSL_set_fd(c->ssl, fd) != 1 ||
+  if (c->ssl == nullptr || SSL_set_fd(c->ssl.get(), fd) != 1 ||
       epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
     Close(c, false);
     return;
   }
-  SSL_set_accept_state(c->ssl);
+  SSL_set_accept_state(c->ssl.get());
   Progress(c);
 }
 
@@ -137,12 +181,12 @@ bool TlsTerminator::Loop::ReadClient(TlsConnection* c) {
   if (c->client_ended || c->to_plain.size() >= kMaxBuffered) return false;
   if (!c->handshake_done) {
     ERR_clear_error();
-    const int r = SSL_do_handshake(c->ssl);
+    const int r = SSL_do_handshake(c->ssl.get());
     if (r != 1) {
-      const int err = SSL_get_error(c->ssl, r);
+      const int err = SSL_get_error(c->ssl.get(), r);
       if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return false;
       KEEL_LOG_EVENT(Log(), spdlog::level::debug, "TLS handshake failed",
-                     {{"error", TakeSslError()}});
+                     {{"error", TakeOpenSslError("connection closed")}});
       Close(c, false);
       return false;
     }
@@ -152,20 +196,25 @@ bool TlsTerminator::Loop::ReadClient(TlsConnection* c) {
   char buf[kChunk];
   while (c->to_plain.size() < kMaxBuffered) {
     ERR_clear_error();
-    const int n = SSL_read(c->ssl, buf, sizeof(buf));
+    const int n = SSL_read(c->ssl.get(), buf, sizeof(buf));
     if (n > 0) {
-      c->to_plain.bytes.append(buf, static_cast<size_t>(n));
+      // Once the server side takes nothing more, the client's bytes are
+      // read only to be dropped.
+      if (!c->plain_gone) c->to_plain.bytes.append(buf, static_cast<size_t>(n));
       moved = true;
       continue;
     }
-    const int err = SSL_get_error(c->ssl, n);
+    const int err = SSL_get_error(c->ssl.get(), n);
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) break;
-    // close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) a plain EOF: what the
-    // client sent is still delivered. Anything else is a broken connection.
+    // close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) a plain EOF: the
+    // client is done sending; what it sent is still delivered and the
+    // server's answer still carried back. Anything else is a broken
+    // connection.
     if (err == SSL_ERROR_ZERO_RETURN) {
       c->client_ended = true;
       moved = true;
     } else {
+      ERR_clear_error();
       Close(c, false);
     }
     break;
@@ -175,7 +224,7 @@ bool TlsTerminator::Loop::ReadClient(TlsConnection* c) {
 
 bool TlsTerminator::Loop::WritePlain(TlsConnection* c) {
   bool moved = false;
-  while (c->plain_fd >= 0 && c->to_plain.size() > 0) {
+  while (c->plain_fd >= 0 && !c->plain_gone && c->to_plain.size() > 0) {
     const ssize_t n = send(c->plain_fd, c->to_plain.data(), c->to_plain.size(), MSG_NOSIGNAL);
     if (n > 0) {
       c->to_plain.Consume(static_cast<size_t>(n));
@@ -184,7 +233,11 @@ bool TlsTerminator::Loop::WritePlain(TlsConnection* c) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) break;
-    Close(c, false);  // the server side is gone
+    // The server side stopped reading (it may have answered and closed):
+    // its last bytes still go to the client.
+    c->plain_gone = true;
+    c->to_plain.Drop();
+    moved = true;
     break;
   }
   return moved;
@@ -199,9 +252,8 @@ bool TlsTerminator::Loop::ReadPlain(TlsConnection* c) {
     if (n > 0) {
       c->to_client.bytes.append(buf, static_cast<size_t>(n));
       moved = true;
-      // A short read emptied the socket; bytes that come later bring a new
-      // edge, so the read that would say EAGAIN is saved.
-      if (static_cast<size_t>(n) < sizeof(buf)) break;
+      // (Read on to EAGAIN even after a short read: an EOF that came with
+      // the bytes brings no edge of its own.)
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -217,16 +269,17 @@ bool TlsTerminator::Loop::WriteClient(TlsConnection* c) {
   bool moved = false;
   while (c->handshake_done && c->to_client.size() > 0) {
     ERR_clear_error();
-    const int n = SSL_write(c->ssl, c->to_client.data(),
+    const int n = SSL_write(c->ssl.get(), c->to_client.data(),
                             static_cast<int>(std::min<size_t>(c->to_client.size(), INT32_MAX)));
     if (n > 0) {
       c->to_client.Consume(static_cast<size_t>(n));
       moved = true;
       continue;
     }
-    const int err = SSL_get_error(c->ssl, n);
+    const int err = SSL_get_error(c->ssl.get(), n);
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) break;
-    Close(c, false);  // the client is gone
+    ERR_clear_error();
+    Close(c, false);  // the client is gone: nobody to deliver to
     break;
   }
   return moved;
@@ -237,13 +290,14 @@ bool TlsTerminator::Loop::Dispatch(TlsConnection* c) {
   const bool preface_so_far = kHttp2Preface.compare(0, got, c->to_plain.data(), got) == 0;
   if (got == 0 || (preface_so_far && got < kSniffBytes && !c->client_ended)) return false;
   const bool http2 = preface_so_far && got == kSniffBytes;
+  Undispatched(c);
+  ClearTimer(c);
   if (http2 && !c->client_ended && options.adopt_http2) {
     const int fd = c->client_fd;
-    SSL* ssl = c->ssl;
     epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
     std::string first = std::move(c->to_plain.bytes);
+    SSL* ssl = c->ssl.release();
     c->client_fd = -1;
-    c->ssl = nullptr;
     Close(c, false);
     options.adopt_http2(fd, ssl, std::move(first));
     return false;
@@ -264,7 +318,6 @@ bool TlsTerminator::Loop::Dispatch(TlsConnection* c) {
     Close(c, false);
     return false;
   }
-  sniffing.erase(c);
   options.dispatch(pair[1], http2);
   return true;
 }
@@ -282,40 +335,74 @@ void TlsTerminator::Loop::Progress(TlsConnection* c) {
       moved = true;
     }
     moved |= WritePlain(c);
-    if (c->dead) return;
     moved |= ReadPlain(c);
     moved |= WriteClient(c);
     if (c->dead) return;
-    // One side ended: once what it sent has been delivered, close both.
-    if (c->client_ended && c->to_plain.size() == 0) {
-      Close(c, false);
-      return;
-    }
     if (c->plain_ended && c->to_client.size() == 0) {
-      Close(c, true);
+      Close(c, true);  // the server side is done and all it sent is out
       return;
     }
+    // The client is done: the server side is told so once it has every
+    // byte (as a plaintext connection's half-close would), and has
+    // kLinger to finish answering.
+    if ((c->client_ended && c->to_plain.size() == 0) || c->plain_gone) {
+      if (!c->plain_shut) {
+        c->plain_shut = true;
+        shutdown(c->plain_fd, SHUT_WR);
+        SetTimer(c, Clock::now() + kLinger);
+      }
+    }
+    if (c->plain_ended && !c->timed) SetTimer(c, Clock::now() + kLinger);
   }
 }
 
 void TlsTerminator::Loop::Close(TlsConnection* c, bool say_close_notify) {
   if (c->dead) return;
   c->dead = true;
-  if (say_close_notify && c->handshake_done) {
+  if (say_close_notify && c->handshake_done && c->ssl != nullptr) {
     ERR_clear_error();
-    SSL_shutdown(c->ssl);  // best effort: the socket is non-blocking
+    SSL_shutdown(c->ssl.get());  // best effort: the socket is non-blocking
+    ERR_clear_error();
   }
   if (c->client_fd >= 0) close(c->client_fd);  // leaves the epoll set too
   if (c->plain_fd >= 0) close(c->plain_fd);
   c->client_fd = c->plain_fd = -1;
-  sniffing.erase(c);
+  ClearTimer(c);
+  Undispatched(c);
   graveyard.push_back(c);
 }
 
-void TlsTerminator::Loop::Free(TlsConnection* c) {
-  if (c->ssl != nullptr) SSL_free(c->ssl);
-  connections.erase(c);
-  delete c;
+void TlsTerminator::Loop::FreeDead() {
+  for (TlsConnection* c : graveyard) connections.erase(c);
+  graveyard.clear();
+}
+
+bool TlsTerminator::Loop::OnWake(Clock::time_point* drain_until) {
+  uint64_t count = 0;
+  [[maybe_unused]] ssize_t r = read(wake_fd, &count, sizeof(count));
+  std::vector<int> fds;
+  bool stop = false;
+  absl::Duration grace;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    fds.swap(incoming);
+    stop = stopped;
+    grace = drain;
+  }
+  if (!stop) {
+    for (int fd : fds) Accept(fd);
+    return true;
+  }
+  for (int fd : fds) close(fd);
+  // Stopping: connections still in their handshake go; the others get
+  // `grace` to finish what the servers sent last.
+  std::vector<TlsConnection*> undispatched;
+  for (auto& [c, owned] : connections) {
+    if (!c->dispatched) undispatched.push_back(c);
+  }
+  for (TlsConnection* c : undispatched) Close(c, false);
+  *drain_until = Clock::now() + absl::ToChronoNanoseconds(grace);
+  return false;
 }
 
 void TlsTerminator::Loop::Run() {
@@ -326,22 +413,22 @@ void TlsTerminator::Loop::Run() {
   sigaddset(&pipe_signal, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
   std::vector<epoll_event> events(256);
+  bool stopping = false;
+  Clock::time_point drain_until;
   while (true) {
-    int timeout_ms = -1;
-    const Clock::time_point now = Clock::now();
-    std::vector<TlsConnection*> expired;
-    for (TlsConnection* c : sniffing) {
-      if (c->deadline <= now) {
-        expired.push_back(c);
-        continue;
-      }
-      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(c->deadline - now).count();
-      timeout_ms =
-          timeout_ms < 0 ? static_cast<int>(wait) : std::min(timeout_ms, static_cast<int>(wait));
+    Clock::time_point now = Clock::now();
+    while (!timers.empty() && timers.begin()->first <= now) {
+      Close(timers.begin()->second, false);  // (Close removes its timer)
     }
-    for (TlsConnection* c : expired) Close(c, false);
-    for (TlsConnection* c : graveyard) Free(c);
-    graveyard.clear();
+    FreeDead();
+    if (stopping && (connections.empty() || now >= drain_until)) return;
+    Clock::time_point next = stopping ? drain_until : Clock::time_point::max();
+    if (!timers.empty()) next = std::min(next, timers.begin()->first);
+    int timeout_ms = -1;
+    if (next != Clock::time_point::max()) {
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(wait, 0, 60000));
+    }
     const int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()), timeout_ms);
     if (n < 0 && errno != EINTR) {
       KEEL_LOG_EVENT(Log(), spdlog::level::warn, "TLS loop: epoll_wait failed",
@@ -350,24 +437,11 @@ void TlsTerminator::Loop::Run() {
     }
     for (int i = 0; i < n; ++i) {
       auto* c = static_cast<TlsConnection*>(events[i].data.ptr);
-      if (c != nullptr) {
-        if (!c->dead) Progress(c);
-        continue;
+      if (c == nullptr) {
+        if (!OnWake(&drain_until)) stopping = true;
+      } else if (!c->dead) {
+        Progress(c);
       }
-      uint64_t count = 0;
-      [[maybe_unused]] ssize_t r = read(wake_fd, &count, sizeof(count));
-      std::vector<int> fds;
-      bool stop = false;
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        fds.swap(incoming);
-        stop = stopped;
-      }
-      if (stop) {
-        for (int fd : fds) close(fd);
-        return;
-      }
-      for (int fd : fds) Accept(fd);
     }
   }
 }
@@ -375,7 +449,7 @@ void TlsTerminator::Loop::Run() {
 TlsTerminator::TlsTerminator(TlsTerminatorOptions options)
     : loop_(std::make_unique<Loop>(std::move(options))) {}
 
-TlsTerminator::~TlsTerminator() { Stop(); }
+TlsTerminator::~TlsTerminator() { Stop(absl::ZeroDuration()); }
 
 absl::Status TlsTerminator::Start() {
   Loop& loop = *loop_;
@@ -402,6 +476,7 @@ void TlsTerminator::Serve(int fd) {
     std::lock_guard<std::mutex> lock(loop.mu);
     if (loop.running && !loop.stopped) {
       loop.incoming.push_back(fd);
+      loop.waiting.fetch_add(1, std::memory_order_relaxed);
       const uint64_t one = 1;
       [[maybe_unused]] ssize_t n = write(loop.wake_fd, &one, sizeof(one));
       return;
@@ -410,24 +485,25 @@ void TlsTerminator::Serve(int fd) {
   close(fd);
 }
 
-void TlsTerminator::Stop() {
+size_t TlsTerminator::Waiting() const { return loop_->waiting.load(std::memory_order_relaxed); }
+
+void TlsTerminator::Stop(absl::Duration grace) {
   Loop& loop = *loop_;
   {
     std::lock_guard<std::mutex> lock(loop.mu);
     if (loop.stopped) return;
     loop.stopped = true;
+    loop.drain = grace;
   }
   if (loop.thread.joinable()) {
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t n = write(loop.wake_fd, &one, sizeof(one));
     loop.thread.join();
   }
-  std::vector<TlsConnection*> open(loop.connections.begin(), loop.connections.end());
-  for (TlsConnection* c : open) {
-    loop.Close(c, false);
-  }
-  for (TlsConnection* c : loop.graveyard) loop.Free(c);
-  loop.graveyard.clear();
+  std::vector<TlsConnection*> open;
+  for (auto& [c, owned] : loop.connections) open.push_back(c);
+  for (TlsConnection* c : open) loop.Close(c, false);
+  loop.FreeDead();
   for (int fd : loop.incoming) close(fd);
   loop.incoming.clear();
   if (loop.wake_fd >= 0) close(loop.wake_fd);

@@ -41,27 +41,38 @@ struct TlsTerminatorOptions {
 // handshake just closes the connection (gRPC clients report UNAVAILABLE).
 //
 // Each direction is copied with back-pressure: at most 1 MiB waits for a
-// slow reader before the other side is no longer read. When one side
-// closes, what it sent is delivered and then both are closed.
+// slow reader before the other side is no longer read. When the server side
+// closes, what it sent is delivered, then the client gets close_notify. When
+// the client closes (close_notify or EOF), what it sent is delivered and the
+// server side sees a half-close (SHUT_WR), as over plain TCP; its answer is
+// still carried back. Once one side has ended the other has 10 s to finish.
 //
-// One thread runs an epoll loop for every TLS connection. Thread-safe.
+// One thread runs an epoll loop for every TLS connection. Start() first;
+// then Serve() and Stop() from any thread.
 class TlsTerminator {
  public:
   explicit TlsTerminator(TlsTerminatorOptions options);
-  ~TlsTerminator();  // Stop()s
+  ~TlsTerminator();  // Stop(0)s
   TlsTerminator(const TlsTerminator&) = delete;
   TlsTerminator& operator=(const TlsTerminator&) = delete;
 
-  // Starts the loop thread. Unavailable when libevent cannot.
+  // Starts the loop thread. Unavailable when epoll or eventfd fail.
   absl::Status Start();
 
   // Takes ownership of an accepted client socket (non-blocking) and serves
   // it. Closed at once when not started or stopping.
   void Serve(int fd);
 
-  // Closes every connection (and its socketpair end) and joins the thread.
+  // Connections taken by Serve() and not handed on yet (handshake, first
+  // bytes): the listener stops accepting while there are too many, as it
+  // does for plaintext connections it has not classified.
+  size_t Waiting() const;
+
+  // Closes the connections still in their handshake at once; the others get
+  // up to `grace` to deliver what either side sent last (the servers have
+  // usually closed their ends by then), then are closed. Joins the thread.
   // Idempotent.
-  void Stop();
+  void Stop(absl::Duration grace);
 
   // The loop's state (tls_terminator.cc).
   struct Loop;

@@ -24,7 +24,7 @@
 #include "common/tcp_listen.h"
 #include "grpcpp/server_posix.h"
 #include "gtest/gtest.h"
-#include "proxy/grpc/tls_terminator.h"
+#include "tests/proxy/grpc/terminated_listener.h"
 #include "tests/testutil/certs.h"
 #include "tests/testutil/process.h"
 
@@ -106,53 +106,6 @@ class FixedKv final : public etcdserverpb::KV::CallbackService {
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
-};
-
-// A listener on a free 127.0.0.1 port served as the grpc-proxy serves its
-// TLS port: a TlsTerminator with `context` hands each connection, decrypted,
-// to `dispatch`. Without a context, accepted connections go to `dispatch`
-// as they are (as HTTP/2).
-class TerminatedListener {
- public:
-  TerminatedListener(std::shared_ptr<SSL_CTX> context, std::function<void(int, bool)> dispatch) {
-    absl::StatusOr<int> fd = common::ListenTcp({"127.0.0.1", 0});
-    if (!fd.ok()) return;
-    listen_fd_ = *fd;
-    port_ = common::BoundPort(listen_fd_);
-    fcntl(listen_fd_, F_SETFL, 0);  // blocking accept4 in the thread below
-    if (context != nullptr) {
-      TlsTerminatorOptions options;
-      options.context = std::move(context);
-      options.dispatch = dispatch;
-      tls_ = std::make_unique<TlsTerminator>(std::move(options));
-      if (!tls_->Start().ok()) return;
-    }
-    accept_thread_ = std::thread([this, dispatch] {
-      while (true) {
-        const int client = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (client < 0) return;  // shut down
-        if (tls_ != nullptr) {
-          tls_->Serve(client);
-        } else {
-          dispatch(client, true);
-        }
-      }
-    });
-  }
-  ~TerminatedListener() {
-    if (listen_fd_ >= 0) shutdown(listen_fd_, SHUT_RDWR);  // ends accept4
-    if (accept_thread_.joinable()) accept_thread_.join();
-    if (listen_fd_ >= 0) close(listen_fd_);
-    if (tls_ != nullptr) tls_->Stop();
-  }
-  bool started() const { return accept_thread_.joinable(); }
-  int port() const { return port_; }
-
- private:
-  int port_ = 0;
-  int listen_fd_ = -1;
-  std::unique_ptr<TlsTerminator> tls_;
-  std::thread accept_thread_;
 };
 
 // An in-process gRPC server (FixedKv) behind a TerminatedListener.
@@ -459,154 +412,6 @@ TEST(AutoTlsTest, ExplicitFilesWin) {
   auto creds = MakeServerSslContext(options);
   ASSERT_TRUE(creds.ok()) << creds.status();
   EXPECT_FALSE(std::filesystem::exists(dir.File("fixtures")));
-}
-
-// What a client of the TLS port sees, from Python's ssl module: the ALPN
-// protocol chosen for `offer` (comma-separated, or "" for none), then the
-// bytes the server sent after `request`, until it closed.
-struct TlsClientResult {
-  std::string alpn;
-  size_t received = 0;
-  std::string head;  // the first 15 bytes received
-};
-std::optional<TlsClientResult> TlsClient(int port, const std::string& ca_file,
-                                         const std::string& offer, const std::string& request) {
-  const std::string script = R"(
-import socket, ssl, sys
-ctx = ssl.create_default_context(cafile=sys.argv[2])
-if sys.argv[3]:
-    ctx.set_alpn_protocols(sys.argv[3].split(","))
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20),
-                    server_hostname="127.0.0.1")
-s.sendall(sys.argv[4].encode())
-got = b""
-while True:
-    data = s.recv(1 << 16)
-    if not data:
-        break
-    got += data
-print(s.selected_alpn_protocol() or "none", len(got), got[:15].decode())
-)";
-  testutil::CommandResult r = testutil::RunCommand(
-      {"/usr/bin/python3", "-c", script, std::to_string(port), ca_file, offer, request});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  std::istringstream out(r.out);
-  TlsClientResult result;
-  if (!(out >> result.alpn >> result.received)) return std::nullopt;
-  out.get();
-  std::getline(out, result.head);
-  return result;
-}
-
-// A TerminatedListener that keeps each dispatched connection (with its kind)
-// for the test to serve.
-class TerminatorServer {
- public:
-  explicit TerminatorServer(std::shared_ptr<SSL_CTX> context)
-      : listener_(std::move(context), [this](int plain, bool http2) {
-          std::lock_guard<std::mutex> lock(mu_);
-          dispatched_.push_back({plain, http2});
-          cv_.notify_all();
-        }) {}
-  ~TerminatorServer() {
-    for (auto& [fd, http2] : dispatched_) close(fd);
-  }
-  int port() const { return listener_.port(); }
-
-  // The next dispatched connection (made blocking), or -1 after 20 s.
-  int Next(bool* http2) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_for(lock, std::chrono::seconds(20),
-                      [&] { return taken_ < dispatched_.size(); })) {
-      return -1;
-    }
-    auto [fd, kind] = dispatched_[taken_++];
-    *http2 = kind;
-    fcntl(fd, F_SETFL, 0);
-    return fd;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::pair<int, bool>> dispatched_;  // guarded by mu_
-  size_t taken_ = 0;                              // guarded by mu_
-  TerminatedListener listener_;                   // last: its threads stop before the rest goes
-};
-
-// Answers one dispatched connection: reads `request_bytes`, sends `reply`
-// and closes (a shutdown, as the fd stays owned by the server).
-std::thread AnswerNext(TerminatorServer& server, bool* http2, std::string* request,
-                       size_t request_bytes, std::string reply) {
-  return std::thread([&server, http2, request, request_bytes, reply = std::move(reply)] {
-    const int fd = server.Next(http2);
-    if (fd < 0) return;
-    char buf[4096];
-    while (request->size() < request_bytes) {
-      const ssize_t n = read(fd, buf, sizeof(buf));
-      if (n <= 0) break;
-      request->append(buf, static_cast<size_t>(n));
-    }
-    for (size_t off = 0; off < reply.size();) {
-      const ssize_t n = write(fd, reply.data() + off, reply.size() - off);
-      if (n <= 0) break;
-      off += static_cast<size_t>(n);
-    }
-    shutdown(fd, SHUT_RDWR);
-  });
-}
-
-TEST_F(TlsTest, TerminatorDispatchesByTheDecryptedBytesAndDeliversAllBeforeClosing) {
-  auto context = MakeServerSslContext(Listener(server_.cert, server_.key));
-  ASSERT_TRUE(context.ok()) << context.status();
-  TerminatorServer server(*context);
-  ASSERT_NE(server.port(), 0);
-
-  // An HTTP/1.1 client (curl's offer gets http/1.1); a 3 MB answer, more than
-  // the terminator buffers, arrives whole even though the server closes
-  // right after writing it.
-  const std::string get = "GET /metrics HTTP/1.1\r\n\r\n";
-  const std::string big = "HTTP/1.1 200 OK\r\n" + std::string(3'000'000, 'm');
-  bool http2 = true;
-  std::string request;
-  std::thread answer = AnswerNext(server, &http2, &request, get.size(), big);
-  std::optional<TlsClientResult> http =
-      TlsClient(server.port(), pki_.ca_file(), "h2,http/1.1", get);
-  answer.join();
-  ASSERT_TRUE(http.has_value());
-  EXPECT_EQ(http->alpn, "http/1.1");
-  EXPECT_EQ(http->received, big.size());
-  EXPECT_EQ(http->head, "HTTP/1.1 200 OK");
-  EXPECT_FALSE(http2);
-  EXPECT_EQ(request, get);
-
-  // A gRPC client offers only h2 and gets it; the preface marks it HTTP/2.
-  const std::string preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-  request.clear();
-  answer = AnswerNext(server, &http2, &request, preface.size(), "h2 reply");
-  std::optional<TlsClientResult> grpc = TlsClient(server.port(), pki_.ca_file(), "h2", preface);
-  answer.join();
-  ASSERT_TRUE(grpc.has_value());
-  EXPECT_EQ(grpc->alpn, "h2");
-  EXPECT_EQ(grpc->head, "h2 reply");
-  EXPECT_TRUE(http2);
-  EXPECT_EQ(request, preface);
-
-  // gRPC core's offer; and no ALPN at all.
-  request.clear();
-  answer = AnswerNext(server, &http2, &request, preface.size(), "core");
-  grpc = TlsClient(server.port(), pki_.ca_file(), "grpc-exp,h2", preface);
-  answer.join();
-  ASSERT_TRUE(grpc.has_value());
-  EXPECT_EQ(grpc->alpn, "h2");
-  request.clear();
-  answer = AnswerNext(server, &http2, &request, get.size(), "none");
-  http = TlsClient(server.port(), pki_.ca_file(), "", get);
-  answer.join();
-  ASSERT_TRUE(http.has_value());
-  EXPECT_EQ(http->alpn, "none");
-  EXPECT_EQ(http->head, "none");
-  EXPECT_FALSE(http2);
 }
 
 }  // namespace
