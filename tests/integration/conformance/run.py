@@ -2,15 +2,17 @@
 """Differential conformance suite for the grpc-proxy (issue 4; proxy.md 2.3, 2.9, section 4
 scenarios 10, 11, 18, 39-42).
 
-The same step list (steps.py) runs against four fresh single-member etcd 3.4.23 servers:
+The same step list (steps.py) runs against five fresh single-member etcd 3.4.23 servers:
   direct: etcd A, used directly (the truth);
   proxy:  etcd B behind the proxy under test (--advertise-client-url="" so MemberList passes);
   ns:     etcd C behind the proxy under test with --namespace=ns/;
   tls:    etcd D serving TLS only, behind the proxy under test speaking TLS to it and serving
           TLS that requires client certificates (keel serves this without its frame relay:
-          every call goes through its gRPC server and gRPC client).
-Outputs (exit code, normalized stdout and stderr, see norm.py) of proxy, ns and tls must equal
-direct's. Then namespace escape checks on C, MemberList advertise modes, and a
+          every call goes through its gRPC server and gRPC client);
+  tls-relay: etcd E in plain text, behind the proxy under test serving TLS that requires
+          client certificates (keel's frame relay speaks TLS to the clients itself).
+Outputs (exit code, normalized stdout and stderr, see norm.py) of proxy, ns, tls and tls-relay
+must equal direct's. Then namespace escape checks on C, MemberList advertise modes, and a
 3-member cluster with one member stopped.
 
 Proxy command: $KEEL_PROXY_CMD (e.g. "etcd grpc-proxy start") or
@@ -609,9 +611,10 @@ def main():
             c = procs.Member("c", etcd_name="conformance")
             certs = procs.make_certs()
             d = procs.Member("d", etcd_name="conformance", certs=certs)
-            for m in (a, b, c, d):
+            e = procs.Member("e", etcd_name="conformance")
+            for m in (a, b, c, d, e):
                 m.start("%s=%s" % (m.etcd_name, m.peer_url))
-            for m in (a, b, c, d):
+            for m in (a, b, c, d, e):
                 m.wait_healthy()
             pb = procs.Proxy("b", [b.endpoint])
             pc = procs.Proxy("c", [c.endpoint], extra_flags=["--namespace=ns/"])
@@ -621,11 +624,18 @@ def main():
                 "--key-file=" + certs["cert.key"], "--trusted-ca-file=" + certs["ca.pem"]],
                 ctl_flags=["--cacert=" + certs["ca.pem"], "--cert=" + certs["cert.pem"],
                            "--key=" + certs["cert.key"]])
-            for p in (pb, pc, pd):
+            # TLS to clients only: etcd in plain text, so the relay carries the calls.
+            pe = procs.Proxy("e", [e.endpoint], extra_flags=[
+                "--cert-file=" + certs["cert.pem"], "--key-file=" + certs["cert.key"],
+                "--trusted-ca-file=" + certs["ca.pem"]],
+                ctl_flags=["--cacert=" + certs["ca.pem"], "--cert=" + certs["cert.pem"],
+                           "--key=" + certs["cert.key"]])
+            for p in (pb, pc, pd, pe):
                 p.wait_ready()
             targets = [Target("direct", a.endpoint, a), Target("proxy", pb.endpoint, b),
                        Target("ns", pc.endpoint, c, normalize_hashes=True),
-                       Target("tls", pd.endpoint, d, certs=certs)]
+                       Target("tls", pd.endpoint, d, certs=certs),
+                       Target("tls-relay", pe.endpoint, e, certs=certs)]
             if "main" in groups:
                 guarded("main", group_main, targets)
             if "escape" in groups:
@@ -634,7 +644,7 @@ def main():
             if "advertise" in groups:
                 guarded("advertise", group_advertise, b)
                 guarded("advertise", group_resolver, b)
-            for p in (pb, pc, pd):
+            for p in (pb, pc, pd, pe):
                 if not p.proc.alive():
                     fail("process", p.name, "proxy exited during the run:\n" + p.proc.tail())
         if "failover" in groups:

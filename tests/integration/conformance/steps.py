@@ -27,8 +27,8 @@ from etcd3.etcdrpc import rpc_pb2
 
 import wire
 
-ALL = ("direct", "proxy", "ns", "tls")
-NO_NS = ("direct", "proxy", "tls")
+ALL = ("direct", "proxy", "ns", "tls", "tls-relay")
+NO_NS = ("direct", "proxy", "tls", "tls-relay")
 
 REV = r'"revision":(\d+)'
 LEASE_HEX = r"lease ([0-9a-f]+) granted"
