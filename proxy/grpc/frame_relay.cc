@@ -441,6 +441,8 @@ struct Conn {
   // A TLS client (ServeTls): its bytes go through OpenSSL on this fd.
   SSL* ssl = nullptr;
   bool ssl_read_wants_write = false;  // SSL_read needs the socket writable
+  bool ssl_write_wants_read = false;  // SSL_write needs bytes from the client
+  bool ssl_read_queued = false;       // in ssl_reads_left
 };
 
 }  // namespace frame_relay_detail
@@ -867,6 +869,7 @@ void FrameRelay::Loop::Run() {
     std::vector<Conn*> read_again;
     read_again.swap(ssl_reads_left);
     for (Conn* c : read_again) {
+      c->ssl_read_queued = false;
       if (!c->dead) ReadTls(c);
     }
     ExpireDeadlines();
@@ -990,6 +993,9 @@ void FrameRelay::Loop::AddClient(Incoming in) {
 }
 
 void FrameRelay::Loop::UpdatePoll(Conn* c, bool want_out) {
+  // An SSL_read waiting for the socket to take its write keeps EPOLLOUT on,
+  // whatever the writes want: the records it read ahead depend on it.
+  want_out = want_out || c->ssl_read_wants_write;
   if (want_out == c->polling_out) return;
   c->polling_out = want_out;
   epoll_event ev{};
@@ -1058,12 +1064,19 @@ void FrameRelay::Loop::OnReadable(Conn* c) {
 }
 
 void FrameRelay::Loop::ReadTls(Conn* c) {
+  if (c->ssl_write_wants_read) {
+    c->ssl_write_wants_read = false;
+    MarkDirty(c);  // its write goes on
+  }
   uint8_t buf[kReadChunk];
   for (int round = 0; !c->dead; ++round) {
     if (round == 16) {
       // Fair to the other connections: the rest after the next epoll_wait
       // (which does not wait while some is left).
-      if (SSL_has_pending(c->ssl) == 1) ssl_reads_left.push_back(c);
+      if (SSL_has_pending(c->ssl) == 1 && !c->ssl_read_queued) {
+        c->ssl_read_queued = true;
+        ssl_reads_left.push_back(c);
+      }
       break;
     }
     ERR_clear_error();
@@ -1097,6 +1110,7 @@ ssize_t FrameRelay::Loop::WriteOut(Conn* c, const char* data, size_t size) {
   if (n > 0) return n;
   const int err = SSL_get_error(c->ssl, n);
   ERR_clear_error();
+  c->ssl_write_wants_read = err == SSL_ERROR_WANT_READ;
   errno = err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
   return -1;
 }
@@ -1122,7 +1136,8 @@ void FrameRelay::Loop::Flush(Conn* c) {
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
-        UpdatePoll(c, true);
+        // (An SSL_write waiting to read goes on when bytes arrive: ReadTls.)
+        UpdatePoll(c, !c->ssl_write_wants_read);
         return;
       }
       Kill(c);
@@ -1137,6 +1152,9 @@ void FrameRelay::Loop::Flush(Conn* c) {
         c->out.erase(0, c->out_off);
         c->out_off = 0;
       }
+      // SSL_write stops after each record (partial writes): only its
+      // EAGAIN says the socket is full.
+      if (c->ssl != nullptr) continue;
       UpdatePoll(c, true);
       return;
     }

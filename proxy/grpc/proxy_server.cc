@@ -141,9 +141,9 @@ absl::Status ProxyServer::Start() {
     relay_streams_ = std::make_unique<RelayStreamsBackend>(
         *remote_, static_cast<size_t>(config_.max_send_bytes));
     const bool cache_on = config_.range_cache_max_bytes > 0;
-    // The relay speaks plain HTTP/2 on both sides (TLS clients reach it
-    // decrypted, through the TlsTerminator) and does not decode responses,
-    // so TLS to etcd and a response size limit keep to gRPC.
+    // The relay speaks plain HTTP/2 to etcd (TLS only to its clients, which
+    // the TlsTerminator hands it after their handshake) and does not decode
+    // responses, so TLS to etcd and a response size limit keep to gRPC.
     if (!ClientTlsEnabled(client_tls) && config_.max_recv_bytes >= INT32_MAX &&
         FrameRelayWanted()) {
       relay_routes_ = std::make_unique<RelayRoutes>(
@@ -380,10 +380,15 @@ void ProxyServer::AcceptLoop() {
     Clock::time_point now = Clock::now();
     // Connections not yet classified are bounded, so idle connects cannot
     // use up the descriptors the backend calls need.
-    const bool accept_paused = now < accept_paused_until || pending.size() >= kMaxPending;
+    // TLS connections still in their handshake count the same (looked at
+    // again every kAcceptPause: nothing wakes this loop when they finish).
+    const bool tls_full = tls_ != nullptr && tls_->Waiting() >= kMaxPending;
+    const bool accept_paused =
+        now < accept_paused_until || pending.size() >= kMaxPending || tls_full;
     fds.push_back({listen_fd_, static_cast<short>(accept_paused ? 0 : POLLIN), 0});
     Clock::time_point next =
         now < accept_paused_until ? accept_paused_until : Clock::time_point::max();
+    if (tls_full) next = std::min(next, now + kAcceptPause);
     for (const Pending& p : pending) {
       const bool wait = now < p.retry_at;
       fds.push_back({p.fd, static_cast<short>(wait ? 0 : POLLIN), 0});

@@ -53,9 +53,12 @@ class Registration;
 // --max-recv-bytes below its default, or KEEL_FRAME_RELAY=off in the
 // environment) HTTP/2 connections go to the gRPC server directly
 // (grpc::AddInsecureChannelFromFd). With server TLS on, the TlsTerminator
-// does the handshake and peeks at the decrypted bytes instead, then carries
-// the connection to the same places, so HTTP/1.1 (/health, /metrics) works
-// on the TLS port too (etcd documents that as a known issue of its proxy).
+// does the handshake and peeks at the decrypted bytes instead: HTTP/2 goes
+// to the relay, which takes the connection whole and speaks TLS itself, or
+// (without the relay) to the gRPC server over a socketpair the terminator
+// copies to; anything else to the HTTP server over such a socketpair. So
+// HTTP/1.1 (/health, /metrics) works on the TLS port too (etcd documents
+// that as a known issue of its proxy).
 // --metrics-addr always serves the same HTTP paths as the main port.
 //
 // The backend need not be reachable for Start() to succeed (etcd's proxy

@@ -413,8 +413,9 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
   // failed: what it sent is still delivered.
   SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
                                      SSL_OP_IGNORE_UNEXPECTED_EOF);
-  // Idle connections keep no read/write buffers; the TlsTerminator writes
-  // what it has (partial writes), from a buffer that may grow between tries.
+  // Idle connections keep no read/write buffers; the TlsTerminator and the
+  // frame relay write what they have (partial writes), from a buffer that
+  // may grow and move between tries.
   SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   // Read what the socket has in one read(2), not a record header and then

@@ -343,16 +343,15 @@ void TlsTerminator::Loop::Progress(TlsConnection* c) {
       return;
     }
     // The client is done: the server side is told so once it has every
-    // byte (as a plaintext connection's half-close would), and has
-    // kLinger to finish answering.
-    if ((c->client_ended && c->to_plain.size() == 0) || c->plain_gone) {
-      if (!c->plain_shut) {
-        c->plain_shut = true;
-        shutdown(c->plain_fd, SHUT_WR);
-        SetTimer(c, Clock::now() + kLinger);
-      }
+    // byte (as a plaintext connection's half-close would). From the first
+    // side's end on, the other has kLinger to finish.
+    if (((c->client_ended && c->to_plain.size() == 0) || c->plain_gone) && !c->plain_shut) {
+      c->plain_shut = true;
+      shutdown(c->plain_fd, SHUT_WR);
     }
-    if (c->plain_ended && !c->timed) SetTimer(c, Clock::now() + kLinger);
+    if ((c->client_ended || c->plain_gone || c->plain_ended) && !c->timed) {
+      SetTimer(c, Clock::now() + kLinger);
+    }
   }
 }
 
@@ -364,8 +363,13 @@ void TlsTerminator::Loop::Close(TlsConnection* c, bool say_close_notify) {
     SSL_shutdown(c->ssl.get());  // best effort: the socket is non-blocking
     ERR_clear_error();
   }
-  if (c->client_fd >= 0) close(c->client_fd);  // leaves the epoll set too
-  if (c->plain_fd >= 0) close(c->plain_fd);
+  // Out of the epoll set first: a child between fork and exec may hold a
+  // copy of a descriptor, which would keep it registered past close().
+  for (int fd : {c->client_fd, c->plain_fd}) {
+    if (fd < 0) continue;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
+    close(fd);
+  }
   c->client_fd = c->plain_fd = -1;
   ClearTimer(c);
   Undispatched(c);
@@ -394,6 +398,7 @@ bool TlsTerminator::Loop::OnWake(Clock::time_point* drain_until) {
     return true;
   }
   for (int fd : fds) close(fd);
+  waiting.fetch_sub(fds.size(), std::memory_order_relaxed);
   // Stopping: connections still in their handshake go; the others get
   // `grace` to finish what the servers sent last.
   std::vector<TlsConnection*> undispatched;
@@ -418,7 +423,9 @@ void TlsTerminator::Loop::Run() {
   while (true) {
     Clock::time_point now = Clock::now();
     while (!timers.empty() && timers.begin()->first <= now) {
-      Close(timers.begin()->second, false);  // (Close removes its timer)
+      TlsConnection* c = timers.begin()->second;
+      ClearTimer(c);
+      Close(c, false);
     }
     FreeDead();
     if (stopping && (connections.empty() || now >= drain_until)) return;
@@ -505,6 +512,7 @@ void TlsTerminator::Stop(absl::Duration grace) {
   for (TlsConnection* c : open) loop.Close(c, false);
   loop.FreeDead();
   for (int fd : loop.incoming) close(fd);
+  loop.waiting.fetch_sub(loop.incoming.size(), std::memory_order_relaxed);
   loop.incoming.clear();
   if (loop.wake_fd >= 0) close(loop.wake_fd);
   if (loop.epfd >= 0) close(loop.epfd);

@@ -29,9 +29,11 @@ import re
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 import traceback
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # No fork handlers of gRPC's in the children forked for etcd, keel and etcdctl (procs.py):
@@ -583,6 +585,21 @@ def group_failover():
 
 # ---------------------------------------------------------------- main
 
+def check_tls_relay_used(proxy, certs):
+    """keel's tls-relay target must have been served by the frame relay (its own TLS), not by
+    the terminator's socketpair to the gRPC server: its /metrics (on the TLS port) counts
+    streams the relay sent straight to etcd."""
+    if "keel" not in os.path.basename(procs.proxy_cmd()[0]):
+        return
+    ctx = ssl.create_default_context(cafile=certs["ca.pem"])
+    ctx.load_cert_chain(certs["cert.pem"], certs["cert.key"])
+    url = "https://%s/metrics" % proxy.endpoint
+    body = urllib.request.urlopen(url, context=ctx, timeout=10).read().decode()
+    m = re.search(r'keel_grpc_relay_streams_total\{route="etcd"\} (\d+)', body)
+    check("main", "tls-relay: calls went through the frame relay", m and int(m.group(1)) > 0,
+          "relay counters in /metrics: %s" % re.findall(r"keel_grpc_relay_streams_total.*", body))
+
+
 def guarded(group, fn, *args):
     """Runs one group; a harness exception fails that group only."""
     try:
@@ -638,6 +655,7 @@ def main():
                        Target("tls-relay", pe.endpoint, e, certs=certs)]
             if "main" in groups:
                 guarded("main", group_main, targets)
+                guarded("main", check_tls_relay_used, pe, certs)
             if "escape" in groups:
                 guarded("escape", group_escape, targets[2], c)
                 guarded("escape", group_prefix_end, c)
