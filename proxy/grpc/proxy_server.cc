@@ -33,6 +33,7 @@
 #include "grpcpp/server_posix.h"
 #include "namespace/namespace_backend.h"
 #include "proxy/grpc/cluster_view.h"
+#include "proxy/grpc/first_bytes.h"
 #include "proxy/grpc/frame_relay.h"
 #include "proxy/grpc/health.h"
 #include "proxy/grpc/registration.h"
@@ -47,10 +48,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The HTTP/2 client connection preface (RFC 9113 3.4). Its first four bytes
-// already tell it apart from any HTTP/1.x request: no method is "PRI".
-constexpr std::string_view kHttp2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-constexpr size_t kSniffBytes = 4;
 // A connection that sent too little to be told apart within this time is closed.
 constexpr auto kSniffTimeout = std::chrono::seconds(10);
 // How long a connection that sent a partial first token waits before it is peeked again.
@@ -451,7 +448,7 @@ void ProxyServer::AcceptLoop() {
         }
         continue;
       }
-      char head[kSniffBytes];
+      char head[kFirstBytesNeeded];
       const ssize_t n = recv(p.fd, head, sizeof(head), MSG_PEEK);
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
         still.push_back(p);
@@ -461,14 +458,13 @@ void ProxyServer::AcceptLoop() {
         close(p.fd);
         continue;
       }
-      const size_t got = static_cast<size_t>(n);
-      const bool preface_so_far = kHttp2Preface.compare(0, got, head, got) == 0;
-      if (preface_so_far && got < kSniffBytes) {
+      const FirstBytes kind = ClassifyFirstBytes(std::string_view(head, static_cast<size_t>(n)));
+      if (kind == FirstBytes::kTooFew) {
         p.retry_at = now + kSniffRetry;
         still.push_back(p);
         continue;
       }
-      Dispatch(p.fd, preface_so_far);
+      Dispatch(p.fd, kind == FirstBytes::kHttp2);
     }
     pending = std::move(still);
   }

@@ -388,7 +388,7 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
   const bool files_given =
       !options.cert_file.empty() || !options.key_file.empty() || !options.trusted_ca_file.empty();
   absl::StatusOr<KeyPair> pair;
-  std::string ca_pem;
+  std::vector<X509Ptr> trusted_cas;  // empty: client certificates not asked for
   if (!files_given) {
     // Like etcd, --auto-tls applies only when no listener file is given.
     pair = LoadOrCreateAutoTls(options);
@@ -398,9 +398,12 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
     }
     pair = LoadKeyPair({"--cert-file", options.cert_file}, {"--key-file", options.key_file});
     if (pair.ok() && !options.trusted_ca_file.empty()) {
-      absl::StatusOr<std::string> ca = LoadCa({"--trusted-ca-file", options.trusted_ca_file});
-      if (!ca.ok()) return ca.status();
-      ca_pem = *std::move(ca);
+      const Source ca_src{"--trusted-ca-file", options.trusted_ca_file};
+      absl::StatusOr<std::string> ca_pem = ReadFile(ca_src);
+      if (!ca_pem.ok()) return ca_pem.status();
+      absl::StatusOr<std::vector<X509Ptr>> cas = ParseCertificates(ca_src, *ca_pem);
+      if (!cas.ok()) return cas.status();
+      trusted_cas = *std::move(cas);
     }
   }
   if (!pair.ok()) return pair.status();
@@ -436,12 +439,9 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
     return SslContextError("private key");
   }
 
-  if (!ca_pem.empty()) {
-    absl::StatusOr<std::vector<X509Ptr>> cas =
-        ParseCertificates({"--trusted-ca-file", options.trusted_ca_file}, ca_pem);
-    if (!cas.ok()) return cas.status();
+  if (!trusted_cas.empty()) {
     X509_STORE* store = SSL_CTX_get_cert_store(ctx.get());
-    for (const X509Ptr& ca : *cas) {
+    for (const X509Ptr& ca : trusted_cas) {
       if (X509_STORE_add_cert(store, ca.get()) != 1) return SslContextError("trusted CA");
       // Named in the handshake's CertificateRequest, as Go's server does.
       if (SSL_CTX_add_client_CA(ctx.get(), ca.get()) != 1) return SslContextError("trusted CA");

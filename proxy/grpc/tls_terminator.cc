@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/tcp_listen.h"
+#include "proxy/grpc/first_bytes.h"
 #include "proxy/grpc/tls.h"
 
 namespace keel::proxy::grpcproxy {
@@ -32,9 +33,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// As the plaintext listener sniffs: "PRI " starts the HTTP/2 preface.
-constexpr std::string_view kHttp2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-constexpr size_t kSniffBytes = 4;
 // Bytes one direction may have waiting for its reader before the writer is
 // no longer read.
 constexpr size_t kMaxBuffered = 1 << 20;
@@ -286,10 +284,11 @@ bool TlsTerminator::Loop::WriteClient(TlsConnection* c) {
 }
 
 bool TlsTerminator::Loop::Dispatch(TlsConnection* c) {
-  const size_t got = std::min(c->to_plain.size(), kSniffBytes);
-  const bool preface_so_far = kHttp2Preface.compare(0, got, c->to_plain.data(), got) == 0;
-  if (got == 0 || (preface_so_far && got < kSniffBytes && !c->client_ended)) return false;
-  const bool http2 = preface_so_far && got == kSniffBytes;
+  const FirstBytes kind =
+      ClassifyFirstBytes(std::string_view(c->to_plain.data(), c->to_plain.size()));
+  // A client that ended after a part of the preface goes to the HTTP server.
+  if (kind == FirstBytes::kTooFew && (c->to_plain.size() == 0 || !c->client_ended)) return false;
+  const bool http2 = kind == FirstBytes::kHttp2;
   Undispatched(c);
   ClearTimer(c);
   if (http2 && !c->client_ended && options.adopt_http2) {

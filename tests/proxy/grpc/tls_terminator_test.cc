@@ -224,6 +224,19 @@ class TlsTerminatorTest : public ::testing::Test {
     EXPECT_TRUE(context.ok()) << context.status();
     return context.ok() ? *context : nullptr;
   }
+  // One exchange: a Python client sends `request` while `server` answers its
+  // next `connections` connections with `reply` (after the request, or with
+  // `until_end` after the client's end).
+  std::optional<TlsClientResult> Exchange(TerminatorServer& server, std::vector<Served>* served,
+                                          const std::string& request, const std::string& reply,
+                                          const TlsClientOptions& options, bool until_end = false,
+                                          int connections = 1) {
+    std::thread answer = AnswerNext(server, served, request.size(), reply, until_end, connections);
+    std::optional<TlsClientResult> result =
+        TlsClient(server.port(), pki_.ca_file(), request, options);
+    answer.join();
+    return result;
+  }
 
   TestPki pki_;
   CertKeyFiles server_, client_;
@@ -239,10 +252,8 @@ TEST_F(TlsTerminatorTest, DispatchesByTheDecryptedBytesAndDeliversAllBeforeClosi
   const std::string get = "GET /metrics HTTP/1.1\r\n\r\n";
   const std::string big = "HTTP/1.1 200 OK\r\n" + std::string(3'000'000, 'm');
   std::vector<Served> served;
-  std::thread answer = AnswerNext(server, &served, get.size(), big);
   std::optional<TlsClientResult> http =
-      TlsClient(server.port(), pki_.ca_file(), get, Offering("h2,http/1.1"));
-  answer.join();
+      Exchange(server, &served, get, big, Offering("h2,http/1.1"));
   ASSERT_TRUE(http.has_value());
   EXPECT_EQ(http->alpn, "http/1.1");
   EXPECT_EQ(http->received, big.size());
@@ -253,10 +264,8 @@ TEST_F(TlsTerminatorTest, DispatchesByTheDecryptedBytesAndDeliversAllBeforeClosi
 
   // A gRPC client offers only h2 and gets it; the preface marks it HTTP/2.
   const std::string preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-  answer = AnswerNext(server, &served, preface.size(), "h2-reply");
   std::optional<TlsClientResult> grpc =
-      TlsClient(server.port(), pki_.ca_file(), preface, Offering("h2"));
-  answer.join();
+      Exchange(server, &served, preface, "h2-reply", Offering("h2"));
   ASSERT_TRUE(grpc.has_value());
   EXPECT_EQ(grpc->alpn, "h2");
   EXPECT_EQ(grpc->head, "h2-reply");
@@ -265,14 +274,10 @@ TEST_F(TlsTerminatorTest, DispatchesByTheDecryptedBytesAndDeliversAllBeforeClosi
   EXPECT_EQ(served[1].request, preface);
 
   // gRPC core's offer; and no ALPN at all.
-  answer = AnswerNext(server, &served, preface.size(), "core");
-  grpc = TlsClient(server.port(), pki_.ca_file(), preface, Offering("grpc-exp,h2"));
-  answer.join();
+  grpc = Exchange(server, &served, preface, "core", Offering("grpc-exp,h2"));
   ASSERT_TRUE(grpc.has_value());
   EXPECT_EQ(grpc->alpn, "h2");
-  answer = AnswerNext(server, &served, get.size(), "none");
-  http = TlsClient(server.port(), pki_.ca_file(), get, TlsClientOptions());
-  answer.join();
+  http = Exchange(server, &served, get, "none", TlsClientOptions());
   ASSERT_TRUE(http.has_value());
   EXPECT_EQ(http->alpn, "none");
   EXPECT_EQ(http->head, "none");
@@ -287,12 +292,10 @@ TEST_F(TlsTerminatorTest, AHalfClosedClientStillGetsTheAnswer) {
   TerminatorServer server(Context());
   const std::string get = "GET /health HTTP/1.0\r\n\r\n";
   std::vector<Served> served;
-  std::thread answer = AnswerNext(server, &served, 0, "HTTP/1.0 200 OK\r\n\r\nok",
-                                  /*until_end=*/true);
   TlsClientOptions half_close;
   half_close.half_close = true;
-  std::optional<TlsClientResult> http = TlsClient(server.port(), pki_.ca_file(), get, half_close);
-  answer.join();
+  std::optional<TlsClientResult> http =
+      Exchange(server, &served, get, "HTTP/1.0 200 OK\r\n\r\nok", half_close, /*until_end=*/true);
   ASSERT_EQ(served.size(), 1u);
   EXPECT_TRUE(served[0].saw_end);
   EXPECT_EQ(served[0].request, get);
@@ -307,13 +310,12 @@ TEST_F(TlsTerminatorTest, MutualTlsClientsCanResumeTheirSession) {
   TerminatorServer server(Context(pki_.ca_file()));
   const std::string get = "GET / HTTP/1.1\r\n\r\n";
   std::vector<Served> served;
-  std::thread answer = AnswerNext(server, &served, get.size(), "hello-again", false, 2);
   TlsClientOptions options;
   options.cert = client_.cert;
   options.key = client_.key;
   options.resume = true;
-  std::optional<TlsClientResult> result = TlsClient(server.port(), pki_.ca_file(), get, options);
-  answer.join();
+  std::optional<TlsClientResult> result =
+      Exchange(server, &served, get, "hello-again", options, /*until_end=*/false, 2);
   ASSERT_TRUE(result.has_value());
   EXPECT_EQ(result->head, "hello-again");
   EXPECT_EQ(result->resumed, "resumed");
