@@ -176,18 +176,25 @@ void HttpServer::Handle(const std::string& path, HttpHandler handler) {
 }
 
 absl::Status HttpServer::Start(const HostPort& listen) {
-  std::lock_guard<std::mutex> lock(stop_mu_);
-  if (thread_.joinable()) return absl::FailedPreconditionError("http server already started");
   absl::StatusOr<int> listened = ListenTcp(listen);
   if (!listened.ok()) return listened.status();
-  int fd = *listened;
-  port_ = BoundPort(fd);
+  return Start(*listened);
+}
+
+absl::Status HttpServer::Start(int listen_fd, AcceptHook hook) {
+  std::lock_guard<std::mutex> lock(stop_mu_);
+  if (thread_.joinable()) {
+    CloseFd(listen_fd);
+    return absl::FailedPreconditionError("http server already started");
+  }
+  port_ = BoundPort(listen_fd);
   if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
     const int err = errno;
-    CloseFd(fd);
+    CloseFd(listen_fd);
     return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrnoText(err)));
   }
-  listen_fd_ = fd;
+  listen_fd_ = listen_fd;
+  accept_hook_ = std::move(hook);
   {
     std::lock_guard<std::mutex> handoff_lock(handoff_mu_);
     running_ = true;
@@ -387,6 +394,10 @@ void HttpServer::Serve() {
             accept_paused_until = Clock::now() + kAcceptPause;
           }
           break;
+        }
+        if (accept_hook_) {
+          accept_hook_(fd);
+          continue;
         }
         Connection c;
         c.fd = fd;

@@ -4,6 +4,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -60,6 +62,36 @@ absl::StatusOr<int> ListenTcp(const HostPort& listen) {
   }
   freeaddrinfo(result);
   if (fd < 0) return error;
+  return fd;
+}
+
+absl::StatusOr<int> ListenUnix(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::UnavailableError(absl::StrCat("listen unix ", path, ": bind: invalid argument"));
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  // Only a stale socket is removed: a regular file of that name is not ours.
+  struct stat st {};
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("listen unix ", path, ": socket: ", ErrnoText(errno)));
+  }
+  const char* step = nullptr;
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    step = "bind";
+  } else if (::listen(fd, SOMAXCONN) != 0) {
+    step = "listen";
+  }
+  if (step != nullptr) {
+    const int err = errno;
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrCat("listen unix ", path, ": ", step, ": ", ErrnoText(err)));
+  }
   return fd;
 }
 

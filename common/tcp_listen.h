@@ -15,6 +15,13 @@ namespace keel::common {
 // "listen tcp 127.0.0.1:2379: bind: address already in use".
 absl::StatusOr<int> ListenTcp(const HostPort& listen);
 
+// Binds and listens on a unix socket at `path` (etcd's unix:// listeners). A
+// socket file left at `path` by an earlier run is replaced; any other file is
+// left alone (bind fails). Same ownership and flags as ListenTcp; Unavailable
+// in Go's wording otherwise: "listen unix /run/m.sock: bind: address already
+// in use".
+absl::StatusOr<int> ListenUnix(const std::string& path);
+
 // The local port a socket is bound to; 0 if it cannot be read.
 int BoundPort(int fd);
 

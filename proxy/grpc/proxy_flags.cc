@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/flags.h"
@@ -149,6 +150,47 @@ absl::Status Unsupported(const std::string& flag) {
   return absl::InvalidArgumentError(absl::StrCat("--", flag, " is not supported by keel"));
 }
 
+// --metrics-addr as etcd's transport.NewListener takes it: http:// and
+// https:// (with the listener's certificate), unix:// and unixs://, where
+// the socket file is the URL's host part ("unix://localhost:2381" makes the
+// file "localhost:2381"), or, beyond etcd, its path ("unix:///run/m.sock").
+absl::StatusOr<MetricsListen> ParseMetricsAddr(const ProxyFlags& flags) {
+  const std::string& text = flags.metrics_addr;
+  const auto invalid = [&text] {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid value \"", text,
+        "\" for --metrics-addr: want http://host:port, https://host:port, unix://path or "
+        "unixs://path"));
+  };
+  MetricsListen metrics;
+  metrics.url = text;
+  const size_t colon = text.find("://");
+  if (colon == std::string::npos) return invalid();
+  const std::string scheme = absl::AsciiStrToLower(text.substr(0, colon));
+  std::string where;  // host:port, or the socket file
+  if (scheme == "http" || scheme == "https") {
+    absl::StatusOr<common::Url> url = common::ParseUrl(text);
+    if (!url.ok()) return invalid();
+    metrics.tcp = url->host_port;
+    where = url->host_port.ToString();
+  } else if (scheme == "unix" || scheme == "unixs") {
+    const std::string rest = text.substr(colon + 3);
+    const size_t slash = rest.find('/');
+    metrics.unix_path = slash == 0 ? rest : rest.substr(0, slash);
+    if (metrics.unix_path.empty() || metrics.unix_path == "/") return invalid();
+    where = metrics.unix_path;
+  } else {
+    return invalid();
+  }
+  metrics.tls = scheme == "https" || scheme == "unixs";
+  // etcd's wording; the listener's CA file alone is no certificate either.
+  if (metrics.tls && flags.cert_file.empty() && flags.key_file.empty() && !flags.auto_tls) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot listen on TLS for ", where,
+                                                   ": KeyFile and CertFile are not presented"));
+  }
+  return metrics;
+}
+
 }  // namespace
 
 void AddGrpcProxyStartFlags(CLI::App& cmd, ProxyFlags* flags) {
@@ -263,12 +305,9 @@ absl::StatusOr<ProxyConfig> ToProxyConfig(const ProxyFlags& flags) {
   }
   config.advertise_client_url = flags.advertise_client_url;
   if (!flags.metrics_addr.empty()) {
-    absl::StatusOr<common::Url> url = common::ParseUrl(flags.metrics_addr);
-    if (!url.ok() || url->scheme != "http") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid value \"", flags.metrics_addr, "\" for --metrics-addr: want http://host:port"));
-    }
-    config.metrics_addr = url->host_port;
+    absl::StatusOr<MetricsListen> metrics = ParseMetricsAddr(flags);
+    if (!metrics.ok()) return metrics.status();
+    config.metrics_listen = *std::move(metrics);
   }
   config.data_dir = flags.data_dir;
   config.max_concurrent_streams = flags.max_concurrent_streams;

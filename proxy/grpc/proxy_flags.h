@@ -61,6 +61,14 @@ struct ProxyFlags {
 // does. REQUIRES: `flags` outlives cmd's parse.
 void AddGrpcProxyStartFlags(CLI::App& cmd, ProxyFlags* flags);
 
+// --metrics-addr, parsed: another listener serving the HTTP paths.
+struct MetricsListen {
+  std::string url;                      // as given (for logs)
+  std::optional<common::HostPort> tcp;  // http:// and https://
+  std::string unix_path;                // unix:// and unixs://: the socket file
+  bool tls = false;                     // https:// and unixs://
+};
+
 // What a parsed `grpc-proxy start` command line configures, checked.
 struct ProxyConfig {
   std::string listen_addr;  // as given (for logs)
@@ -73,7 +81,7 @@ struct ProxyConfig {
   std::string discovery_srv_name;
   bool insecure_discovery = false;
   std::string advertise_client_url;  // "" = MemberList passes through
-  std::optional<common::HostPort> metrics_addr;
+  std::optional<MetricsListen> metrics_listen;
   std::string data_dir;
   uint32_t max_concurrent_streams = UINT32_MAX;
   std::string cert;
@@ -97,7 +105,8 @@ struct ProxyConfig {
 // Checks and converts parsed flags. InvalidArgument with etcd's exact text
 // where etcd checks: `invalid resolver-ttl 0`, `invalid resolver-prefix ""`,
 // `invalid advertise-client-url ""`, `error parsing endpoint "x"`,
-// `listen tcp: address foo: missing port in address`; keel's own
+// `listen tcp: address foo: missing port in address`, `cannot listen on TLS
+// for 127.0.0.1:9000: KeyFile and CertFile are not presented`; keel's own
 // checks say `invalid value "<v>" for --<flag>: <why>`. Flags keel accepts
 // but does not implement (--client-crl-file, --listen-cipher-suites,
 // --experimental-serializable-ordering, --experimental-leasing-prefix) are

@@ -112,11 +112,13 @@ absl::Status ProxyServer::Start() {
     server_tls.data_dir = config_.data_dir;
     server_tls.listen_host = config_.listen.host;
     std::optional<TlsTerminatorOptions> tls_options;
+    std::shared_ptr<SSL_CTX> server_context;  // also for an https:// --metrics-addr
     if (ServerTlsEnabled(server_tls)) {
       absl::StatusOr<std::shared_ptr<SSL_CTX>> context = MakeServerSslContext(server_tls);
       if (!context.ok()) return context.status();
+      server_context = *std::move(context);
       TlsTerminatorOptions tls;
-      tls.context = *std::move(context);
+      tls.context = server_context;
       tls.dispatch = [this](int fd, bool http2) { Dispatch(fd, http2); };
       tls_options = std::move(tls);
     }
@@ -258,9 +260,11 @@ absl::Status ProxyServer::Start() {
     http_.Handle("/version", [this](const common::HttpRequest& request) {
       return FetchFromBackend(request, "/version");
     });
-    if (config_.metrics_addr.has_value()) {
-      if (absl::Status s = http_.Start(*config_.metrics_addr); !s.ok()) return s;
+    if (config_.metrics_listen.has_value()) {
+      if (absl::Status s = StartMetricsListener(server_context); !s.ok()) return s;
       http_running_ = true;
+      KEEL_LOG_EVENT(Log(), spdlog::level::info, "gRPC proxy server metrics URL serving",
+                     {{"address", config_.metrics_listen->url}});
     } else {
       if (absl::Status s = http_.Start(); !s.ok()) return s;
       http_running_ = true;
@@ -325,6 +329,10 @@ void ProxyServer::Stop(absl::Duration grace) {
     grpc_server_->Wait();
   }
   if (http_running_) http_.Stop();
+  if (metrics_tls_ != nullptr) metrics_tls_->Stop(kTlsDrain);
+  if (!metrics_unix_path_.empty()) {
+    unlink(metrics_unix_path_.c_str());
+  }
   // The servers have closed their ends: what they wrote last still reaches
   // the TLS clients.
   if (tls_ != nullptr) tls_->Stop(kTlsDrain);
@@ -348,6 +356,7 @@ void ProxyServer::Stop(absl::Duration grace) {
   // upstream streams it carries.
   registration_.reset();
   tls_.reset();
+  metrics_tls_.reset();
   grpc_server_.reset();
   health_.reset();
   front_.reset();
@@ -483,6 +492,35 @@ void ProxyServer::Dispatch(int fd, bool http2) {
   } else {
     close(fd);
   }
+}
+
+absl::Status ProxyServer::StartMetricsListener(std::shared_ptr<SSL_CTX> context) {
+  const MetricsListen& metrics = *config_.metrics_listen;
+  absl::StatusOr<int> fd = metrics.tcp.has_value() ? common::ListenTcp(*metrics.tcp)
+                                                   : common::ListenUnix(metrics.unix_path);
+  if (!fd.ok()) return fd.status();
+  metrics_unix_path_ = metrics.unix_path;
+  common::AcceptHook hook;
+  if (metrics.tls) {
+    TlsTerminatorOptions options;
+    options.context = std::move(context);
+    // Only HTTP/1.1 is served there, as on etcd's metrics listener.
+    options.dispatch = [this](int conn, bool) { http_.ServeConnection(conn); };
+    metrics_tls_ = std::make_unique<TlsTerminator>(std::move(options));
+    if (absl::Status s = metrics_tls_->Start(); !s.ok()) {
+      close(*fd);
+      return s;
+    }
+    hook = [this](int conn) {
+      // Handshakes in progress are bounded as on the main port.
+      if (metrics_tls_->Waiting() >= kMaxPending) {
+        close(conn);
+      } else {
+        metrics_tls_->Serve(conn);
+      }
+    };
+  }
+  return http_.Start(*fd, std::move(hook));
 }
 
 common::HttpResponse ProxyServer::FetchFromBackend(const common::HttpRequest& request,

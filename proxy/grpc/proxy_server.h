@@ -1,5 +1,7 @@
 #pragma once
 
+#include <openssl/ssl.h>
+
 #include <atomic>
 #include <memory>
 #include <string>
@@ -59,7 +61,9 @@ class Registration;
 // copies to; anything else to the HTTP server over such a socketpair. So
 // HTTP/1.1 (/health, /metrics) works on the TLS port too (etcd documents
 // that as a known issue of its proxy).
-// --metrics-addr always serves the same HTTP paths as the main port.
+// --metrics-addr always serves the same HTTP paths as the main port, over
+// TCP or a unix socket, with TLS (the listener's certificate, and client
+// certificates when the main port asks for them) for https:// and unixs://.
 //
 // The backend need not be reachable for Start() to succeed (etcd's proxy
 // starts anyway); /health reports it. Thread-compatible: Start() and Stop()
@@ -97,6 +101,9 @@ class ProxyServer {
   // bytes were peeked to the relay or the gRPC server (`http2`) or to the
   // HTTP server; closes it once Stop() began.
   void Dispatch(int fd, bool http2);
+  // Binds --metrics-addr and starts the HTTP server on it, behind its own
+  // TLS terminator with `context` for https:// and unixs://.
+  absl::Status StartMetricsListener(std::shared_ptr<SSL_CTX> context);
   // GET of `path` (plain HTTP) on the remote backend's current endpoint, as
   // the answer to `request`: the backend's answer whatever its status, 500
   // with the error if it could not be fetched (3 s limit), 405 unless the
@@ -122,6 +129,8 @@ class ProxyServer {
   std::unique_ptr<RelayRoutes> relay_routes_;
   std::unique_ptr<FrameRelay> relay_;  // null when not used (see the class comment)
   std::unique_ptr<TlsTerminator> tls_;  // null without server TLS
+  std::unique_ptr<TlsTerminator> metrics_tls_;  // for an https:// or unixs:// --metrics-addr
+  std::string metrics_unix_path_;  // a unix socket file --metrics-addr made, removed at Stop()
   std::atomic<bool> draining_{false};
   common::HttpServer http_;
   bool http_running_ = false;

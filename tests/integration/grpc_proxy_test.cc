@@ -148,6 +148,19 @@ TEST_F(GrpcProxyTest, BadFlagsExitNonZeroWithEtcdsMessages) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "error parsing endpoint \"127.0.0.1\"\n");
 
+  // --metrics-addr as etcd takes it; https:// needs the listener's certificate.
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--metrics-addr=https://127.0.0.1:9"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err,
+            "cannot listen on TLS for 127.0.0.1:9: KeyFile and CertFile are not presented\n");
+  for (const char* bad : {"127.0.0.1:9", "ftp://127.0.0.1:9", "unix://", "http://127.0.0.1"}) {
+    r = RunCommand({Keel(), "grpc-proxy", "start", listen, std::string("--metrics-addr=") + bad});
+    EXPECT_EQ(r.exit_code, 1) << bad;
+    EXPECT_EQ(r.err, std::string("invalid value \"") + bad +
+                         "\" for --metrics-addr: want http://host:port, https://host:port, "
+                         "unix://path or unixs://path\n");
+  }
+
   r = RunCommand({Keel(), "grpc-proxy", "start", "--listen-addr=foo"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "listen tcp: address foo: missing port in address\n");
@@ -186,6 +199,53 @@ TEST_F(GrpcProxyTest, ListenAddressInUseIsAnError) {
                                 "--data-dir=" + dir_.File("second.data")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "listen tcp " + first.addr() + ": bind: address already in use\n");
+}
+
+// --metrics-addr=unix://NAME makes the socket file NAME in the working
+// directory, as etcd does (unix://localhost:2381 is a file
+// "localhost:2381"); it serves the HTTP paths, and is gone after a clean
+// stop. A regular file of that name is not replaced: the start fails.
+TEST_F(GrpcProxyTest, MetricsAddrOnUnixSocket) {
+  const std::string name = "localhost:" + std::to_string(FreePort());
+  const std::string socket_file = dir_.File(name);
+  const int port = FreePort();
+  const auto start_in_dir = [&](const std::string& log) {
+    // sh changes directory, then becomes keel (the process group is killed at the end).
+    return std::make_unique<Subprocess>(
+        std::vector<std::string>{"sh", "-c",
+                                 "cd \"$0\" && exec \"$1\" grpc-proxy start "
+                                 "--listen-addr=127.0.0.1:\"$2\" --endpoints=127.0.0.1:1 "
+                                 "--data-dir=proxy.data --metrics-addr=unix://\"$3\"",
+                                 dir_.path(), Keel(), std::to_string(port), name},
+        dir_.File(log));
+  };
+  std::unique_ptr<Subprocess> proxy = start_in_dir("unix.log");
+  ASSERT_TRUE(proxy->WaitForLog("\"msg\":\"started gRPC proxy\"", seconds(30))) << proxy->Log();
+  EXPECT_NE(proxy->Log().find("\"msg\":\"gRPC proxy server metrics URL serving\""),
+            std::string::npos)
+      << proxy->Log();
+  CommandResult metrics =
+      RunCommand({"curl", "-s", "--unix-socket", socket_file, "http://localhost/metrics"});
+  EXPECT_EQ(metrics.exit_code, 0) << metrics.err;
+  EXPECT_NE(metrics.out.find("process_open_fds "), std::string::npos) << metrics.out;
+  // No etcd behind it: /health answers, and says so.
+  CommandResult health = RunCommand({"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                     "--unix-socket", socket_file, "http://localhost/health"});
+  EXPECT_EQ(health.out, "503") << health.err;
+  proxy->Signal(SIGTERM);
+  EXPECT_EQ(proxy->Wait(seconds(30)), std::optional<int>(0)) << proxy->Log();
+  EXPECT_NE(access(socket_file.c_str(), F_OK), 0) << "socket file left behind";
+
+  { std::ofstream(socket_file) << "not a socket\n"; }
+  std::unique_ptr<Subprocess> refused = start_in_dir("refused.log");
+  EXPECT_EQ(refused->Wait(seconds(30)), std::optional<int>(1)) << refused->Log();
+  EXPECT_NE(refused->Log().find("listen unix " + name + ": bind: address already in use"),
+            std::string::npos)
+      << refused->Log();
+  std::ifstream kept(socket_file);
+  std::string line;
+  std::getline(kept, line);
+  EXPECT_EQ(line, "not a socket");
 }
 
 // etcd's proxy starts without a reachable backend; /health says it is down,

@@ -174,14 +174,25 @@ TEST_F(GrpcProxyTlsTest, EndpointWithoutSchemeIsDialedWithTls) {
 }
 
 TEST_F(GrpcProxyTlsTest, TlsClients) {
-  ProxyProcess proxy(dir_, "tls",
-                     Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert,
-                                            "--key-file=" + proxy_server_.key}));
+  // unixs://: --metrics-addr on a unix socket, with the listener's TLS.
+  const std::string metrics_socket = dir_.File("metrics.sock");
+  ProxyProcess proxy(
+      dir_, "tls",
+      Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert, "--key-file=" + proxy_server_.key,
+                             "--metrics-addr=unixs://" + metrics_socket}));
   ASSERT_TRUE(proxy.Listening()) << proxy.Log();
   ExpectPutGet(Https(proxy), {"--cacert=" + pki_->ca_file()}, "tls", proxy);
   // Without TLS the client gets nowhere.
   CommandResult plain = EtcdCluster::Etcdctl(proxy.addr(), {"get", "tls"});
   EXPECT_NE(plain.exit_code, 0) << plain.out;
+
+  // The certificate names 127.0.0.1: curl is told to connect to that name.
+  CommandResult health = RunCommand({"curl", "-s", "--fail", "--cacert", pki_->ca_file(),
+                                     "--unix-socket", metrics_socket, "https://127.0.0.1/health"});
+  EXPECT_EQ(health.out, "{\"health\":\"true\",\"reason\":\"\"}") << health.err << proxy.Log();
+  CommandResult cleartext =
+      RunCommand({"curl", "-s", "--unix-socket", metrics_socket, "http://127.0.0.1/health"});
+  EXPECT_EQ(cleartext.out.find("health"), std::string::npos) << cleartext.out;
 }
 
 // keel follows etcd 3.5 (#11970): only the upstream client certificate must be
@@ -194,12 +205,17 @@ TEST_F(GrpcProxyTlsTest, ListenerCertificateMayHaveCommonName) {
   ExpectPutGet(Https(proxy), {"--cacert=" + pki_->ca_file()}, "listener-cn", proxy);
 }
 
-// Scenario 45: with --trusted-ca-file, client certificates are required.
+// Scenario 45: with --trusted-ca-file, client certificates are required, on
+// the main port and on an https:// --metrics-addr alike (etcd's proxy uses
+// the same TLS settings for both).
 TEST_F(GrpcProxyTlsTest, MutualTlsClients) {
+  const int metrics_port = FreePort();
+  const std::string metrics_url = "https://127.0.0.1:" + std::to_string(metrics_port);
   ProxyProcess proxy(
       dir_, "mtls",
-      Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert, "--key-file=" + proxy_server_.key,
-                             "--trusted-ca-file=" + pki_->ca_file()}));
+      Plus(UpstreamFlags(),
+           {"--cert-file=" + proxy_server_.cert, "--key-file=" + proxy_server_.key,
+            "--trusted-ca-file=" + pki_->ca_file(), "--metrics-addr=" + metrics_url}));
   ASSERT_TRUE(proxy.Listening()) << proxy.Log();
   ExpectPutGet(
       Https(proxy),
@@ -223,6 +239,18 @@ TEST_F(GrpcProxyTlsTest, MutualTlsClients) {
   CommandResult refused = RunCommand(Plus(curl, {Https(proxy) + "/metrics"}));
   EXPECT_NE(refused.exit_code, 0);
   EXPECT_EQ(refused.out, "");
+
+  CommandResult extra = RunCommand(Plus(
+      curl, {"--cert", user_client_.cert, "--key", user_client_.key, metrics_url + "/metrics"}));
+  EXPECT_EQ(extra.exit_code, 0) << extra.err << proxy.Log();
+  EXPECT_NE(extra.out.find("grpc_server_handled_total{"), std::string::npos) << extra.out;
+  CommandResult extra_refused = RunCommand(Plus(curl, {metrics_url + "/metrics"}));
+  EXPECT_NE(extra_refused.exit_code, 0);
+  EXPECT_EQ(extra_refused.out, "");
+  CommandResult extra_plain = RunCommand(
+      {"curl", "-s", "--fail", "http://127.0.0.1:" + std::to_string(metrics_port) + "/metrics"});
+  EXPECT_NE(extra_plain.exit_code, 0);
+  EXPECT_EQ(extra_plain.out, "");
 }
 
 TEST_F(GrpcProxyTlsTest, AutoTls) {
