@@ -238,10 +238,10 @@ void AddGrpcProxyStartFlags(CLI::App& cmd, ProxyFlags* flags) {
             "verify certificates of TLS-enabled secure proxy using this CA bundle");
   AddStrings(cmd, "--listen-cipher-suites", &flags->listen_cipher_suites,
              "Comma-separated list of supported TLS cipher suites between client/proxy (empty "
-             "will be auto-populated by Go). (keel: not supported, must be empty)");
+             "will be auto-populated by Go).");
   cmd.add_flag("--auto-tls", flags->auto_tls, "proxy TLS using generated certificates");
   AddString(cmd, "--client-crl-file", &flags->client_crl_file,
-            "proxy client certificate revocation list file. (keel: not supported, must be empty)");
+            "proxy client certificate revocation list file.");
   AddInt64Flag(cmd, "--max-send-bytes", &flags->max_send_bytes,
                "message send limits in bytes (default value is 1.5 MiB)");
   AddInt64Flag(cmd, "--max-recv-bytes", &flags->max_recv_bytes,
@@ -274,8 +274,20 @@ absl::StatusOr<ProxyConfig> ToProxyConfig(const ProxyFlags& flags) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid advertise-client-url ", common::GoQuote(flags.advertise_client_url)));
   }
-  if (!flags.client_crl_file.empty()) return Unsupported("client-crl-file");
-  if (!flags.listen_cipher_suites.empty()) return Unsupported("listen-cipher-suites");
+  const bool listener_tls = !flags.cert_file.empty() || !flags.key_file.empty() ||
+                            !flags.trusted_ca_file.empty() || flags.auto_tls;
+  // etcd ignores these without TLS on the listener (or crashes, for the
+  // cipher suites); keel says why they cannot work.
+  if (!flags.listen_cipher_suites.empty() && !listener_tls) {
+    return absl::InvalidArgumentError(
+        "--listen-cipher-suites needs TLS on the listener (--cert-file and --key-file, or "
+        "--auto-tls)");
+  }
+  if (!flags.client_crl_file.empty() && flags.trusted_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--client-crl-file needs --trusted-ca-file: client certificates are asked for only "
+        "with it");
+  }
   if (flags.experimental_serializable_ordering) {
     return Unsupported("experimental-serializable-ordering");
   }
@@ -332,6 +344,12 @@ absl::StatusOr<ProxyConfig> ToProxyConfig(const ProxyFlags& flags) {
   config.key_file = flags.key_file;
   config.trusted_ca_file = flags.trusted_ca_file;
   config.auto_tls = flags.auto_tls;
+  for (const std::string& item : flags.listen_cipher_suites) {
+    for (const std::string& suite : common::SplitCommaList(item)) {
+      config.listen_cipher_suites.push_back(suite);
+    }
+  }
+  config.client_crl_file = flags.client_crl_file;
   config.ns = flags.ns;
   config.resolver_prefix = flags.resolver_prefix;
   config.resolver_ttl = flags.resolver_ttl;

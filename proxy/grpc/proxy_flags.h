@@ -94,6 +94,8 @@ struct ProxyConfig {
   std::string key_file;
   std::string trusted_ca_file;
   bool auto_tls = false;
+  std::vector<std::string> listen_cipher_suites;  // Go's names, as given
+  std::string client_crl_file;
   std::string ns;
   std::string resolver_prefix;  // "" = no registration
   int64_t resolver_ttl = 0;
@@ -107,9 +109,10 @@ struct ProxyConfig {
 // `invalid advertise-client-url ""`, `error parsing endpoint "x"`,
 // `listen tcp: address foo: missing port in address`, `cannot listen on TLS
 // for 127.0.0.1:9000: KeyFile and CertFile are not presented`; keel's own
-// checks say `invalid value "<v>" for --<flag>: <why>`. Flags keel accepts
-// but does not implement (--client-crl-file, --listen-cipher-suites,
-// --experimental-serializable-ordering, --experimental-leasing-prefix) are
+// checks say `invalid value "<v>" for --<flag>: <why>`, or why a flag
+// cannot work (--listen-cipher-suites without TLS, --client-crl-file without
+// --trusted-ca-file). Flags keel accepts but does not implement
+// (--experimental-serializable-ordering, --experimental-leasing-prefix) are
 // refused when set: `--<flag> is not supported by keel`. Pure.
 absl::StatusOr<ProxyConfig> ToProxyConfig(const ProxyFlags& flags);
 

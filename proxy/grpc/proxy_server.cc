@@ -111,6 +111,8 @@ absl::Status ProxyServer::Start() {
     server_tls.auto_tls = config_.auto_tls;
     server_tls.data_dir = config_.data_dir;
     server_tls.listen_host = config_.listen.host;
+    server_tls.cipher_suites = config_.listen_cipher_suites;
+    server_tls.client_crl_file = config_.client_crl_file;
     std::optional<TlsTerminatorOptions> tls_options;
     std::shared_ptr<SSL_CTX> server_context;  // also for an https:// --metrics-addr
     if (ServerTlsEnabled(server_tls)) {

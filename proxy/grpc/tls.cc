@@ -7,6 +7,7 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -16,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -26,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "proxy/grpc/client_crl.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -372,6 +375,62 @@ int SelectAlpn(SSL*, const unsigned char** out, unsigned char* out_len, const un
   return SSL_TLSEXT_ERR_NOACK;
 }
 
+// The TLS 1.2 suites etcd's --listen-cipher-suites takes (Go's names, as
+// etcd's tlsutil lists them; the ChaCha20 ones also with Go's newer
+// "_SHA256" spelling), with OpenSSL's names.
+constexpr std::pair<absl::string_view, const char*> kCipherSuites[] = {
+    {"TLS_RSA_WITH_RC4_128_SHA", "RC4-SHA"},
+    {"TLS_RSA_WITH_3DES_EDE_CBC_SHA", "DES-CBC3-SHA"},
+    {"TLS_RSA_WITH_AES_128_CBC_SHA", "AES128-SHA"},
+    {"TLS_RSA_WITH_AES_256_CBC_SHA", "AES256-SHA"},
+    {"TLS_RSA_WITH_AES_128_CBC_SHA256", "AES128-SHA256"},
+    {"TLS_RSA_WITH_AES_128_GCM_SHA256", "AES128-GCM-SHA256"},
+    {"TLS_RSA_WITH_AES_256_GCM_SHA384", "AES256-GCM-SHA384"},
+    {"TLS_ECDHE_ECDSA_WITH_RC4_128_SHA", "ECDHE-ECDSA-RC4-SHA"},
+    {"TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", "ECDHE-ECDSA-AES128-SHA"},
+    {"TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA", "ECDHE-ECDSA-AES256-SHA"},
+    {"TLS_ECDHE_RSA_WITH_RC4_128_SHA", "ECDHE-RSA-RC4-SHA"},
+    {"TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA", "ECDHE-RSA-DES-CBC3-SHA"},
+    {"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA", "ECDHE-RSA-AES128-SHA"},
+    {"TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA", "ECDHE-RSA-AES256-SHA"},
+    {"TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256", "ECDHE-ECDSA-AES128-SHA256"},
+    {"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256", "ECDHE-RSA-AES128-SHA256"},
+    {"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256"},
+    {"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256"},
+    {"TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", "ECDHE-RSA-AES256-GCM-SHA384"},
+    {"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384"},
+    {"TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305", "ECDHE-RSA-CHACHA20-POLY1305"},
+    {"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305", "ECDHE-ECDSA-CHACHA20-POLY1305"},
+    {"TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE-RSA-CHACHA20-POLY1305"},
+    {"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"},
+};
+
+// Restricts `ctx`'s TLS 1.2 suites to `go_names` (see ServerTlsOptions).
+absl::Status SetCipherSuites(SSL_CTX* ctx, const std::vector<std::string>& go_names) {
+  std::string list;
+  for (const std::string& go_name : go_names) {
+    const auto* known = std::find_if(std::begin(kCipherSuites), std::end(kCipherSuites),
+                                     [&](const auto& suite) { return suite.first == go_name; });
+    if (known == std::end(kCipherSuites)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected TLS cipher suite \"", go_name, "\""));
+    }
+    // One at a time, so a suite this OpenSSL lacks is named, not skipped.
+    if (SSL_CTX_set_cipher_list(ctx, known->second) != 1) {
+      ERR_clear_error();
+      return absl::InvalidArgumentError(absl::StrCat("--listen-cipher-suites: TLS cipher suite \"",
+                                                     go_name, "\" is not available in ",
+                                                     OpenSSL_version(OPENSSL_VERSION)));
+    }
+    absl::StrAppend(&list, list.empty() ? "" : ":", known->second);
+  }
+  if (SSL_CTX_set_cipher_list(ctx, list.c_str()) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen-cipher-suites: ", TakeOpenSslError("no usable cipher suite")));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SslContextError(absl::string_view what) {
   return absl::InternalError(
       absl::StrCat("TLS listener: ", what, ": ", TakeOpenSslError("OpenSSL error")));
@@ -447,6 +506,12 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
       if (SSL_CTX_add_client_CA(ctx.get(), ca.get()) != 1) return SslContextError("trusted CA");
     }
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  if (!options.client_crl_file.empty()) {
+    if (absl::Status s = InstallClientCrl(ctx.get(), options.client_crl_file); !s.ok()) return s;
+  }
+  if (!options.cipher_suites.empty()) {
+    if (absl::Status s = SetCipherSuites(ctx.get(), options.cipher_suites); !s.ok()) return s;
   }
   // Without one, OpenSSL fails the handshake of a client that resumes a
   // session (a TLS 1.3 ticket) while client certificates are verified.

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -22,6 +23,12 @@ struct ServerTlsOptions {
   std::string data_dir;
   // SAN of the auto-TLS certificate (IP or DNS name; brackets of an IPv6 literal allowed).
   std::string listen_host;
+  // --listen-cipher-suites: the TLS 1.2 cipher suites allowed, by Go's names
+  // (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, ...); empty: OpenSSL's
+  // defaults. As in Go, TLS 1.3's suites are not configurable.
+  std::vector<std::string> cipher_suites;
+  // --client-crl-file: client certificates it lists are refused (client_crl.h).
+  std::string client_crl_file;
 };
 
 // True if the listener serves TLS: any of cert/key/CA set, or --auto-tls.
@@ -41,7 +48,9 @@ bool ServerTlsEnabled(const ServerTlsOptions& options);
 // Errors: InvalidArgument with a message naming the flag and file when a file is
 // missing, unreadable or not PEM, when the key does not match the certificate, or
 // when only one of cert/key is given (or a CA without them), or when TLS is not
-// enabled; Internal or InvalidArgument when auto-TLS cannot create its files.
+// enabled; etcd's `unexpected TLS cipher suite "X"` for a name Go does not
+// know, and a message naming it for one this OpenSSL lacks (RC4, 3DES);
+// Internal or InvalidArgument when auto-TLS cannot create its files.
 // Thread-safe.
 absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOptions& options);
 

@@ -166,9 +166,26 @@ TEST_F(GrpcProxyTest, BadFlagsExitNonZeroWithEtcdsMessages) {
   EXPECT_EQ(r.err, "listen tcp: address foo: missing port in address\n");
 
   // Flags keel does not implement are refused, not silently ignored.
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--experimental-leasing-prefix=x"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "--experimental-leasing-prefix is not supported by keel\n");
+  // TLS flags that cannot work without TLS (etcd ignores them, or crashes).
   r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--client-crl-file=x.crl"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, "--client-crl-file is not supported by keel\n");
+  EXPECT_EQ(r.err,
+            "--client-crl-file needs --trusted-ca-file: client certificates are asked for only "
+            "with it\n");
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen,
+                  "--listen-cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err,
+            "--listen-cipher-suites needs TLS on the listener (--cert-file and --key-file, or "
+            "--auto-tls)\n");
+  // etcd's words for a name Go does not know.
+  r = RunCommand({Keel(), "grpc-proxy", "start", listen, "--auto-tls",
+                  "--data-dir=" + dir_.File("ciphers.data"), "--listen-cipher-suites=FOO"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "unexpected TLS cipher suite \"FOO\"\n");
 
   // ETCD_* variables go through the same checks.
   r = RunCommand({Keel(), "grpc-proxy", "start", listen}, {{"ETCD_RESOLVER_TTL", "5"}});

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -320,6 +321,112 @@ print("acks", acks, s.selected_alpn_protocol())
       RunCommand({"/usr/bin/python3", "-c", script, std::to_string(proxy.port()), pki_->ca_file()});
   EXPECT_EQ(r.exit_code, 0) << r.err << proxy.Log();
   EXPECT_EQ(r.out, "acks 5 h2\n") << r.err;
+}
+
+// --client-crl-file: a client certificate the list names is refused in the
+// handshake, on gRPC and HTTP alike; others get through. A new list written
+// over the file takes effect without a restart (etcd reads the file at
+// every connection), here in DER.
+TEST_F(GrpcProxyTlsTest, RevokedClientCertificatesAreRefused) {
+  const CertKeyFiles alice = pki_->Issue("crl-alice");
+  const CertKeyFiles bob = pki_->Issue("crl-bob");
+  const std::string alice_revoked = pki_->WriteCrl("revokes-alice", {alice});
+  const std::string bob_revoked = pki_->WriteCrl("revokes-bob", {bob}, /*der=*/true);
+  ASSERT_TRUE(pki_->ok()) << pki_->error();
+  const std::string crl = dir_.File("clients.crl");
+  std::filesystem::copy_file(alice_revoked, crl);
+  ProxyProcess proxy(
+      dir_, "crl",
+      Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert, "--key-file=" + proxy_server_.key,
+                             "--trusted-ca-file=" + pki_->ca_file(), "--client-crl-file=" + crl}));
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  const auto tls_as = [](const CertKeyFiles& who) {
+    return std::vector<std::string>{"--cacert=" + pki_->ca_file(), "--cert=" + who.cert,
+                                    "--key=" + who.key};
+  };
+  const auto health_as = [&](const CertKeyFiles& who) {
+    return RunCommand({"curl", "-s", "--fail", "--cacert", pki_->ca_file(), "--cert", who.cert,
+                       "--key", who.key, Https(proxy) + "/health"});
+  };
+  ExpectPutGet(Https(proxy), tls_as(bob), "crl", proxy);
+  CommandResult refused =
+      EtcdCluster::Etcdctl(Https(proxy), Plus(tls_as(alice), {"--dial-timeout=3s", "get", "crl"}));
+  EXPECT_NE(refused.exit_code, 0) << refused.out;
+  EXPECT_EQ(refused.out.find("v-crl"), std::string::npos) << refused.out;
+  EXPECT_NE(health_as(alice).exit_code, 0);
+  EXPECT_EQ(health_as(bob).exit_code, 0) << proxy.Log();
+
+  // The new list replaces the file (as an operator's rename would).
+  std::filesystem::copy_file(bob_revoked, crl + ".new");
+  std::filesystem::rename(crl + ".new", crl);
+  EXPECT_NE(health_as(bob).exit_code, 0);
+  EXPECT_EQ(health_as(alice).exit_code, 0) << proxy.Log();
+  CommandResult get = EtcdctlEventually(Https(proxy), tls_as(alice), {"get", "crl"});
+  EXPECT_EQ(get.out, "crl\nv-crl\n") << get.err;
+  // A certificate neither list names always got through.
+  EXPECT_EQ(health_as(user_client_).exit_code, 0);
+
+  // A list that cannot be read refuses every client certificate.
+  std::filesystem::remove(crl);
+  EXPECT_NE(health_as(alice).exit_code, 0);
+  EXPECT_NE(health_as(user_client_).exit_code, 0);
+  EXPECT_NE(proxy.Log().find("client certificate revocation list unreadable"), std::string::npos)
+      << proxy.Log();
+}
+
+// A list that is not a CRL stops the start, naming the flag and the file.
+TEST_F(GrpcProxyTlsTest, BadClientCrlFileIsAnError) {
+  CommandResult r = RunCommand(
+      {BinDir() + "/keel", "grpc-proxy", "start",
+       "--listen-addr=127.0.0.1:" + std::to_string(FreePort()),
+       "--data-dir=" + dir_.File("bad-crl.proxy"), "--endpoints=" + cluster_->ClientUrls(),
+       "--cert-file=" + proxy_server_.cert, "--key-file=" + proxy_server_.key,
+       "--trusted-ca-file=" + pki_->ca_file(), "--client-crl-file=" + pki_->ca_file()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "--client-crl-file \"" + pki_->ca_file() +
+                       "\": no certificate revocation list found (PEM or DER)\n");
+}
+
+// --listen-cipher-suites (Go's names) limits TLS 1.2; TLS 1.3's suites are
+// not configurable, as in Go, so etcdctl (TLS 1.3) is unaffected.
+TEST_F(GrpcProxyTlsTest, ListenCipherSuitesLimitTls12) {
+  ProxyProcess proxy(
+      dir_, "ciphers",
+      Plus(UpstreamFlags(), {"--cert-file=" + proxy_server_.cert, "--key-file=" + proxy_server_.key,
+                             "--listen-cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_256_"
+                             "GCM_SHA384,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305"}));
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  ExpectPutGet(Https(proxy), {"--cacert=" + pki_->ca_file()}, "ciphers", proxy);
+  const auto health_with = [&](const std::string& cipher) {
+    return RunCommand({"curl", "-s", "--fail", "--cacert", pki_->ca_file(), "--tls-max", "1.2",
+                       "--ciphers", cipher, Https(proxy) + "/health"});
+  };
+  EXPECT_EQ(health_with("ECDHE-ECDSA-AES256-GCM-SHA384").exit_code, 0) << proxy.Log();
+  EXPECT_EQ(health_with("ECDHE-ECDSA-CHACHA20-POLY1305").exit_code, 0) << proxy.Log();
+  EXPECT_NE(health_with("ECDHE-ECDSA-AES128-GCM-SHA256").exit_code, 0);
+}
+
+// --debug lowers the log level to debug: a failed handshake is logged only
+// with it.
+TEST_F(GrpcProxyTlsTest, DebugLogsFailedHandshakes) {
+  const std::vector<std::string> tls = Plus(
+      UpstreamFlags(), {"--cert-file=" + proxy_server_.cert, "--key-file=" + proxy_server_.key});
+  ProxyProcess quiet(dir_, "quiet", tls);
+  ProxyProcess debug(dir_, "debug", Plus(tls, {"--debug"}));
+  ASSERT_TRUE(quiet.Listening()) << quiet.Log();
+  ASSERT_TRUE(debug.Listening()) << debug.Log();
+  for (ProxyProcess* proxy : {&quiet, &debug}) {
+    // Plain HTTP to the TLS port: no handshake.
+    CommandResult plain = RunCommand({"curl", "-s", "http://" + proxy->addr() + "/health"});
+    EXPECT_EQ(plain.out.find("health"), std::string::npos) << plain.out;
+  }
+  EXPECT_TRUE(WaitFor([&] {
+    return debug.Log().find("\"msg\":\"TLS handshake failed\"") != std::string::npos;
+  })) << debug.Log();
+  EXPECT_NE(debug.Log().find("\"level\":\"debug\""), std::string::npos) << debug.Log();
+  // The same failure (logged by then, had it been at this level).
+  EXPECT_EQ(quiet.Log().find("TLS handshake failed"), std::string::npos) << quiet.Log();
+  EXPECT_EQ(quiet.Log().find("\"level\":\"debug\""), std::string::npos) << quiet.Log();
 }
 
 }  // namespace

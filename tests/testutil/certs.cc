@@ -75,6 +75,32 @@ CertKeyFiles TestPki::IssueSelfSigned(const std::string& name, const CertSpec& s
   return files;
 }
 
+std::string TestPki::WriteCrl(const std::string& name, const std::vector<CertKeyFiles>& revoked,
+                              bool der) {
+  if (!ok()) return "";
+  // `openssl ca` keeps what it revoked in a database file of its own.
+  const std::string database = dir_.File(name + ".index");
+  const std::string config = dir_.File(name + "-crl.cnf");
+  std::ofstream(database).flush();
+  std::ofstream(config) << "[ca]\ndefault_ca = crl\n[crl]\ndatabase = " << database
+                        << "\ndefault_md = sha256\ndefault_crl_days = 2\n";
+  const std::vector<std::string> ca = {"-config", config, "-keyfile", ca_.key, "-cert", ca_.cert};
+  for (const CertKeyFiles& files : revoked) {
+    std::vector<std::string> args = {"ca"};
+    args.insert(args.end(), ca.begin(), ca.end());
+    args.insert(args.end(), {"-revoke", files.cert});
+    if (!OpenSsl(args)) return "";
+  }
+  const std::string pem = dir_.File(name + ".crl.pem");
+  std::vector<std::string> args = {"ca"};
+  args.insert(args.end(), ca.begin(), ca.end());
+  args.insert(args.end(), {"-gencrl", "-out", pem});
+  if (!OpenSsl(args)) return "";
+  const std::string path = dir_.File(name + ".crl");
+  if (!OpenSsl({"crl", "-in", pem, "-outform", der ? "DER" : "PEM", "-out", path})) return "";
+  return path;
+}
+
 bool TestPki::OpenSsl(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {"openssl"};
   argv.insert(argv.end(), args.begin(), args.end());

@@ -49,6 +49,11 @@ class TestPki {
   CertKeyFiles Issue(const std::string& name, const CertSpec& spec = {});
   // A self-signed leaf certificate not issued by the CA (an "untrusted" peer).
   CertKeyFiles IssueSelfSigned(const std::string& name, const CertSpec& spec = {});
+  // A certificate revocation list signed by the CA listing `revoked` (files
+  // Issue() made), written as <name>.crl (PEM, or DER with `der`); returns
+  // its path. REQUIRES: `name` is a plain file name, unique per object.
+  std::string WriteCrl(const std::string& name, const std::vector<CertKeyFiles>& revoked,
+                       bool der = false);
 
  private:
   // Runs openssl with `args`; on failure records the error and returns false.

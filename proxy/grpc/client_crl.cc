@@ -1,0 +1,164 @@
+#include "proxy/grpc/client_crl.h"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace keel::proxy::grpcproxy {
+namespace {
+
+spdlog::logger& Log() { return *common::Logger("grpc-proxy"); }
+
+struct CrlFree {
+  void operator()(X509_CRL* crl) const { X509_CRL_free(crl); }
+};
+using CrlPtr = std::unique_ptr<X509_CRL, CrlFree>;
+
+// What identifies one version of the file: a rewrite or a rename over it
+// changes at least one of these.
+struct FileVersion {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  timespec mtime{};
+  bool operator==(const FileVersion& o) const {
+    return dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
+           mtime.tv_nsec == o.mtime.tv_nsec;
+  }
+};
+
+std::optional<FileVersion> Stat(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return std::nullopt;
+  return FileVersion{st.st_dev, st.st_ino, st.st_size, st.st_mtim};
+}
+
+// The list in `path`, PEM or DER (as Go's x509.ParseCRL takes either).
+absl::StatusOr<CrlPtr> ReadCrl(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--client-crl-file \"", path, "\": cannot open: ", std::strerror(errno)));
+  }
+  std::stringstream data;
+  data << in.rdbuf();
+  const std::string bytes = data.str();
+  ERR_clear_error();
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())), BIO_free);
+  CrlPtr crl(PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr));
+  if (crl == nullptr) {
+    const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+    crl.reset(d2i_X509_CRL(nullptr, &p, static_cast<long>(bytes.size())));
+  }
+  ERR_clear_error();
+  if (crl == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--client-crl-file \"", path, "\": no certificate revocation list found (PEM or DER)"));
+  }
+  return crl;
+}
+
+// The list and its file, shared by every handshake of one SSL_CTX.
+class ClientCrl {
+ public:
+  ClientCrl(std::string path, CrlPtr crl, FileVersion version)
+      : path_(std::move(path)), crl_(std::move(crl)), version_(version) {}
+
+  // True if `cert` is listed, or the list cannot be read any more.
+  bool Revoked(X509* cert) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Refresh();
+    if (crl_ == nullptr) return true;
+    X509_REVOKED* entry = nullptr;
+    // Like etcd: the serial number alone, whoever issued the list.
+    return X509_CRL_get0_by_serial(crl_.get(), &entry, X509_get_serialNumber(cert)) != 0;
+  }
+
+ private:
+  // Reads the file again if it changed since it was last read.
+  void Refresh() {
+    const std::optional<FileVersion> now = Stat(path_);
+    if (now.has_value() && version_.has_value() && *now == *version_) return;
+    if (!now.has_value() && !version_.has_value()) return;  // still gone, said so
+    version_ = now;
+    absl::StatusOr<CrlPtr> crl =
+        now.has_value() ? ReadCrl(path_)
+                        : absl::StatusOr<CrlPtr>(absl::InvalidArgumentError(absl::StrCat(
+                              "--client-crl-file \"", path_, "\": ", std::strerror(ENOENT))));
+    if (!crl.ok()) {
+      crl_.reset();
+      KEEL_LOG_EVENT(Log(), spdlog::level::warn,
+                     "client certificate revocation list unreadable: refusing client certificates",
+                     {{"error", std::string(crl.status().message())}});
+      return;
+    }
+    crl_ = *std::move(crl);
+    KEEL_LOG_EVENT(Log(), spdlog::level::info, "client certificate revocation list reloaded",
+                   {{"path", path_}});
+  }
+
+  std::mutex mu_;
+  const std::string path_;
+  CrlPtr crl_;  // null while the file cannot be read
+  std::optional<FileVersion> version_;
+};
+
+int CrlIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(
+      0, nullptr, nullptr, nullptr, [](void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+        delete static_cast<ClientCrl*>(ptr);
+      });
+  return index;
+}
+
+// OpenSSL's chain check first; then every certificate the client sent (all
+// but the trust anchor, which is the listener's own CA) against the list.
+int VerifyNotRevoked(int preverified, X509_STORE_CTX* store) {
+  if (preverified != 1) return preverified;
+  const int depth = X509_STORE_CTX_get_error_depth(store);
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store);
+  if (chain != nullptr && depth >= sk_X509_num(chain) - 1) return 1;
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* crl = ssl == nullptr
+                  ? nullptr
+                  : static_cast<ClientCrl*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), CrlIndex()));
+  if (crl == nullptr) return 1;
+  if (crl->Revoked(X509_STORE_CTX_get_current_cert(store))) {
+    X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REVOKED);
+    return 0;
+  }
+  return 1;
+}
+
+}  // namespace
+
+absl::Status InstallClientCrl(SSL_CTX* ctx, const std::string& path) {
+  const std::optional<FileVersion> version = Stat(path);
+  absl::StatusOr<CrlPtr> crl = ReadCrl(path);
+  if (!crl.ok()) return crl.status();
+  auto holder = std::make_unique<ClientCrl>(path, *std::move(crl), version.value_or(FileVersion{}));
+  if (SSL_CTX_set_ex_data(ctx, CrlIndex(), holder.get()) != 1) {
+    return absl::InternalError("--client-crl-file: cannot attach the list to the TLS context");
+  }
+  holder.release();  // the context frees it (CrlIndex's free function)
+  SSL_CTX_set_verify(ctx, SSL_CTX_get_verify_mode(ctx), VerifyNotRevoked);
+  return absl::OkStatus();
+}
+
+}  // namespace keel::proxy::grpcproxy
