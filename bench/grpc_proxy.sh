@@ -8,13 +8,16 @@
 # /proc/<pid>/stat. The issue 4 goals are judged on the no-cache keel proxy.
 #
 #   bench/grpc_proxy.sh [--quick] [--rounds N] [--transport h2|grpc] [--namespace PREFIX]
-#                       [--tls] [--out FILE] [KEEL_BIN_DIR]
+#                       [--tls | --tls-etcd] [--out FILE] [KEEL_BIN_DIR]
 #
 # --tls: the load generator speaks TLS to every path (certificates made here
 # with OpenSSL): etcd serves an https client URL next to its http one, and
 # the direct and L4 gateway paths use it; both proxies terminate TLS
 # (--cert-file/--key-file) and talk plain HTTP/2 to etcd's http URL. Implies
 # --transport grpc (the h2 transport is plaintext only).
+#
+# --tls-etcd: as --tls, but both proxies also speak TLS to etcd, on its
+# https URL (--cacert): TLS on every hop, as most deployments run.
 #
 # --namespace PREFIX: both proxies (etcd's and keel's) run with
 # --namespace=PREFIX, so every request crosses each one's namespace layer;
@@ -39,6 +42,7 @@ ROUNDS=
 TRANSPORT=h2
 NS=
 TLS=0
+TLS_ETCD=0
 OUT=
 BIN_DIR=${KEEL_BIN_DIR:-$SRC_DIR/build/bin}
 while (($#)); do
@@ -49,6 +53,7 @@ while (($#)); do
     --transport) TRANSPORT=$2; shift ;;
     --namespace) NS=$2; shift ;;
     --tls) TLS=1 ;;
+    --tls-etcd) TLS=1; TLS_ETCD=1 ;;
     -h|--help) sed -n '2,/^set /{/^set /!p}' "$0"; exit 0 ;;
     *) BIN_DIR=$1 ;;
   esac
@@ -75,6 +80,7 @@ bench_watchdog "$LIMIT"
 mkdir -p "$SRC_DIR/bench/results"
 TLS_TAG=
 ((TLS)) && TLS_TAG=-tls
+((TLS_ETCD)) && TLS_TAG=-tls-etcd
 OUT=${OUT:-$SRC_DIR/bench/results/grpc-proxy${NS:+-ns}$TLS_TAG-$(date -u +%Y-%m-%d-%H%M).md}
 RES="$WORK/results.jsonl"
 : >"$RES"
@@ -106,6 +112,9 @@ if ((TLS)); then
   SCHEME=https://
   P_DIRECT=$P_ETCDS
 fi
+# Where both proxies find etcd.
+UPSTREAM=(--endpoints "127.0.0.1:$P_ETCD")
+((TLS_ETCD)) && UPSTREAM=(--endpoints "https://127.0.0.1:$P_ETCDS" --cacert "$CA")
 # wait_tls ADDR: wait_etcd over TLS when --tls.
 wait_tls() {
   if ((TLS)); then ETCDCTL_CACERT=$CA wait_etcd "https://$1"; else wait_etcd "$1"; fi
@@ -136,12 +145,12 @@ start_etcd etcd "$P_ETCD" "$P_PEER" "" "" "${ETCD_TLS[@]}"
 wait_etcd "http://127.0.0.1:$P_ETCD" || exit 1
 wait_tls "127.0.0.1:$P_DIRECT" || exit 1
 
-start epx etcd grpc-proxy start --listen-addr "127.0.0.1:$P_EPX" --endpoints "127.0.0.1:$P_ETCD" \
+start epx etcd grpc-proxy start --listen-addr "127.0.0.1:$P_EPX" "${UPSTREAM[@]}" \
   "${NS_FLAGS[@]}" "${SERVE_TLS[@]}"
 start kpx "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KPX" \
-  --endpoints "127.0.0.1:$P_ETCD" "${NS_FLAGS[@]}" "${SERVE_TLS[@]}"
+  "${UPSTREAM[@]}" "${NS_FLAGS[@]}" "${SERVE_TLS[@]}"
 start kpxnc "$KEEL" grpc-proxy start --listen-addr "127.0.0.1:$P_KPXNC" \
-  --endpoints "127.0.0.1:$P_ETCD" --range-cache-max-bytes=0 "${NS_FLAGS[@]}" "${SERVE_TLS[@]}"
+  "${UPSTREAM[@]}" --range-cache-max-bytes=0 "${NS_FLAGS[@]}" "${SERVE_TLS[@]}"
 start kgw "$KEEL" gateway start --listen-addr "127.0.0.1:$P_KGW" --endpoints "127.0.0.1:$P_DIRECT"
 wait_port "$P_KGW" || exit 1
 wait_port "$P_EPX" || exit 1
@@ -229,9 +238,10 @@ ELAPSED=$((SECONDS - START))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 "$PY" - "$RES" "$OUT" "$CLK_TCK" "$ROUNDS" "$T" "$ELAPSED" "$QUICK" "$KEEL" "$BENCH" \
-  "$LOAD_BEFORE" "$LOAD_AFTER" "$KEYS" "$TRANSPORT" "$NS" "$TLS" <<'PYEOF'
+  "$LOAD_BEFORE" "$LOAD_AFTER" "$KEYS" "$TRANSPORT" "$NS" "$TLS" "$TLS_ETCD" <<'PYEOF'
 import json, statistics, sys, datetime, os
-res, out, clk, rounds, t, elapsed, quick, keel, bench, load0, load1, keys, transport, ns, tls = sys.argv[1:]
+res, out, clk, rounds, t, elapsed, quick, keel, bench, load0, load1, keys, transport, ns, tls, \
+    tls_etcd = sys.argv[1:]
 clk = float(clk)
 rows = [json.loads(l) for l in open(res) if l.strip()]
 def med(cell, path, key="value"):
@@ -259,7 +269,8 @@ def name(c):
             "range-sall": "serializable range, random key of {:,}".format(int(keys))}[kind] + \
            ", {} client{}".format(n, "" if n == "1" else "s")
 L = ["# gRPC proxy benchmark: direct vs `etcd grpc-proxy` vs `keel grpc-proxy` (cache on / off){}{}".format(
-         ", both with `--namespace`" if ns else "", ", clients over TLS" if tls == "1" else ""), ""]
+         ", both with `--namespace`" if ns else "",
+         ", TLS on every hop" if tls_etcd == "1" else ", clients over TLS" if tls == "1" else ""), ""]
 L.append("Run {} UTC on {} ({} cores); {} round(s), {} s per cell, 1 gRPC connection, medians; "
          "paths: direct etcd, `etcd grpc-proxy`, `keel grpc-proxy` with default flags (range cache on) "
          "and `keel grpc-proxy --range-cache-max-bytes=0` (no cache), and `keel gateway` (an L4 "
@@ -269,7 +280,10 @@ L.append("Run {} UTC on {} ({} cores); {} round(s), {} s per cell, 1 gRPC connec
          os.uname().nodename, os.cpu_count(), rounds, t,
          (" **Both proxies (etcd's and keel's, with and without the cache) run with `--namespace={}`**; "
           "the keys read exist under that prefix too.".format(ns) if ns else "") +
-         (" **Clients speak TLS on every path**: etcd's https client URL (direct, and through the L4 "
+         (" **TLS on every hop**: clients speak TLS on every path, etcd's https client URL "
+          "(direct, and through the L4 gateway); both proxies terminate TLS and speak TLS to "
+          "etcd's https URL (`--cacert`)." if tls_etcd == "1" else
+          " **Clients speak TLS on every path**: etcd's https client URL (direct, and through the L4 "
           "gateway), both proxies terminate TLS and talk plain HTTP/2 to etcd's http URL."
           if tls == "1" else ""),
          elapsed, " (--quick)" if quick == "1" else ""))

@@ -47,6 +47,7 @@
 #include "grpcpp/support/status.h"
 #include "proxy/grpc/local_call.h"
 #include "proxy/grpc/mailbox.h"
+#include "proxy/grpc/tls.h"
 
 namespace keel::proxy::grpcproxy {
 
@@ -423,7 +424,8 @@ struct Conn {
   nghttp2_session* session = nullptr;
   std::string out;
   size_t out_off = 0;
-  bool connected = true;       // upstream: connect(2) finished
+  bool connected = true;       // upstream: connect(2) (and the TLS handshake) finished
+  bool handshaking = false;    // upstream over TLS: the handshake is not done
   bool ever_connected = true;  // upstream: it was up at some point
   bool polling_out = false;
   bool dirty = false;
@@ -438,7 +440,7 @@ struct Conn {
   absl::flat_hash_set<Stream*> streams;
   Conn* internal = nullptr;  // client: its connection to the chain
   Conn* owner = nullptr;     // internal: its client
-  // A TLS client (ServeTls): its bytes go through OpenSSL on this fd.
+  // A TLS client (ServeTls), or etcd over TLS: bytes go through OpenSSL on this fd.
   SSL* ssl = nullptr;
   bool ssl_read_wants_write = false;  // SSL_read needs the socket writable
   bool ssl_write_wants_read = false;  // SSL_write needs bytes from the client
@@ -579,6 +581,8 @@ struct FrameRelay::Loop {
   // TLS clients: OnReadable's reads, which may leave records OpenSSL has
   // read ahead (see ssl_reads_left).
   void ReadTls(Conn* c);
+  // Drives an upstream connection's TLS handshake (connect(2) included).
+  void ContinueHandshake(Conn* c);
   // Writes from `out` to the connection's socket (through OpenSSL for a TLS
   // client): the count written, or -1 with errno (EAGAIN: try when writable).
   ssize_t WriteOut(Conn* c, const char* data, size_t size);
@@ -1012,6 +1016,10 @@ void FrameRelay::Loop::OnEvent(const epoll_event& event) {
     return;
   }
   if (c->dead) return;
+  if (c->handshaking) {
+    ContinueHandshake(c);
+    return;
+  }
   if ((event.events & EPOLLOUT) != 0 && c->ssl_read_wants_write) {
     c->ssl_read_wants_write = false;
     ReadTls(c);
@@ -1063,6 +1071,42 @@ void FrameRelay::Loop::OnReadable(Conn* c) {
   }
 }
 
+void FrameRelay::Loop::ContinueHandshake(Conn* c) {
+  ERR_clear_error();
+  const int r = SSL_do_handshake(c->ssl);
+  if (r != 1) {
+    const int err = SSL_get_error(c->ssl, r);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+      UpdatePoll(c, err == SSL_ERROR_WANT_WRITE);
+      ERR_clear_error();
+      return;
+    }
+    KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: TLS handshake with etcd failed",
+                   {{"endpoint", c->endpoint},
+                    {"error", TakeOpenSslError(err == SSL_ERROR_SYSCALL ? "connection failed"
+                                                                        : "handshake failed")}});
+    Kill(c);  // never up: its streams go again through the chain
+    return;
+  }
+  const unsigned char* alpn = nullptr;
+  unsigned int alpn_len = 0;
+  SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
+  if (alpn_len != 2 || std::memcmp(alpn, "h2", 2) != 0) {
+    // As gRPC's client: no HTTP/2 without ALPN's h2.
+    KEEL_LOG_EVENT(Log(), spdlog::level::warn,
+                   "frame relay: etcd did not choose HTTP/2 (ALPN h2) in the TLS handshake",
+                   {{"endpoint", c->endpoint}});
+    Kill(c);
+    return;
+  }
+  c->handshaking = false;
+  c->connected = true;
+  c->ever_connected = true;
+  c->last_recv = Clock::now();
+  MarkDirty(c);  // the preface and the streams queued meanwhile
+  ReadTls(c);    // etcd's SETTINGS may have come with the handshake
+}
+
 void FrameRelay::Loop::ReadTls(Conn* c) {
   if (c->ssl_write_wants_read) {
     c->ssl_write_wants_read = false;
@@ -1092,6 +1136,7 @@ void FrameRelay::Loop::ReadTls(Conn* c) {
       ERR_clear_error();
       break;
     }
+    if (c->kind == ConnKind::kUpstream) c->last_recv = Clock::now();
     const ssize_t rv = nghttp2_session_mem_recv(c->session, buf, static_cast<size_t>(n));
     if (rv < 0) {
       Kill(c);
@@ -1117,7 +1162,8 @@ ssize_t FrameRelay::Loop::WriteOut(Conn* c, const char* data, size_t size) {
 
 void FrameRelay::Loop::Flush(Conn* c) {
   if (!c->connected) {
-    UpdatePoll(c, true);
+    // A TLS handshake polls for what it needs itself.
+    if (!c->handshaking) UpdatePoll(c, true);
     return;
   }
   while (true) {
@@ -1249,12 +1295,31 @@ Conn* FrameRelay::Loop::Upstream() {
   }
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  SSL* ssl = nullptr;
+  if (options.upstream_tls != nullptr) {
+    ssl = SSL_new(options.upstream_tls.get());
+    if (ssl == nullptr || SSL_set_fd(ssl, fd) != 1 || !ConfigureUpstreamSsl(ssl, host_port->host)) {
+      KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: cannot set up TLS to etcd",
+                     {{"endpoint", endpoint}, {"error", TakeOpenSslError("SSL_new")}});
+      if (ssl != nullptr) SSL_free(ssl);
+      close(fd);
+      MarkEtcdDown();
+      return nullptr;
+    }
+    SSL_set_connect_state(ssl);
+  }
   Conn* c = NewConn(ConnKind::kUpstream, fd, /*server=*/false);
-  c->connected = !in_progress;
-  c->ever_connected = !in_progress;
+  c->connected = !in_progress && ssl == nullptr;
+  c->ever_connected = c->connected;
   c->connect_started = c->last_recv = Clock::now();
   watch_upstream = true;
   c->endpoint = endpoint;
+  if (ssl != nullptr) {
+    // The handshake starts once the socket is writable (connected).
+    c->ssl = ssl;
+    c->handshaking = true;
+    UpdatePoll(c, true);
+  }
   upstream = c;
   return c;
 }

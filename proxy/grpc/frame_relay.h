@@ -77,6 +77,10 @@ struct FrameRelayOptions {
   // "host:port" of the etcd endpoint to relay to (the remote backend's
   // current one); asked each time a connection is opened.
   std::function<std::string()> upstream_endpoint;
+  // TLS to etcd (MakeClientSslContext): each connection to etcd does its
+  // handshake on the loop, checking that etcd's certificate names the
+  // endpoint's host. Null: plain HTTP/2.
+  std::shared_ptr<SSL_CTX> upstream_tls;
   // Hands one end of a new socketpair to the chain's gRPC server
   // (grpc::AddInsecureChannelFromFd); takes ownership of `fd`.
   std::function<void(int fd)> serve_internal;

@@ -103,6 +103,12 @@ absl::Status ProxyServer::Start() {
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel_creds =
         MakeChannelCredentials(client_tls);
     if (!channel_creds.ok()) return channel_creds.status();
+    std::shared_ptr<SSL_CTX> upstream_tls;  // the frame relay's TLS to etcd
+    if (ClientTlsEnabled(client_tls)) {
+      absl::StatusOr<std::shared_ptr<SSL_CTX>> context = MakeClientSslContext(client_tls);
+      if (!context.ok()) return context.status();
+      upstream_tls = *std::move(context);
+    }
 
     ServerTlsOptions server_tls;
     server_tls.cert_file = config_.cert_file;
@@ -142,16 +148,15 @@ absl::Status ProxyServer::Start() {
     relay_streams_ = std::make_unique<RelayStreamsBackend>(
         *remote_, static_cast<size_t>(config_.max_send_bytes));
     const bool cache_on = config_.range_cache_max_bytes > 0;
-    // The relay speaks plain HTTP/2 to etcd (TLS only to its clients, which
-    // the TlsTerminator hands it after their handshake) and does not decode
-    // responses, so TLS to etcd and a response size limit keep to gRPC.
-    if (!ClientTlsEnabled(client_tls) && config_.max_recv_bytes >= INT32_MAX &&
-        FrameRelayWanted()) {
+    // The relay does not decode responses, so a response size limit keeps
+    // to gRPC.
+    if (config_.max_recv_bytes >= INT32_MAX && FrameRelayWanted()) {
       relay_routes_ = std::make_unique<RelayRoutes>(
           RelayRouteOptions{cache_on, !config_.ns.empty()}, &metrics_);
       FrameRelayOptions relay;
       relay.routes = relay_routes_.get();
       relay.upstream_endpoint = [this] { return remote_->CurrentEndpoint(); };
+      relay.upstream_tls = upstream_tls;
       relay.serve_internal = [this](int fd) {
         grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd);
       };

@@ -50,10 +50,11 @@ class Registration;
 // shares it between gRPC and HTTP/1.1: an accept thread peeks at each
 // connection's first bytes; the HTTP/2 preface ("PRI * ...") goes to the
 // frame relay (FrameRelay: methods no layer changes are relayed straight to
-// etcd, the rest reach the gRPC server of the chain over a socketpair),
-// anything else to the HTTP server. Without the relay (TLS to etcd, a
-// --max-recv-bytes below its default, or KEEL_FRAME_RELAY=off in the
-// environment) HTTP/2 connections go to the gRPC server directly
+// etcd, over TLS when the proxy dials etcd with TLS; the rest reach the
+// gRPC server of the chain over a socketpair), anything else to the HTTP
+// server. Without the relay (a --max-recv-bytes below its default, or
+// KEEL_FRAME_RELAY=off in the environment) HTTP/2 connections go to the
+// gRPC server directly
 // (grpc::AddInsecureChannelFromFd). With server TLS on, the TlsTerminator
 // does the handshake and peeks at the decrypted bytes instead: HTTP/2 goes
 // to the relay, which takes the connection whole and speaks TLS itself, or

@@ -431,6 +431,11 @@ absl::Status SetCipherSuites(SSL_CTX* ctx, const std::vector<std::string>& go_na
   return absl::OkStatus();
 }
 
+absl::Status UpstreamSslError(absl::string_view what) {
+  return absl::InternalError(
+      absl::StrCat("TLS to etcd: ", what, ": ", TakeOpenSslError("OpenSSL error")));
+}
+
 absl::Status SslContextError(absl::string_view what) {
   return absl::InternalError(
       absl::StrCat("TLS listener: ", what, ": ", TakeOpenSslError("OpenSSL error")));
@@ -526,23 +531,105 @@ bool ClientTlsEnabled(const ClientTlsOptions& options) {
          options.insecure_skip_verify || options.tls_endpoints;
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
-    const ClientTlsOptions& options) {
-  if (!ClientTlsEnabled(options)) return grpc::InsecureChannelCredentials();
+namespace {
+
+// --cert/--key for the connections to etcd, checked; empty without them.
+absl::StatusOr<KeyPair> LoadUpstreamKeyPair(const ClientTlsOptions& options) {
   if (options.cert.empty() != options.key.empty()) {
     return MissingPairError(options.key, options.cert);
   }
-  KeyPair pair;
-  if (!options.cert.empty()) {
-    absl::StatusOr<KeyPair> loaded = LoadKeyPair({"--cert", options.cert}, {"--key", options.key});
-    if (!loaded.ok()) return loaded.status();
-    pair = *std::move(loaded);
-    // etcd 3.4 transport (TLSInfo.EmptyCN): with --client-cert-auth etcd would
-    // take this CN as the user of every client behind the proxy (#9521).
-    if (std::string cn = CommonName(pair.chain.front().get()); !cn.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("cert has non empty Common Name (", cn, ")"));
-    }
+  if (options.cert.empty()) return KeyPair{};
+  absl::StatusOr<KeyPair> pair = LoadKeyPair({"--cert", options.cert}, {"--key", options.key});
+  if (!pair.ok()) return pair.status();
+  // etcd 3.4 transport (TLSInfo.EmptyCN): with --client-cert-auth etcd would
+  // take this CN as the user of every client behind the proxy (#9521).
+  if (std::string cn = CommonName(pair->chain.front().get()); !cn.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cert has non empty Common Name (", cn, ")"));
   }
+  return pair;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeClientSslContext(const ClientTlsOptions& options) {
+  absl::StatusOr<KeyPair> pair = LoadUpstreamKeyPair(options);
+  if (!pair.ok()) return pair.status();
+  std::vector<X509Ptr> cas;
+  if (!options.cacert.empty()) {
+    const Source src{"--cacert", options.cacert};
+    absl::StatusOr<std::string> pem = ReadFile(src);
+    if (!pem.ok()) return pem.status();
+    absl::StatusOr<std::vector<X509Ptr>> parsed = ParseCertificates(src, *pem);
+    if (!parsed.ok()) return parsed.status();
+    cas = *std::move(parsed);
+  }
+  std::unique_ptr<SSL_CTX, SslCtxFree> ctx(SSL_CTX_new(TLS_client_method()));
+  if (ctx == nullptr) return UpstreamSslError("SSL_CTX_new");
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION);
+  // As on the listener (the frame relay writes the same way to both sides).
+  SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_read_ahead(ctx.get(), 1);
+  SSL_CTX_set_default_read_buffer_len(ctx.get(), 64 * 1024);
+  if (!pair->chain.empty()) {
+    if (SSL_CTX_use_certificate(ctx.get(), pair->chain.front().get()) != 1) {
+      return UpstreamSslError("--cert");
+    }
+    for (size_t i = 1; i < pair->chain.size(); ++i) {
+      if (SSL_CTX_add1_chain_cert(ctx.get(), pair->chain[i].get()) != 1) {
+        return UpstreamSslError("--cert chain");
+      }
+    }
+    if (SSL_CTX_use_PrivateKey(ctx.get(), pair->key.get()) != 1) return UpstreamSslError("--key");
+  }
+  if (options.insecure_skip_verify) {
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);
+  } else {
+    if (cas.empty()) {
+      if (SSL_CTX_set_default_verify_paths(ctx.get()) != 1) {
+        return UpstreamSslError("system CA certificates");
+      }
+    } else {
+      X509_STORE* store = SSL_CTX_get_cert_store(ctx.get());
+      for (const X509Ptr& ca : cas) {
+        if (X509_STORE_add_cert(store, ca.get()) != 1) return UpstreamSslError("--cacert");
+      }
+    }
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  }
+  static constexpr unsigned char kAlpn[] = {2, 'h', '2'};
+  if (SSL_CTX_set_alpn_protos(ctx.get(), kAlpn, sizeof(kAlpn)) != 0) {
+    return UpstreamSslError("ALPN");
+  }
+  return std::shared_ptr<SSL_CTX>(ctx.release(), SslCtxFree());
+}
+
+bool ConfigureUpstreamSsl(SSL* ssl, std::string_view host) {
+  std::string name(host);
+  if (name.size() >= 2 && name.front() == '[' && name.back() == ']') {
+    name = name.substr(1, name.size() - 2);
+  }
+  in6_addr addr6{};
+  in_addr addr4{};
+  const bool is_ip = inet_pton(AF_INET, name.c_str(), &addr4) == 1 ||
+                     inet_pton(AF_INET6, name.c_str(), &addr6) == 1;
+  bool ok = true;
+  if (is_ip) {
+    ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str()) == 1;
+  } else {
+    ok = SSL_set_tlsext_host_name(ssl, name.c_str()) == 1 && SSL_set1_host(ssl, name.c_str()) == 1;
+  }
+  ERR_clear_error();
+  return ok;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const ClientTlsOptions& options) {
+  if (!ClientTlsEnabled(options)) return grpc::InsecureChannelCredentials();
+  absl::StatusOr<KeyPair> loaded = LoadUpstreamKeyPair(options);
+  if (!loaded.ok()) return loaded.status();
+  KeyPair pair = *std::move(loaded);
   std::string ca_pem;
   if (!options.cacert.empty()) {
     absl::StatusOr<std::string> ca = LoadCa({"--cacert", options.cacert});

@@ -83,4 +83,18 @@ bool ClientTlsEnabled(const ClientTlsOptions& options);
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
     const ClientTlsOptions& options);
 
+// The same TLS to etcd as an OpenSSL client context, for the frame relay's
+// own connections to etcd: the same files and checks (with the Common Name
+// rule), TLS 1.2 at least, ALPN h2. Without --cacert the system's roots
+// verify etcd, as gRPC's do; the caller names the endpoint on each
+// connection (ConfigureUpstreamSsl). REQUIRES: ClientTlsEnabled(options).
+// Errors as MakeChannelCredentials. Thread-safe.
+absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeClientSslContext(const ClientTlsOptions& options);
+
+// Makes `ssl`, a client connection of a MakeClientSslContext context, check
+// that etcd's certificate names `host` (an IP address or a DNS name, as in
+// the endpoint; brackets of an IPv6 literal allowed) and send it as SNI
+// when it is a name. False if OpenSSL refuses the host.
+bool ConfigureUpstreamSsl(SSL* ssl, std::string_view host);
+
 }  // namespace keel::proxy::grpcproxy

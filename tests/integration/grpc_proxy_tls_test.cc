@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/integration/grpc_proxy_helpers.h"
 #include "tests/testutil/certs.h"
 #include "tests/testutil/etcd_cluster.h"
 #include "tests/testutil/process.h"
@@ -156,11 +157,43 @@ CertKeyFiles GrpcProxyTlsTest::etcd_server_, GrpcProxyTlsTest::proxy_server_,
     GrpcProxyTlsTest::proxy_server_cn_, GrpcProxyTlsTest::proxy_client_,
     GrpcProxyTlsTest::proxy_client_cn_, GrpcProxyTlsTest::user_client_;
 
-// The doc's "TLS termination": plaintext on loopback, mTLS to etcd.
+// The doc's "TLS termination": plaintext on loopback, mTLS to etcd. The
+// frame relay carries the calls to etcd over TLS of its own (it did not,
+// once: TLS to etcd meant the slower gRPC client for every call).
 TEST_F(GrpcProxyTlsTest, PlainClientsThroughTlsUpstream) {
   ProxyProcess proxy(dir_, "plain", UpstreamFlags());
   ASSERT_TRUE(proxy.Listening()) << proxy.Log();
   ExpectPutGet(proxy.addr(), {}, "plain", proxy);
+  CommandResult metrics = RunCommand({"curl", "-s", "http://" + proxy.addr() + "/metrics"});
+  const std::optional<double> to_etcd =
+      MetricValue(metrics.out, "keel_grpc_relay_streams_total{route=\"etcd\"}");
+  ASSERT_TRUE(to_etcd.has_value()) << metrics.out;
+  EXPECT_GE(*to_etcd, 2) << proxy.Log();  // the put and the get
+  EXPECT_EQ(proxy.Log().find("TLS handshake with etcd failed"), std::string::npos) << proxy.Log();
+}
+
+// The relay checks etcd's certificate as gRPC's client does: signed by
+// --cacert and naming the endpoint's host. Against another CA nothing
+// reaches etcd, through the relay or the chain's gRPC client.
+TEST_F(GrpcProxyTlsTest, UntrustedEtcdCertificateIsRefused) {
+  TestPki other;
+  ASSERT_TRUE(other.ok()) << other.error();
+  std::vector<std::string> flags = UpstreamFlags();
+  flags.back() = "--cacert=" + other.ca_file();
+  ProxyProcess proxy(dir_, "untrusted", flags);
+  ASSERT_TRUE(proxy.Listening()) << proxy.Log();
+  CommandResult put =
+      EtcdCluster::Etcdctl(proxy.addr(), {"--command-timeout=3s", "put", "untrusted", "v"});
+  EXPECT_NE(put.exit_code, 0) << put.out;
+  EXPECT_TRUE(WaitFor([&] {
+    return proxy.Log().find("TLS handshake with etcd failed") != std::string::npos;
+  })) << proxy.Log();
+  EXPECT_NE(proxy.Log().find("certificate verify failed"), std::string::npos) << proxy.Log();
+  CommandResult direct =
+      EtcdCluster::Etcdctl(cluster_->ClientUrl(0),
+                           {"--cacert=" + pki_->ca_file(), "--cert=" + user_client_.cert,
+                            "--key=" + user_client_.key, "get", "untrusted", "--print-value-only"});
+  EXPECT_EQ(direct.out, "");
 }
 
 // --cacert alone makes the proxy dial etcd over TLS, also for an endpoint

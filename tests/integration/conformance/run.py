@@ -7,8 +7,7 @@ The same step list (steps.py) runs against five fresh single-member etcd 3.4.23 
   proxy:  etcd B behind the proxy under test (--advertise-client-url="" so MemberList passes);
   ns:     etcd C behind the proxy under test with --namespace=ns/;
   tls:    etcd D serving TLS only, behind the proxy under test speaking TLS to it and serving
-          TLS that requires client certificates (keel serves this without its frame relay:
-          every call goes through its gRPC server and gRPC client);
+          TLS that requires client certificates (keel's frame relay speaks TLS both ways);
   tls-relay: etcd E in plain text, behind the proxy under test serving TLS that requires
           client certificates (keel's frame relay speaks TLS to the clients itself).
 Outputs (exit code, normalized stdout and stderr, see norm.py) of proxy, ns, tls and tls-relay
@@ -585,10 +584,11 @@ def group_failover():
 
 # ---------------------------------------------------------------- main
 
-def check_tls_relay_used(proxy, certs):
-    """keel's tls-relay target must have been served by the frame relay (its own TLS), not by
-    the terminator's socketpair to the gRPC server: its /metrics (on the TLS port) counts
-    streams the relay sent straight to etcd."""
+def check_tls_relay_used(proxy, certs, name):
+    """keel's TLS targets must have been served by the frame relay (its own TLS, to the
+    clients and, for tls, to etcd), not by the terminator's socketpair to the gRPC server
+    and gRPC's client: its /metrics (on the TLS port) counts streams the relay sent straight
+    to etcd."""
     if "keel" not in os.path.basename(procs.proxy_cmd()[0]):
         return
     ctx = ssl.create_default_context(cafile=certs["ca.pem"])
@@ -596,7 +596,7 @@ def check_tls_relay_used(proxy, certs):
     url = "https://%s/metrics" % proxy.endpoint
     body = urllib.request.urlopen(url, context=ctx, timeout=10).read().decode()
     m = re.search(r'keel_grpc_relay_streams_total\{route="etcd"\} (\d+)', body)
-    check("main", "tls-relay: calls went through the frame relay", m and int(m.group(1)) > 0,
+    check("main", "%s: calls went through the frame relay" % name, m and int(m.group(1)) > 0,
           "relay counters in /metrics: %s" % re.findall(r"keel_grpc_relay_streams_total.*", body))
 
 
@@ -655,7 +655,8 @@ def main():
                        Target("tls-relay", pe.endpoint, e, certs=certs)]
             if "main" in groups:
                 guarded("main", group_main, targets)
-                guarded("main", check_tls_relay_used, pe, certs)
+                guarded("main", check_tls_relay_used, pd, certs, "tls")
+                guarded("main", check_tls_relay_used, pe, certs, "tls-relay")
             if "escape" in groups:
                 guarded("escape", group_escape, targets[2], c)
                 guarded("escape", group_prefix_end, c)

@@ -1,9 +1,12 @@
 #include "proxy/grpc/tls.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -238,6 +241,91 @@ TEST_F(TlsTest, ClientRejectsServerFromAnotherCa) {
   ASSERT_TRUE(skip_with_cert.ok()) << skip_with_cert.status();
   status = CallRange(server.Address(), *skip_with_cert);
   EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+// One TLS handshake with MakeClientSslContext's context, as the frame
+// relay makes it to etcd, naming `host`; the error text when it fails, ""
+// when it succeeded with ALPN h2.
+std::string UpstreamHandshake(int port, SSL_CTX* context, const std::string& host) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "connect failed";
+  }
+  SSL* ssl = SSL_new(context);
+  std::string error;
+  if (!ConfigureUpstreamSsl(ssl, host)) {
+    error = "host refused";
+  } else {
+    SSL_set_fd(ssl, fd);
+    // Under TLS 1.3 a server refuses a client certificate after the
+    // client's handshake is done: the HTTP/2 server's SETTINGS prove it was not.
+    static constexpr char kPrefaceAndSettings[] =
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    char answer[64];
+    const timeval timeout{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    const unsigned char* alpn = nullptr;
+    unsigned int alpn_len = 0;
+    if (SSL_connect(ssl) != 1) {
+      error = TakeOpenSslError("handshake failed");
+    } else if (SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+               std::string(reinterpret_cast<const char*>(alpn), alpn_len) != "h2") {
+      error = "no h2";
+    } else if (SSL_write(ssl, kPrefaceAndSettings, sizeof(kPrefaceAndSettings) - 1) <= 0 ||
+               SSL_read(ssl, answer, sizeof(answer)) <= 0) {
+      error = TakeOpenSslError("refused after the handshake");
+    }
+  }
+  SSL_free(ssl);
+  close(fd);
+  return error;
+}
+
+// The frame relay's TLS to etcd checks what gRPC's client checks: the CA
+// (or nothing, with --insecure-skip-tls-verify) and that the certificate
+// names the endpoint's host; it presents --cert to an mTLS etcd.
+TEST_F(TlsTest, UpstreamSslContextChecksTheCaAndTheHost) {
+  auto mtls = MakeServerSslContext(Listener(server_.cert, server_.key, pki_.ca_file()));
+  ASSERT_TRUE(mtls.ok()) << mtls.status();
+  TestServer server(*mtls);
+  ASSERT_TRUE(server.started());
+  const int port = std::stoi(server.Address().substr(server.Address().rfind(':') + 1));
+
+  auto with_cert = MakeClientSslContext(Upstream(client_.cert, client_.key, pki_.ca_file()));
+  ASSERT_TRUE(with_cert.ok()) << with_cert.status();
+  // The certificate's names: IP 127.0.0.1 and DNS localhost (CertSpec).
+  EXPECT_EQ(UpstreamHandshake(port, with_cert->get(), "127.0.0.1"), "");
+  EXPECT_EQ(UpstreamHandshake(port, with_cert->get(), "localhost"), "");
+  EXPECT_NE(UpstreamHandshake(port, with_cert->get(), "127.0.0.2"), "");
+  EXPECT_NE(UpstreamHandshake(port, with_cert->get(), "etcd.example.com"), "");
+
+  // Without a client certificate the mTLS server refuses the connection.
+  auto without_cert = MakeClientSslContext(TrustCa(pki_.ca_file()));
+  ASSERT_TRUE(without_cert.ok()) << without_cert.status();
+  EXPECT_NE(UpstreamHandshake(port, without_cert->get(), "127.0.0.1"), "");
+
+  TestPki other;
+  ASSERT_TRUE(other.ok()) << other.error();
+  auto other_ca = MakeClientSslContext(Upstream(client_.cert, client_.key, other.ca_file()));
+  ASSERT_TRUE(other_ca.ok()) << other_ca.status();
+  EXPECT_NE(UpstreamHandshake(port, other_ca->get(), "127.0.0.1").find("certificate verify failed"),
+            std::string::npos);
+  auto skip = MakeClientSslContext(Upstream(client_.cert, client_.key, "", true));
+  ASSERT_TRUE(skip.ok()) << skip.status();
+  EXPECT_EQ(UpstreamHandshake(port, skip->get(), "etcd.example.com"), "");
+
+  // The same file checks as MakeChannelCredentials.
+  EXPECT_EQ(MakeClientSslContext(Upstream(client_cn_.cert, client_cn_.key, pki_.ca_file()))
+                .status()
+                .message(),
+            "cert has non empty Common Name (root)");
+  EXPECT_EQ(MakeClientSslContext(Upstream(client_.cert, "", pki_.ca_file())).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(TlsTest, MutualTlsRequiresAClientCertificate) {
