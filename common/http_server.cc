@@ -176,6 +176,10 @@ void HttpServer::Handle(const std::string& path, HttpHandler handler) {
 }
 
 absl::Status HttpServer::Start(const HostPort& listen) {
+  {
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    if (thread_.joinable()) return absl::FailedPreconditionError("http server already started");
+  }
   absl::StatusOr<int> listened = ListenTcp(listen);
   if (!listened.ok()) return listened.status();
   return Start(*listened);

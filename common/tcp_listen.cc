@@ -85,6 +85,7 @@ absl::StatusOr<int> ListenUnix(const std::string& path) {
     step = "bind";
   } else if (::listen(fd, SOMAXCONN) != 0) {
     step = "listen";
+    unlink(path.c_str());  // bound: the file is ours
   }
   if (step != nullptr) {
     const int err = errno;

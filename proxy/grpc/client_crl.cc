@@ -7,16 +7,15 @@
 #include <sys/stat.h>
 
 #include <cerrno>
-#include <cstring>
-#include <fstream>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/tcp_listen.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -49,14 +48,21 @@ std::optional<FileVersion> Stat(const std::string& path) {
 
 // The list in `path`, PEM or DER (as Go's x509.ParseCRL takes either).
 absl::StatusOr<CrlPtr> ReadCrl(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--client-crl-file \"", path, "\": cannot open: ", std::strerror(errno)));
+        absl::StrCat("--client-crl-file \"", path, "\": cannot open: ", common::ErrnoText(errno)));
   }
-  std::stringstream data;
-  data << in.rdbuf();
-  const std::string bytes = data.str();
+  std::string bytes;
+  char buf[8192];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) bytes.append(buf, n);
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--client-crl-file \"", path, "\": cannot read"));
+  }
   ERR_clear_error();
   std::unique_ptr<BIO, decltype(&BIO_free)> bio(
       BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())), BIO_free);
@@ -90,32 +96,40 @@ class ClientCrl {
   }
 
  private:
-  // Reads the file again if it changed since it was last read.
+  // Reads the file again if it changed since it was last read. A failed
+  // read is tried again at the next handshake (etcd reads the file at every
+  // connection), so a passing error refuses no more than it must.
   void Refresh() {
     const std::optional<FileVersion> now = Stat(path_);
     if (now.has_value() && version_.has_value() && *now == *version_) return;
-    if (!now.has_value() && !version_.has_value()) return;  // still gone, said so
-    version_ = now;
     absl::StatusOr<CrlPtr> crl =
         now.has_value() ? ReadCrl(path_)
                         : absl::StatusOr<CrlPtr>(absl::InvalidArgumentError(absl::StrCat(
-                              "--client-crl-file \"", path_, "\": ", std::strerror(ENOENT))));
+                              "--client-crl-file \"", path_, "\": ", common::ErrnoText(ENOENT))));
     if (!crl.ok()) {
       crl_.reset();
-      KEEL_LOG_EVENT(Log(), spdlog::level::warn,
-                     "client certificate revocation list unreadable: refusing client certificates",
-                     {{"error", std::string(crl.status().message())}});
+      version_.reset();
+      if (!said_broken_) {
+        said_broken_ = true;
+        KEEL_LOG_EVENT(
+            Log(), spdlog::level::warn,
+            "client certificate revocation list unreadable: refusing client certificates",
+            {{"error", std::string(crl.status().message())}});
+      }
       return;
     }
     crl_ = *std::move(crl);
+    version_ = now;
+    said_broken_ = false;
     KEEL_LOG_EVENT(Log(), spdlog::level::info, "client certificate revocation list reloaded",
                    {{"path", path_}});
   }
 
   std::mutex mu_;
   const std::string path_;
-  CrlPtr crl_;  // null while the file cannot be read
-  std::optional<FileVersion> version_;
+  CrlPtr crl_;                          // guarded by mu_; null while unreadable
+  std::optional<FileVersion> version_;  // guarded by mu_; what crl_ was read from
+  bool said_broken_ = false;            // guarded by mu_; logged since the last good read
 };
 
 int CrlIndex() {
@@ -126,13 +140,15 @@ int CrlIndex() {
   return index;
 }
 
-// OpenSSL's chain check first; then every certificate the client sent (all
-// but the trust anchor, which is the listener's own CA) against the list.
+// OpenSSL's chain check first; then every certificate of the client's chain
+// against the list, but the trust anchor (the listener's own CA) when the
+// client's certificate is not itself the one trusted.
 int VerifyNotRevoked(int preverified, X509_STORE_CTX* store) {
   if (preverified != 1) return preverified;
   const int depth = X509_STORE_CTX_get_error_depth(store);
   STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store);
-  if (chain != nullptr && depth >= sk_X509_num(chain) - 1) return 1;
+  const int length = chain == nullptr ? 0 : sk_X509_num(chain);
+  if (length > 1 && depth == length - 1) return 1;
   auto* ssl =
       static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
   auto* crl = ssl == nullptr
@@ -158,6 +174,11 @@ absl::Status InstallClientCrl(SSL_CTX* ctx, const std::string& path) {
   }
   holder.release();  // the context frees it (CrlIndex's free function)
   SSL_CTX_set_verify(ctx, SSL_CTX_get_verify_mode(ctx), VerifyNotRevoked);
+  // A resumed session skips the certificate check: a client revoked since
+  // would get in on its ticket. etcd checks every connection; so does keel.
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  SSL_CTX_set_num_tickets(ctx, 0);
   return absl::OkStatus();
 }
 

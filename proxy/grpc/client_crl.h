@@ -8,20 +8,16 @@
 
 namespace keel::proxy::grpcproxy {
 
-// --client-crl-file, applied as etcd applies it (pkg/transport): a client
-// certificate whose serial number the list names is refused. As in etcd,
-// only serial numbers count (the list's issuer, signature and dates are not
-// checked), and the list is read again when its file changes, so a new list
-// takes effect without a restart. A file that can no longer be read or
-// parsed refuses every client certificate (etcd refuses the connection) and
-// says so in the log, once per change of the file.
+// --client-crl-file as etcd applies it (pkg/transport): a client
+// certificate whose serial number the list names is refused in the
+// handshake. Only serial numbers count (not the list's issuer, signature or
+// dates); the file is read again when it changes; while it cannot be read,
+// every client certificate is refused (logged once). Sessions are not
+// resumed on `ctx` (a resumed one skips the check).
 //
-// Reads `path` (PEM or DER) and makes `ctx`, which asks for client
-// certificates, refuse the listed ones in the handshake (a
-// certificate_revoked alert). `ctx` owns what is installed. InvalidArgument
-// naming --client-crl-file and the path when it cannot be read or holds no
-// revocation list. Call before `ctx` is used; handshakes may then run on
-// any threads.
+// Reads `path` (PEM or DER) into `ctx`, which owns it from then on.
+// InvalidArgument naming the flag and the path when it cannot be read or
+// holds no list. Call before `ctx` is used.
 absl::Status InstallClientCrl(SSL_CTX* ctx, const std::string& path);
 
 }  // namespace keel::proxy::grpcproxy

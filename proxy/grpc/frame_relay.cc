@@ -426,7 +426,9 @@ struct Conn {
   size_t out_off = 0;
   bool connected = true;       // upstream: connect(2) (and the TLS handshake) finished
   bool handshaking = false;    // upstream over TLS: the handshake is not done
-  bool ever_connected = true;  // upstream: it was up at some point
+  // Upstream: it was up at some point (over TLS: etcd's first bytes came,
+  // since under TLS 1.3 a refused client certificate shows only then).
+  bool ever_connected = true;
   bool polling_out = false;
   bool dirty = false;
   bool dead = false;
@@ -443,7 +445,7 @@ struct Conn {
   // A TLS client (ServeTls), or etcd over TLS: bytes go through OpenSSL on this fd.
   SSL* ssl = nullptr;
   bool ssl_read_wants_write = false;  // SSL_read needs the socket writable
-  bool ssl_write_wants_read = false;  // SSL_write needs bytes from the client
+  bool ssl_write_wants_read = false;  // SSL_write needs bytes from the peer
   bool ssl_read_queued = false;       // in ssl_reads_left
 };
 
@@ -519,7 +521,7 @@ struct FrameRelay::Loop {
   // Destroyed connections, freed once Settle() is done (the dirty list and
   // this round's events may still name them).
   std::vector<Conn*> graveyard;
-  // TLS clients with records OpenSSL read ahead but ReadTls left for later.
+  // TLS connections with records OpenSSL read ahead but ReadTls left for later.
   std::vector<Conn*> ssl_reads_left;
   Conn* upstream = nullptr;
   // Until when etcd could not be reached: pass-through calls run through the
@@ -578,13 +580,13 @@ struct FrameRelay::Loop {
   // readable.
   void OnEvent(const epoll_event& event);
   void OnReadable(Conn* c);
-  // TLS clients: OnReadable's reads, which may leave records OpenSSL has
-  // read ahead (see ssl_reads_left).
+  // TLS connections: OnReadable's reads, which may leave records OpenSSL
+  // has read ahead (see ssl_reads_left).
   void ReadTls(Conn* c);
   // Drives an upstream connection's TLS handshake (connect(2) included).
   void ContinueHandshake(Conn* c);
-  // Writes from `out` to the connection's socket (through OpenSSL for a TLS
-  // client): the count written, or -1 with errno (EAGAIN: try when writable).
+  // Writes from `out` to the connection's socket (through OpenSSL over
+  // TLS): the count written, or -1 with errno (EAGAIN: try when writable).
   ssize_t WriteOut(Conn* c, const char* data, size_t size);
   void Flush(Conn* c);
   void UpdatePoll(Conn* c, bool want_out);
@@ -1081,10 +1083,12 @@ void FrameRelay::Loop::ContinueHandshake(Conn* c) {
       ERR_clear_error();
       return;
     }
+    const int sys_errno = errno;
     KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: TLS handshake with etcd failed",
                    {{"endpoint", c->endpoint},
-                    {"error", TakeOpenSslError(err == SSL_ERROR_SYSCALL ? "connection failed"
-                                                                        : "handshake failed")}});
+                    {"error", TakeOpenSslError(err == SSL_ERROR_SYSCALL && sys_errno != 0
+                                                   ? common::ErrnoText(sys_errno)
+                                                   : std::string("connection closed"))}});
     Kill(c);  // never up: its streams go again through the chain
     return;
   }
@@ -1100,8 +1104,7 @@ void FrameRelay::Loop::ContinueHandshake(Conn* c) {
     return;
   }
   c->handshaking = false;
-  c->connected = true;
-  c->ever_connected = true;
+  c->connected = true;  // (ever_connected once etcd's first bytes come)
   c->last_recv = Clock::now();
   MarkDirty(c);  // the preface and the streams queued meanwhile
   ReadTls(c);    // etcd's SETTINGS may have come with the handshake
@@ -1131,12 +1134,21 @@ void FrameRelay::Loop::ReadTls(Conn* c) {
         c->ssl_read_wants_write = true;
         UpdatePoll(c, true);
       } else if (err != SSL_ERROR_WANT_READ) {
+        if (c->kind == ConnKind::kUpstream && !c->ever_connected) {
+          // Under TLS 1.3 etcd refuses our certificate after our handshake.
+          KEEL_LOG_EVENT(
+              Log(), spdlog::level::warn, "frame relay: etcd refused the TLS connection",
+              {{"endpoint", c->endpoint}, {"error", TakeOpenSslError("connection closed")}});
+        }
         Kill(c);  // closed (close_notify or EOF) or broken
       }
       ERR_clear_error();
       break;
     }
-    if (c->kind == ConnKind::kUpstream) c->last_recv = Clock::now();
+    if (c->kind == ConnKind::kUpstream) {
+      c->last_recv = Clock::now();
+      c->ever_connected = true;
+    }
     const ssize_t rv = nghttp2_session_mem_recv(c->session, buf, static_cast<size_t>(n));
     if (rv < 0) {
       Kill(c);
@@ -1295,18 +1307,23 @@ Conn* FrameRelay::Loop::Upstream() {
   }
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  SSL* ssl = nullptr;
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(nullptr, SSL_free);
   if (options.upstream_tls != nullptr) {
-    ssl = SSL_new(options.upstream_tls.get());
-    if (ssl == nullptr || SSL_set_fd(ssl, fd) != 1 || !ConfigureUpstreamSsl(ssl, host_port->host)) {
+    ssl.reset(SSL_new(options.upstream_tls.get()));
+    const char* failed = nullptr;
+    if (ssl == nullptr || SSL_set_fd(ssl.get(), fd) != 1) {
+      failed = "SSL_new failed";
+    } else if (!ConfigureUpstreamSsl(ssl.get(), host_port->host)) {
+      failed = "OpenSSL refused the endpoint's host name";
+    }
+    if (failed != nullptr) {
       KEEL_LOG_EVENT(Log(), spdlog::level::warn, "frame relay: cannot set up TLS to etcd",
-                     {{"endpoint", endpoint}, {"error", TakeOpenSslError("SSL_new")}});
-      if (ssl != nullptr) SSL_free(ssl);
+                     {{"endpoint", endpoint}, {"error", std::string(failed)}});
       close(fd);
       MarkEtcdDown();
       return nullptr;
     }
-    SSL_set_connect_state(ssl);
+    SSL_set_connect_state(ssl.get());
   }
   Conn* c = NewConn(ConnKind::kUpstream, fd, /*server=*/false);
   c->connected = !in_progress && ssl == nullptr;
@@ -1316,7 +1333,7 @@ Conn* FrameRelay::Loop::Upstream() {
   c->endpoint = endpoint;
   if (ssl != nullptr) {
     // The handshake starts once the socket is writable (connected).
-    c->ssl = ssl;
+    c->ssl = ssl.release();
     c->handshaking = true;
     UpdatePoll(c, true);
   }
