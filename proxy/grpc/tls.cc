@@ -159,6 +159,13 @@ absl::StatusOr<KeyPair> LoadKeyPair(const Source& cert_src, const Source& key_sr
   return pair;
 }
 
+// Every certificate of the PEM file `src` names.
+absl::StatusOr<std::vector<X509Ptr>> LoadCertificates(const Source& src) {
+  absl::StatusOr<std::string> pem = ReadFile(src);
+  if (!pem.ok()) return pem.status();
+  return ParseCertificates(src, *pem);
+}
+
 absl::StatusOr<std::string> LoadCa(const Source& src) {
   absl::StatusOr<std::string> pem = ReadFile(src);
   if (!pem.ok()) return pem.status();
@@ -462,10 +469,8 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
     }
     pair = LoadKeyPair({"--cert-file", options.cert_file}, {"--key-file", options.key_file});
     if (pair.ok() && !options.trusted_ca_file.empty()) {
-      const Source ca_src{"--trusted-ca-file", options.trusted_ca_file};
-      absl::StatusOr<std::string> ca_pem = ReadFile(ca_src);
-      if (!ca_pem.ok()) return ca_pem.status();
-      absl::StatusOr<std::vector<X509Ptr>> cas = ParseCertificates(ca_src, *ca_pem);
+      absl::StatusOr<std::vector<X509Ptr>> cas =
+          LoadCertificates({"--trusted-ca-file", options.trusted_ca_file});
       if (!cas.ok()) return cas.status();
       trusted_cas = *std::move(cas);
     }
@@ -556,12 +561,9 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeClientSslContext(const ClientTlsOpt
   if (!pair.ok()) return pair.status();
   std::vector<X509Ptr> cas;
   if (!options.cacert.empty()) {
-    const Source src{"--cacert", options.cacert};
-    absl::StatusOr<std::string> pem = ReadFile(src);
-    if (!pem.ok()) return pem.status();
-    absl::StatusOr<std::vector<X509Ptr>> parsed = ParseCertificates(src, *pem);
-    if (!parsed.ok()) return parsed.status();
-    cas = *std::move(parsed);
+    absl::StatusOr<std::vector<X509Ptr>> loaded = LoadCertificates({"--cacert", options.cacert});
+    if (!loaded.ok()) return loaded.status();
+    cas = *std::move(loaded);
   }
   std::unique_ptr<SSL_CTX, SslCtxFree> ctx(SSL_CTX_new(TLS_client_method()));
   if (ctx == nullptr) return UpstreamSslError("SSL_CTX_new");

@@ -1,9 +1,7 @@
 #include "proxy/grpc/tls.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -30,6 +28,7 @@
 #include "tests/proxy/grpc/terminated_listener.h"
 #include "tests/testutil/certs.h"
 #include "tests/testutil/process.h"
+#include "tests/testutil/socket_io.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -247,15 +246,8 @@ TEST_F(TlsTest, ClientRejectsServerFromAnotherCa) {
 // relay makes it to etcd, naming `host`; the error text when it fails, ""
 // when it succeeded with ALPN h2.
 std::string UpstreamHandshake(int port, SSL_CTX* context, const std::string& host) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "connect failed";
-  }
+  const int fd = ::keel::testutil::ConnectTcp(port);
+  if (fd < 0) return "connect failed";
   SSL* ssl = SSL_new(context);
   std::string error;
   if (!ConfigureUpstreamSsl(ssl, host)) {
