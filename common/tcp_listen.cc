@@ -72,7 +72,7 @@ absl::StatusOr<int> ListenUnix(const std::string& path) {
     return absl::UnavailableError(absl::StrCat("listen unix ", path, ": bind: invalid argument"));
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
-  // Only a stale socket is removed: a regular file of that name is not ours.
+  // Only a socket is replaced: a regular file of that name is not ours.
   struct stat st {};
   if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -17,9 +17,9 @@ absl::StatusOr<int> ListenTcp(const HostPort& listen);
 
 // Binds and listens on a unix socket at `path` (etcd's unix:// listeners). A
 // socket file at `path` is replaced, as etcd does (even one still in use);
-// any other file is left alone (bind fails). Same ownership and flags as ListenTcp; Unavailable
-// in Go's wording otherwise: "listen unix /run/m.sock: bind: address already
-// in use".
+// any other file is left alone (bind fails). Same ownership and flags as
+// ListenTcp; Unavailable in Go's wording otherwise: "listen unix
+// /run/m.sock: bind: address already in use".
 absl::StatusOr<int> ListenUnix(const std::string& path);
 
 // The local port a socket is bound to; 0 if it cannot be read.
