@@ -185,7 +185,7 @@ absl::Status HttpServer::Start(const HostPort& listen) {
   return Start(*listened);
 }
 
-absl::Status HttpServer::Start(int listen_fd, AcceptHook hook) {
+absl::Status HttpServer::Start(int listen_fd) {
   std::lock_guard<std::mutex> lock(stop_mu_);
   if (thread_.joinable()) {
     CloseFd(listen_fd);
@@ -198,7 +198,6 @@ absl::Status HttpServer::Start(int listen_fd, AcceptHook hook) {
     return absl::UnavailableError(absl::StrCat("http server: pipe: ", ErrnoText(err)));
   }
   listen_fd_ = listen_fd;
-  accept_hook_ = std::move(hook);
   {
     std::lock_guard<std::mutex> handoff_lock(handoff_mu_);
     running_ = true;
@@ -398,10 +397,6 @@ void HttpServer::Serve() {
             accept_paused_until = Clock::now() + kAcceptPause;
           }
           break;
-        }
-        if (accept_hook_) {
-          accept_hook_(fd);
-          continue;
         }
         Connection c;
         c.fd = fd;

@@ -29,11 +29,6 @@ struct HttpResponse {
 // Runs on the server's own thread; must not block for long.
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
-// Takes an accepted connection instead of the server (e.g. a TLS terminator,
-// which hands the decrypted side back through ServeConnection()). Owns `fd`;
-// runs on the server's thread; must not block.
-using AcceptHook = std::function<void(int fd)>;
-
 // A small HTTP/1.1 server for operational endpoints (/health, /metrics,
 // /version), one thread, poll(2)-driven, plain TCP. Not for client traffic.
 // Unknown paths get 404 "404 page not found\n" (Go's text); handlers decide
@@ -63,11 +58,10 @@ class HttpServer {
   // binding or listening fails; FailedPrecondition if already started.
   absl::Status Start(const HostPort& listen);
   // Serves on `listen_fd`, a non-blocking listening socket (TCP or unix) the
-  // server owns from now on, also when starting fails. With `hook`, accepted
-  // connections go to it instead of being served. port() is 0 for a unix
-  // socket. FailedPrecondition if already started, Unavailable without a
-  // wake-up pipe.
-  absl::Status Start(int listen_fd, AcceptHook hook = nullptr);
+  // server owns from now on, also when starting fails. port() is 0 for a
+  // unix socket. FailedPrecondition if already started, Unavailable without
+  // a wake-up pipe.
+  absl::Status Start(int listen_fd);
   // Starts serving without a listener of its own: only connections handed
   // over with ServeConnection() are served. port() stays 0. Unavailable if
   // the wake-up pipe cannot be created; FailedPrecondition if already started.
@@ -91,7 +85,6 @@ class HttpServer {
   std::vector<int> TakeHandoffs();
 
   std::map<std::string, HttpHandler> handlers_;
-  AcceptHook accept_hook_;
   int listen_fd_ = -1;
   int wake_pipe_[2] = {-1, -1};
   int port_ = 0;

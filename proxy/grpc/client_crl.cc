@@ -6,16 +6,18 @@
 #include <openssl/x509.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/tcp_listen.h"
+#include "proxy/grpc/tls.h"
 
 namespace keel::proxy::grpcproxy {
 namespace {
@@ -48,21 +50,9 @@ std::optional<FileVersion> Stat(const std::string& path) {
 
 // The list in `path`, PEM or DER (as Go's x509.ParseCRL takes either).
 absl::StatusOr<CrlPtr> ReadCrl(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--client-crl-file \"", path, "\": cannot open: ", common::ErrnoText(errno)));
-  }
-  std::string bytes;
-  char buf[8192];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) bytes.append(buf, n);
-  const bool failed = std::ferror(f) != 0;
-  std::fclose(f);
-  if (failed) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--client-crl-file \"", path, "\": cannot read"));
-  }
+  absl::StatusOr<std::string> read = ReadFlagFile("--client-crl-file", path);
+  if (!read.ok()) return read.status();
+  const std::string& bytes = *read;
   ERR_clear_error();
   std::unique_ptr<BIO, decltype(&BIO_free)> bio(
       BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())), BIO_free);
@@ -85,14 +75,16 @@ class ClientCrl {
   ClientCrl(std::string path, CrlPtr crl, FileVersion version)
       : path_(std::move(path)), crl_(std::move(crl)), version_(version) {}
 
-  // True if `cert` is listed, or the list cannot be read any more.
-  bool Revoked(X509* cert) {
+  // True if one of `certs` is listed, or the list cannot be read any more.
+  bool AnyRevoked(const std::vector<X509*>& certs) {
     std::lock_guard<std::mutex> lock(mu_);
     Refresh();
     if (crl_ == nullptr) return true;
     X509_REVOKED* entry = nullptr;
     // Like etcd: the serial number alone, whoever issued the list.
-    return X509_CRL_get0_by_serial(crl_.get(), &entry, X509_get_serialNumber(cert)) != 0;
+    return std::any_of(certs.begin(), certs.end(), [&](X509* cert) {
+      return X509_CRL_get0_by_serial(crl_.get(), &entry, X509_get_serialNumber(cert)) != 0;
+    });
   }
 
  private:
@@ -140,22 +132,23 @@ int CrlIndex() {
   return index;
 }
 
-// OpenSSL's chain check first; then every certificate of the client's chain
-// against the list, but the trust anchor (the listener's own CA) when the
-// client's certificate is not itself the one trusted.
+// OpenSSL's chain check first; then, once per handshake (at the client's
+// own certificate, the last one checked), its chain against the list: all
+// but the trust anchor (the listener's own CA), unless the client's
+// certificate is itself the one trusted.
 int VerifyNotRevoked(int preverified, X509_STORE_CTX* store) {
-  if (preverified != 1) return preverified;
-  const int depth = X509_STORE_CTX_get_error_depth(store);
-  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store);
-  const int length = chain == nullptr ? 0 : sk_X509_num(chain);
-  if (length > 1 && depth == length - 1) return 1;
+  if (preverified != 1 || X509_STORE_CTX_get_error_depth(store) != 0) return preverified;
   auto* ssl =
       static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
   auto* crl = ssl == nullptr
                   ? nullptr
                   : static_cast<ClientCrl*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), CrlIndex()));
   if (crl == nullptr) return 1;
-  if (crl->Revoked(X509_STORE_CTX_get_current_cert(store))) {
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store);
+  const int length = chain == nullptr ? 0 : sk_X509_num(chain);
+  std::vector<X509*> sent = {X509_STORE_CTX_get_current_cert(store)};
+  for (int i = 1; i < length - 1; ++i) sent.push_back(sk_X509_value(chain, i));
+  if (crl->AnyRevoked(sent)) {
     X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REVOKED);
     return 0;
   }

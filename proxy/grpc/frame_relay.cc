@@ -8,8 +8,6 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <pthread.h>
-#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -40,6 +38,7 @@
 #include "api/server/grpc_status.h"
 #include "common/cpus.h"
 #include "common/logging.h"
+#include "common/sigpipe.h"
 #include "common/tcp_listen.h"
 #include "common/url.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -583,6 +582,8 @@ struct FrameRelay::Loop {
   // TLS connections: OnReadable's reads, which may leave records OpenSSL
   // has read ahead (see ssl_reads_left).
   void ReadTls(Conn* c);
+  // Feeds bytes read from `c` to its session; false when that killed it.
+  bool Received(Conn* c, const uint8_t* data, size_t size);
   // Drives an upstream connection's TLS handshake (connect(2) included).
   void ContinueHandshake(Conn* c);
   // Writes from `out` to the connection's socket (through OpenSSL over
@@ -800,12 +801,7 @@ void FrameRelay::Loop::Join() {
 }
 
 void FrameRelay::Loop::Run() {
-  // OpenSSL writes to TLS clients with write(2): one that went away must not
-  // kill the process with a (thread-directed) SIGPIPE.
-  sigset_t pipe_signal;
-  sigemptyset(&pipe_signal);
-  sigaddset(&pipe_signal, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+  common::BlockSigpipeInThisThread();  // OpenSSL writes with write(2)
   current_loop = this;
   mailbox->SetReaderThread();
   etcd_commands->SetReaderThread();
@@ -1062,13 +1058,7 @@ void FrameRelay::Loop::OnReadable(Conn* c) {
       Kill(c);
       break;
     }
-    if (c->kind == ConnKind::kUpstream) c->last_recv = Clock::now();
-    const ssize_t rv = nghttp2_session_mem_recv(c->session, buf, static_cast<size_t>(n));
-    if (rv < 0) {
-      Kill(c);
-      break;
-    }
-    MarkDirty(c);
+    if (!Received(c, buf, static_cast<size_t>(n))) break;
     if (static_cast<size_t>(n) < sizeof(buf)) break;
   }
 }
@@ -1145,17 +1135,21 @@ void FrameRelay::Loop::ReadTls(Conn* c) {
       ERR_clear_error();
       break;
     }
-    if (c->kind == ConnKind::kUpstream) {
-      c->last_recv = Clock::now();
-      c->ever_connected = true;
-    }
-    const ssize_t rv = nghttp2_session_mem_recv(c->session, buf, static_cast<size_t>(n));
-    if (rv < 0) {
-      Kill(c);
-      break;
-    }
-    MarkDirty(c);
+    if (!Received(c, buf, static_cast<size_t>(n))) break;
   }
+}
+
+bool FrameRelay::Loop::Received(Conn* c, const uint8_t* data, size_t size) {
+  if (c->kind == ConnKind::kUpstream) {
+    c->last_recv = Clock::now();
+    c->ever_connected = true;  // (plain: since connect; TLS: from etcd's first bytes)
+  }
+  if (nghttp2_session_mem_recv(c->session, data, size) < 0) {
+    Kill(c);
+    return false;
+  }
+  MarkDirty(c);
+  return true;
 }
 
 ssize_t FrameRelay::Loop::WriteOut(Conn* c, const char* data, size_t size) {
@@ -1266,7 +1260,7 @@ void FrameRelay::Loop::Destroy(Conn* c) {
   epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, nullptr);
   if (c->ssl != nullptr) SSL_free(c->ssl);
   c->ssl = nullptr;
-  std::erase(ssl_reads_left, c);
+  if (c->ssl_read_queued) std::erase(ssl_reads_left, c);
   close(c->fd);
   nghttp2_session_del(c->session);
   c->session = nullptr;

@@ -103,12 +103,6 @@ absl::Status ProxyServer::Start() {
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel_creds =
         MakeChannelCredentials(client_tls);
     if (!channel_creds.ok()) return channel_creds.status();
-    std::shared_ptr<SSL_CTX> upstream_tls;  // the frame relay's TLS to etcd
-    if (ClientTlsEnabled(client_tls)) {
-      absl::StatusOr<std::shared_ptr<SSL_CTX>> context = MakeClientSslContext(client_tls);
-      if (!context.ok()) return context.status();
-      upstream_tls = *std::move(context);
-    }
 
     ServerTlsOptions server_tls;
     server_tls.cert_file = config_.cert_file;
@@ -119,16 +113,11 @@ absl::Status ProxyServer::Start() {
     server_tls.listen_host = config_.listen.host;
     server_tls.cipher_suites = config_.listen_cipher_suites;
     server_tls.client_crl_file = config_.client_crl_file;
-    std::optional<TlsTerminatorOptions> tls_options;
-    std::shared_ptr<SSL_CTX> server_context;  // also for an https:// --metrics-addr
+    std::shared_ptr<SSL_CTX> server_context;  // null: plain text
     if (ServerTlsEnabled(server_tls)) {
       absl::StatusOr<std::shared_ptr<SSL_CTX>> context = MakeServerSslContext(server_tls);
       if (!context.ok()) return context.status();
       server_context = *std::move(context);
-      TlsTerminatorOptions tls;
-      tls.context = server_context;
-      tls.dispatch = [this](int fd, bool http2) { Dispatch(fd, http2); };
-      tls_options = std::move(tls);
     }
 
     // Bound before the chain exists: a port in use fails at once, before
@@ -156,7 +145,12 @@ absl::Status ProxyServer::Start() {
       FrameRelayOptions relay;
       relay.routes = relay_routes_.get();
       relay.upstream_endpoint = [this] { return remote_->CurrentEndpoint(); };
-      relay.upstream_tls = upstream_tls;
+      if (ClientTlsEnabled(client_tls)) {
+        // (The same files MakeChannelCredentials checked above.)
+        absl::StatusOr<std::shared_ptr<SSL_CTX>> context = MakeClientSslContext(client_tls);
+        if (!context.ok()) return context.status();
+        relay.upstream_tls = *std::move(context);
+      }
       relay.serve_internal = [this](int fd) {
         grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd);
       };
@@ -268,22 +262,23 @@ absl::Status ProxyServer::Start() {
       return FetchFromBackend(request, "/version");
     });
     if (config_.metrics_listen.has_value()) {
-      if (absl::Status s = StartMetricsListener(server_context); !s.ok()) return s;
-      http_running_ = true;
+      if (absl::Status s = StartMetricsListener(); !s.ok()) return s;
       KEEL_LOG_EVENT(Log(), spdlog::level::info, "gRPC proxy server metrics URL serving",
                      {{"address", config_.metrics_listen->url}});
     } else {
       if (absl::Status s = http_.Start(); !s.ok()) return s;
-      http_running_ = true;
     }
-    if (tls_options.has_value()) {
+    if (server_context != nullptr) {
+      TlsTerminatorOptions tls;
+      tls.context = server_context;
+      tls.dispatch = [this](int fd, bool http2) { Dispatch(fd, http2); };
       if (relay_ != nullptr) {
         // The relay speaks TLS to its clients itself (no thread hop).
-        tls_options->adopt_http2 = [this](int fd, SSL* ssl, std::string first_bytes) {
+        tls.adopt_http2 = [this](int fd, SSL* ssl, std::string first_bytes) {
           relay_->ServeTls(fd, ssl, std::move(first_bytes));
         };
       }
-      tls_ = std::make_unique<TlsTerminator>(*std::move(tls_options));
+      tls_ = std::make_unique<TlsTerminator>(std::move(tls));
       if (absl::Status s = tls_->Start(); !s.ok()) return s;
     }
     if (pipe2(wake_pipe_, O_NONBLOCK | O_CLOEXEC) != 0) {
@@ -319,6 +314,7 @@ void ProxyServer::Stop(absl::Duration grace) {
     accept_thread_.join();
   }
   CloseFd(listen_fd_);
+  CloseFd(metrics_tls_fd_);
   CloseFd(wake_pipe_[0]);
   CloseFd(wake_pipe_[1]);
   // Before the gRPC server: the relay's streams into it finish first. The
@@ -335,8 +331,7 @@ void ProxyServer::Stop(absl::Duration grace) {
                            std::chrono::milliseconds(absl::ToInt64Milliseconds(grace)));
     grpc_server_->Wait();
   }
-  if (http_running_) http_.Stop();
-  if (metrics_tls_ != nullptr) metrics_tls_->Stop(kTlsDrain);
+  http_.Stop();
   if (!metrics_unix_path_.empty()) {
     unlink(metrics_unix_path_.c_str());
   }
@@ -363,7 +358,6 @@ void ProxyServer::Stop(absl::Duration grace) {
   // upstream streams it carries.
   registration_.reset();
   tls_.reset();
-  metrics_tls_.reset();
   grpc_server_.reset();
   health_.reset();
   front_.reset();
@@ -399,6 +393,8 @@ void ProxyServer::AcceptLoop() {
     const bool accept_paused =
         now < accept_paused_until || pending.size() >= kMaxPending || tls_full;
     fds.push_back({listen_fd_, static_cast<short>(accept_paused ? 0 : POLLIN), 0});
+    // (-1 without an https:// --metrics-addr: poll(2) skips it.)
+    fds.push_back({metrics_tls_fd_, static_cast<short>(accept_paused ? 0 : POLLIN), 0});
     Clock::time_point next =
         now < accept_paused_until ? accept_paused_until : Clock::time_point::max();
     if (tls_full) next = std::min(next, now + kAcceptPause);
@@ -424,38 +420,39 @@ void ProxyServer::AcceptLoop() {
       continue;
     }
     if (ready > 0 && fds[0].revents != 0) break;  // Stop()
-    if (ready > 0 && (fds[1].revents & POLLIN) != 0) {
+    // Takes what `listener` has: to the TLS terminator (`http_only` for
+    // the metrics port), or to wait for its first bytes.
+    const auto accept_all = [&](int listener, bool http_only) {
       while (pending.size() < kMaxPending) {
-        const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        const int fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
           // Out of descriptors: the listener stays readable, so leave it
           // alone for a moment instead of spinning.
           if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
             accept_paused_until = Clock::now() + kAcceptPause;
           }
-          break;
+          return;
         }
         const int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (tls_ != nullptr) {
-          tls_->Serve(fd);  // it sniffs the decrypted bytes itself
-          // Handshakes not done yet are bounded like unclassified
-          // plaintext connections.
-          if (tls_->Waiting() >= kMaxPending) {
-            accept_paused_until = Clock::now() + kAcceptPause;
-            break;
-          }
+          tls_->Serve(fd, http_only);  // it sniffs the decrypted bytes itself
+          // Handshakes not done yet are bounded like unclassified plaintext
+          // connections (tls_full, above).
+          if (tls_->Waiting() >= kMaxPending) return;
           continue;
         }
         pending.push_back({fd, Clock::now() + kSniffTimeout, Clock::time_point::min()});
       }
-    }
+    };
+    if (ready > 0 && (fds[1].revents & POLLIN) != 0) accept_all(listen_fd_, false);
+    if (ready > 0 && (fds[2].revents & POLLIN) != 0) accept_all(metrics_tls_fd_, true);
     now = Clock::now();
     std::vector<Pending> still;
     for (size_t i = 0; i < pending.size(); ++i) {
       Pending p = pending[i];
       // Entries accepted in this round have no pollfd yet.
-      const short revents = i + 2 < fds.size() ? fds[i + 2].revents : 0;
+      const short revents = i + 3 < fds.size() ? fds[i + 3].revents : 0;
       if (revents == 0) {
         if (now >= p.deadline) {
           close(p.fd);
@@ -494,40 +491,22 @@ void ProxyServer::Dispatch(int fd, bool http2) {
     relay_->Serve(fd);
   } else if (http2) {
     grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd);
-  } else if (http_running_) {
-    http_.ServeConnection(fd);
   } else {
-    close(fd);
+    http_.ServeConnection(fd);  // (closed if the HTTP server is not running)
   }
 }
 
-absl::Status ProxyServer::StartMetricsListener(std::shared_ptr<SSL_CTX> context) {
+absl::Status ProxyServer::StartMetricsListener() {
   const MetricsListen& metrics = *config_.metrics_listen;
   absl::StatusOr<int> fd = metrics.tcp.has_value() ? common::ListenTcp(*metrics.tcp)
                                                    : common::ListenUnix(metrics.unix_path);
   if (!fd.ok()) return fd.status();
   metrics_unix_path_ = metrics.unix_path;
-  common::AcceptHook hook;
-  if (metrics.tls) {
-    TlsTerminatorOptions options;
-    options.context = std::move(context);
-    // Only HTTP/1.1 is served there, as on etcd's metrics listener.
-    options.dispatch = [this](int conn, bool) { http_.ServeConnection(conn); };
-    metrics_tls_ = std::make_unique<TlsTerminator>(std::move(options));
-    if (absl::Status s = metrics_tls_->Start(); !s.ok()) {
-      close(*fd);
-      return s;
-    }
-    hook = [this](int conn) {
-      // Handshakes in progress are bounded as on the main port.
-      if (metrics_tls_->Waiting() >= kMaxPending) {
-        close(conn);
-      } else {
-        metrics_tls_->Serve(conn);
-      }
-    };
-  }
-  return http_.Start(*fd, std::move(hook));
+  if (!metrics.tls) return http_.Start(*fd);
+  // TLS: the accept loop takes its connections to the listener's
+  // terminator, which hands them on, decrypted, to the HTTP server only.
+  metrics_tls_fd_ = *fd;
+  return http_.Start();
 }
 
 common::HttpResponse ProxyServer::FetchFromBackend(const common::HttpRequest& request,

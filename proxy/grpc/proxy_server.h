@@ -1,7 +1,5 @@
 #pragma once
 
-#include <openssl/ssl.h>
-
 #include <atomic>
 #include <memory>
 #include <string>
@@ -102,9 +100,10 @@ class ProxyServer {
   // bytes were peeked to the relay or the gRPC server (`http2`) or to the
   // HTTP server; closes it once Stop() began.
   void Dispatch(int fd, bool http2);
-  // Binds --metrics-addr and starts the HTTP server on it, behind its own
-  // TLS terminator with `context` for https:// and unixs://.
-  absl::Status StartMetricsListener(std::shared_ptr<SSL_CTX> context);
+  // Binds --metrics-addr and starts the HTTP server: on it, or, for
+  // https:// and unixs://, behind the listener's TLS terminator (the accept
+  // loop takes those connections).
+  absl::Status StartMetricsListener();
   // GET of `path` (plain HTTP) on the remote backend's current endpoint, as
   // the answer to `request`: the backend's answer whatever its status, 500
   // with the error if it could not be fetched (3 s limit), 405 unless the
@@ -130,12 +129,11 @@ class ProxyServer {
   std::unique_ptr<RelayRoutes> relay_routes_;
   std::unique_ptr<FrameRelay> relay_;  // null when not used (see the class comment)
   std::unique_ptr<TlsTerminator> tls_;  // null without server TLS
-  std::unique_ptr<TlsTerminator> metrics_tls_;  // for an https:// or unixs:// --metrics-addr
   std::string metrics_unix_path_;  // a unix socket file --metrics-addr made, removed at Stop()
   std::atomic<bool> draining_{false};
   common::HttpServer http_;
-  bool http_running_ = false;
   int listen_fd_ = -1;  // the shared listener
+  int metrics_tls_fd_ = -1;  // an https:// or unixs:// --metrics-addr (the accept loop's)
   int wake_pipe_[2] = {-1, -1};
   std::thread accept_thread_;
   int port_ = 0;

@@ -62,7 +62,12 @@ struct Source {
 
 std::string Describe(const Source& src) { return absl::StrCat(src.flag, " \"", src.path, "\""); }
 
-absl::StatusOr<std::string> ReadFile(const Source& src) {
+absl::StatusOr<std::string> ReadFile(const Source& src) { return ReadFlagFile(src.flag, src.path); }
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadFlagFile(absl::string_view flag, const std::string& path) {
+  const Source src{flag, path};
   std::FILE* f = std::fopen(src.path.c_str(), "rb");
   if (f == nullptr) {
     return absl::InvalidArgumentError(
@@ -81,6 +86,8 @@ absl::StatusOr<std::string> ReadFile(const Source& src) {
   }
   return data;
 }
+
+namespace {
 
 BioPtr MemBio(const std::string& pem) {
   return BioPtr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
@@ -221,17 +228,20 @@ absl::Status WriteFile0600(const std::string& path, const std::string& data) {
   return absl::OkStatus();
 }
 
+// True if `host` is an IPv4 or IPv6 address (without brackets).
+bool IsIpLiteral(const std::string& host) {
+  unsigned char addr[sizeof(in6_addr)];
+  return inet_pton(AF_INET, host.c_str(), addr) == 1 ||
+         inet_pton(AF_INET6, host.c_str(), addr) == 1;
+}
+
 // "IP:<host>" or "DNS:<host>" for the certificate's subjectAltName.
 std::string SubjectAltName(std::string host) {
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     host = host.substr(1, host.size() - 2);
   }
   if (host.empty()) host = "localhost";
-  unsigned char addr[sizeof(in6_addr)];
-  if (inet_pton(AF_INET, host.c_str(), addr) == 1 || inet_pton(AF_INET6, host.c_str(), addr) == 1) {
-    return "IP:" + host;
-  }
-  return "DNS:" + host;
+  return (IsIpLiteral(host) ? "IP:" : "DNS:") + host;
 }
 
 absl::Status AddExtension(X509* cert, X509V3_CTX* ctx, int nid, const std::string& value) {
@@ -438,6 +448,33 @@ absl::Status SetCipherSuites(SSL_CTX* ctx, const std::vector<std::string>& go_na
   return absl::OkStatus();
 }
 
+// What both sides' contexts share: TLS 1.2 at least (etcd's minimum), no
+// renegotiation (it only serves attacks here), and the way the
+// TlsTerminator and the frame relay read and write.
+void SetStreamModes(SSL_CTX* ctx) {
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+  // Idle connections keep no read/write buffers; writes take what they can
+  // (partial writes), from a buffer that may grow and move between tries.
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                            SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Read what the socket has in one read(2), not a record header and then
+  // its body: a busy connection's records arrive many at once.
+  SSL_CTX_set_read_ahead(ctx, 1);
+  SSL_CTX_set_default_read_buffer_len(ctx, 64 * 1024);
+}
+
+// Installs `pair` (the leaf, its chain, the key) as `ctx`'s own; the failed
+// step's name otherwise.
+const char* UseKeyPair(SSL_CTX* ctx, const KeyPair& pair) {
+  if (SSL_CTX_use_certificate(ctx, pair.chain.front().get()) != 1) return "certificate";
+  for (size_t i = 1; i < pair.chain.size(); ++i) {
+    if (SSL_CTX_add1_chain_cert(ctx, pair.chain[i].get()) != 1) return "certificate chain";
+  }
+  if (SSL_CTX_use_PrivateKey(ctx, pair.key.get()) != 1) return "private key";
+  return nullptr;
+}
+
 absl::Status UpstreamSslError(absl::string_view what) {
   return absl::InternalError(
       absl::StrCat("TLS to etcd: ", what, ": ", TakeOpenSslError("OpenSSL error")));
@@ -479,33 +516,12 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOpt
 
   std::unique_ptr<SSL_CTX, SslCtxFree> ctx(SSL_CTX_new(TLS_server_method()));
   if (ctx == nullptr) return SslContextError("SSL_CTX_new");
-  // etcd's default minimum; renegotiation only serves attacks here.
-  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  SetStreamModes(ctx.get());
   // A client closing without close_notify (Go's often do) has ended, not
   // failed: what it sent is still delivered.
-  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                                     SSL_OP_IGNORE_UNEXPECTED_EOF);
-  // Idle connections keep no read/write buffers; the TlsTerminator and the
-  // frame relay write what they have (partial writes), from a buffer that
-  // may grow and move between tries.
-  SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
-                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  // Read what the socket has in one read(2), not a record header and then
-  // its body: a busy connection's records arrive many at once.
-  SSL_CTX_set_read_ahead(ctx.get(), 1);
-  SSL_CTX_set_default_read_buffer_len(ctx.get(), 64 * 1024);
-
-  const std::vector<X509Ptr>& chain = pair->chain;
-  if (SSL_CTX_use_certificate(ctx.get(), chain.front().get()) != 1) {
-    return SslContextError("certificate");
-  }
-  for (size_t i = 1; i < chain.size(); ++i) {
-    if (SSL_CTX_add1_chain_cert(ctx.get(), chain[i].get()) != 1) {
-      return SslContextError("certificate chain");
-    }
-  }
-  if (SSL_CTX_use_PrivateKey(ctx.get(), pair->key.get()) != 1) {
-    return SslContextError("private key");
+  SSL_CTX_set_options(ctx.get(), SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
+  if (const char* failed = UseKeyPair(ctx.get(), *pair); failed != nullptr) {
+    return SslContextError(failed);
   }
 
   if (!trusted_cas.empty()) {
@@ -567,23 +583,11 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeClientSslContext(const ClientTlsOpt
   }
   std::unique_ptr<SSL_CTX, SslCtxFree> ctx(SSL_CTX_new(TLS_client_method()));
   if (ctx == nullptr) return UpstreamSslError("SSL_CTX_new");
-  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
-  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION);
-  // As on the listener (the frame relay writes the same way to both sides).
-  SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
-                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  SSL_CTX_set_read_ahead(ctx.get(), 1);
-  SSL_CTX_set_default_read_buffer_len(ctx.get(), 64 * 1024);
+  SetStreamModes(ctx.get());  // as on the listener: the relay writes the same way to both
   if (!pair->chain.empty()) {
-    if (SSL_CTX_use_certificate(ctx.get(), pair->chain.front().get()) != 1) {
-      return UpstreamSslError("--cert");
+    if (const char* failed = UseKeyPair(ctx.get(), *pair); failed != nullptr) {
+      return UpstreamSslError(failed);
     }
-    for (size_t i = 1; i < pair->chain.size(); ++i) {
-      if (SSL_CTX_add1_chain_cert(ctx.get(), pair->chain[i].get()) != 1) {
-        return UpstreamSslError("--cert chain");
-      }
-    }
-    if (SSL_CTX_use_PrivateKey(ctx.get(), pair->key.get()) != 1) return UpstreamSslError("--key");
   }
   if (options.insecure_skip_verify) {
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);
@@ -607,20 +611,12 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeClientSslContext(const ClientTlsOpt
   return std::shared_ptr<SSL_CTX>(ctx.release(), SslCtxFree());
 }
 
-bool ConfigureUpstreamSsl(SSL* ssl, std::string_view host) {
-  std::string name(host);
-  if (name.size() >= 2 && name.front() == '[' && name.back() == ']') {
-    name = name.substr(1, name.size() - 2);
-  }
-  in6_addr addr6{};
-  in_addr addr4{};
-  const bool is_ip = inet_pton(AF_INET, name.c_str(), &addr4) == 1 ||
-                     inet_pton(AF_INET6, name.c_str(), &addr6) == 1;
+bool ConfigureUpstreamSsl(SSL* ssl, const std::string& host) {
   bool ok = true;
-  if (is_ip) {
-    ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str()) == 1;
+  if (IsIpLiteral(host)) {
+    ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host.c_str()) == 1;
   } else {
-    ok = SSL_set_tlsext_host_name(ssl, name.c_str()) == 1 && SSL_set1_host(ssl, name.c_str()) == 1;
+    ok = SSL_set_tlsext_host_name(ssl, host.c_str()) == 1 && SSL_set1_host(ssl, host.c_str()) == 1;
   }
   ERR_clear_error();
   return ok;

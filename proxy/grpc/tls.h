@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace keel::proxy::grpcproxy {
 
@@ -54,6 +55,10 @@ bool ServerTlsEnabled(const ServerTlsOptions& options);
 // Thread-safe.
 absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerSslContext(const ServerTlsOptions& options);
 
+// The whole file `path`, given with `flag`; InvalidArgument naming both
+// (`<flag> "<path>": cannot open: <why>`) when it cannot be read.
+absl::StatusOr<std::string> ReadFlagFile(absl::string_view flag, const std::string& path);
+
 // The first queued OpenSSL error as text (or `fallback`); clears the queue so
 // a failure never leaks into another caller's ERR_get_error on this thread.
 std::string TakeOpenSslError(std::string_view fallback);
@@ -92,9 +97,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
 absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeClientSslContext(const ClientTlsOptions& options);
 
 // Makes `ssl`, a client connection of a MakeClientSslContext context, check
-// that etcd's certificate names `host` (an IP address or a DNS name, as in
-// the endpoint; brackets of an IPv6 literal allowed) and send it as SNI
-// when it is a name. False if OpenSSL refuses the host.
-bool ConfigureUpstreamSsl(SSL* ssl, std::string_view host);
+// that etcd's certificate names `host` (an IP address, without brackets, or
+// a DNS name: HostPort::host) and send it as SNI when it is a name. False if
+// OpenSSL refuses the host.
+bool ConfigureUpstreamSsl(SSL* ssl, const std::string& host);
 
 }  // namespace keel::proxy::grpcproxy

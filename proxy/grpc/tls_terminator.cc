@@ -1,8 +1,6 @@
 #include "proxy/grpc/tls_terminator.h"
 
 #include <openssl/err.h>
-#include <pthread.h>
-#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -24,6 +22,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/sigpipe.h"
 #include "common/tcp_listen.h"
 #include "proxy/grpc/first_bytes.h"
 #include "proxy/grpc/tls.h"
@@ -85,6 +84,7 @@ struct TlsConnection {
   SslPtr ssl;
   int plain_fd = -1;        // our end of the socketpair, once dispatched
   bool dispatched = false;  // handed to dispatch() or adopt_http2
+  bool http_only = false;   // Serve(fd, true): whatever it sends, HTTP/1.x
   bool handshake_done = false;
   Pending to_plain;           // decrypted, for the server side
   Pending to_client;          // the server's, to encrypt
@@ -109,7 +109,7 @@ struct TlsTerminator::Loop {
   std::atomic<size_t> waiting{0};
 
   std::mutex mu;
-  std::vector<int> incoming;  // guarded by mu
+  std::vector<std::pair<int, bool>> incoming;  // guarded by mu; fd and http_only
   bool running = false;       // guarded by mu
   bool stopped = false;       // guarded by mu
   absl::Duration drain;       // guarded by mu: Stop()'s
@@ -123,7 +123,7 @@ struct TlsTerminator::Loop {
   // Takes what Serve() queued; false once Stop() asked the loop to end
   // (then `drain_until` is set).
   bool OnWake(Clock::time_point* drain_until);
-  void Accept(int fd);
+  void Accept(int fd, bool http_only);
   void Progress(TlsConnection* c);
   // One step each; true if it moved anything.
   bool ReadClient(TlsConnection* c);
@@ -156,11 +156,12 @@ void TlsTerminator::Loop::Undispatched(TlsConnection* c) {
   waiting.fetch_sub(1, std::memory_order_relaxed);
 }
 
-void TlsTerminator::Loop::Accept(int fd) {
+void TlsTerminator::Loop::Accept(int fd, bool http_only) {
   auto owned = std::make_unique<TlsConnection>();
   TlsConnection* c = owned.get();
   connections.emplace(c, std::move(owned));
   c->client_fd = fd;
+  c->http_only = http_only;
   c->ssl.reset(SSL_new(options.context.get()));
   SetTimer(c, Clock::now() + absl::ToChronoNanoseconds(options.first_bytes_timeout));
   epoll_event ev{};
@@ -288,7 +289,7 @@ bool TlsTerminator::Loop::Dispatch(TlsConnection* c) {
       ClassifyFirstBytes(std::string_view(c->to_plain.data(), c->to_plain.size()));
   // A client that ended after a part of the preface goes to the HTTP server.
   if (kind == FirstBytes::kTooFew && (c->to_plain.size() == 0 || !c->client_ended)) return false;
-  const bool http2 = kind == FirstBytes::kHttp2;
+  const bool http2 = kind == FirstBytes::kHttp2 && !c->http_only;
   Undispatched(c);
   ClearTimer(c);
   if (http2 && !c->client_ended && options.adopt_http2) {
@@ -383,7 +384,7 @@ void TlsTerminator::Loop::FreeDead() {
 bool TlsTerminator::Loop::OnWake(Clock::time_point* drain_until) {
   uint64_t count = 0;
   [[maybe_unused]] ssize_t r = read(wake_fd, &count, sizeof(count));
-  std::vector<int> fds;
+  std::vector<std::pair<int, bool>> fds;
   bool stop = false;
   absl::Duration grace;
   {
@@ -393,10 +394,10 @@ bool TlsTerminator::Loop::OnWake(Clock::time_point* drain_until) {
     grace = drain;
   }
   if (!stop) {
-    for (int fd : fds) Accept(fd);
+    for (auto [fd, http_only] : fds) Accept(fd, http_only);
     return true;
   }
-  for (int fd : fds) close(fd);
+  for (auto [fd, http_only] : fds) close(fd);
   waiting.fetch_sub(fds.size(), std::memory_order_relaxed);
   // Stopping: connections still in their handshake go; the others get
   // `grace` to finish what the servers sent last.
@@ -410,12 +411,7 @@ bool TlsTerminator::Loop::OnWake(Clock::time_point* drain_until) {
 }
 
 void TlsTerminator::Loop::Run() {
-  // OpenSSL writes with write(2): a client that went away must not kill the
-  // process with a (thread-directed) SIGPIPE.
-  sigset_t pipe_signal;
-  sigemptyset(&pipe_signal);
-  sigaddset(&pipe_signal, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+  common::BlockSigpipeInThisThread();  // OpenSSL writes with write(2)
   std::vector<epoll_event> events(256);
   bool stopping = false;
   Clock::time_point drain_until;
@@ -476,12 +472,12 @@ absl::Status TlsTerminator::Start() {
   return absl::OkStatus();
 }
 
-void TlsTerminator::Serve(int fd) {
+void TlsTerminator::Serve(int fd, bool http_only) {
   Loop& loop = *loop_;
   {
     std::lock_guard<std::mutex> lock(loop.mu);
     if (loop.running && !loop.stopped) {
-      loop.incoming.push_back(fd);
+      loop.incoming.emplace_back(fd, http_only);
       loop.waiting.fetch_add(1, std::memory_order_relaxed);
       const uint64_t one = 1;
       [[maybe_unused]] ssize_t n = write(loop.wake_fd, &one, sizeof(one));
@@ -510,7 +506,7 @@ void TlsTerminator::Stop(absl::Duration grace) {
   for (auto& [c, owned] : loop.connections) open.push_back(c);
   for (TlsConnection* c : open) loop.Close(c, false);
   loop.FreeDead();
-  for (int fd : loop.incoming) close(fd);
+  for (auto [fd, http_only] : loop.incoming) close(fd);
   loop.waiting.fetch_sub(loop.incoming.size(), std::memory_order_relaxed);
   loop.incoming.clear();
   if (loop.wake_fd >= 0) close(loop.wake_fd);

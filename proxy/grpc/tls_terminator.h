@@ -60,8 +60,10 @@ class TlsTerminator {
   absl::Status Start();
 
   // Takes ownership of an accepted client socket (non-blocking) and serves
-  // it. Closed at once when not started or stopping.
-  void Serve(int fd);
+  // it. Closed at once when not started or stopping. With `http_only` (a
+  // port that serves only HTTP, such as an https:// --metrics-addr) it goes
+  // to dispatch() as HTTP/1.x whatever its first bytes.
+  void Serve(int fd, bool http_only = false);
 
   // Connections taken by Serve() and not handed on yet (handshake, first
   // bytes): the listener stops accepting while there are too many, as it

@@ -1,8 +1,6 @@
 #include "proxy/tcp/event_loop.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -10,6 +8,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "common/sigpipe.h"
 #include "common/status.h"
 
 namespace keel::proxy::tcp {
@@ -46,12 +45,7 @@ EventLoop::~EventLoop() {
 void EventLoop::Start() {
   started_ = true;
   thread_ = std::thread([this] {
-    // splice(2) to a socket has no MSG_NOSIGNAL: a peer that went away must
-    // not kill the process with a (thread-directed) SIGPIPE.
-    sigset_t pipe_signal;
-    sigemptyset(&pipe_signal);
-    sigaddset(&pipe_signal, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+    common::BlockSigpipeInThisThread();  // splice(2) to a socket has no MSG_NOSIGNAL
     thread_id_.store(std::this_thread::get_id());
     // EVLOOP_NO_EXIT_ON_EMPTY: the wake-up event is always there anyway.
     event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);

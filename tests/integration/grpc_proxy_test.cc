@@ -590,10 +590,10 @@ TEST_F(GrpcProxyEtcdTest, AutoTlsListenerServesGrpcAndHttp) {
   EXPECT_NE(metrics.out.find("grpc_server_handled_total{"), std::string::npos) << metrics.out;
   // The TLS calls above were carried by the frame relay (speaking TLS
   // itself), not copied to the gRPC server.
-  const std::string relayed = "keel_grpc_relay_streams_total{route=\"etcd\"} ";
-  const size_t at = metrics.out.find(relayed);
-  ASSERT_NE(at, std::string::npos) << metrics.out;
-  EXPECT_GT(std::stoi(metrics.out.substr(at + relayed.size())), 0) << metrics.out;
+  const std::optional<double> relayed =
+      MetricValue(metrics.out, "keel_grpc_relay_streams_total{route=\"etcd\"}");
+  ASSERT_TRUE(relayed.has_value()) << metrics.out;
+  EXPECT_GT(*relayed, 0) << metrics.out;
   CommandResult version = RunCommand({"curl", "-sk", "--fail", https + "/version"});
   EXPECT_EQ(version.exit_code, 0) << version.err;
   EXPECT_NE(version.out.find("etcdserver"), std::string::npos) << version.out;
